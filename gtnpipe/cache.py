@@ -1,0 +1,158 @@
+"""Content-addressed cache of trained models (and, later, teachers, students, compiled artifacts).
+
+Layout under the root (default ~/.cache/gtnpipe, or GTNPIPE_CACHE, or --cache-dir):
+
+    <kind>/<key>/entry.json   what made it (the key's spec), results, sha256 of every file
+    <kind>/<key>/<files>      the payload
+    work/<kind>/<key>/        resumable scratch space (training checkpoints) until the entry exists
+    locks/<kind>-<key>.lock   held while an entry is built, so two processes never build one twice
+    quarantine/               corrupt entries, moved aside (never silently used, never deleted)
+
+An entry is built in a temp folder and renamed into place, so readers see it whole or not at
+all; `entry.json` is written last inside it. A key is the sha256 of the canonical JSON of
+everything that determines the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from gtnpipe.errors import CacheCorrupt, CacheError
+from gtnpipe.fsutil import atomic_write_json, canonical_json, sha256_file
+
+__all__ = ["Cache", "Entry", "cache_key", "default_cache_dir"]
+
+log = logging.getLogger("gtnpipe.cache")
+_ENTRY_FILE = "entry.json"
+# Bump when a change to the code changes what a cached result would be: old entries then miss.
+CODE_SCHEMA_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GTNPIPE_CACHE") or Path.home() / ".cache" / "gtnpipe")
+
+
+def cache_key(spec: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of `spec` plus the code schema version."""
+    return hashlib.sha256(canonical_json({"schema": CODE_SCHEMA_VERSION, **spec}).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    key: str
+    path: Path
+    record: dict[str, Any]  # entry.json: spec, meta, files
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.record["meta"]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+class Cache:
+    """A cache rooted at `root` (nothing is touched on disk until it is used)."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def entry_dir(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def work_dir(self, kind: str, key: str) -> Path:
+        """Scratch space for a build in progress (kept across interrupts, removed on success)."""
+        return self.root / "work" / kind / key
+
+    @contextmanager
+    def locked(self, kind: str, key: str, *, timeout_s: float = -1) -> Iterator[None]:
+        """Hold the build lock of one entry (blocks while another process builds it)."""
+        lock_path = self._mkdir(self.root / "locks") / f"{kind}-{key}.lock"
+        lock = FileLock(lock_path, timeout=timeout_s)
+        if not lock.acquire(blocking=False):
+            log.info("waiting for another process building %s/%s", kind, key[:12])
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def lookup(self, kind: str, key: str) -> Entry | None:
+        """The verified entry, or None; a corrupt entry is quarantined, reported and treated as missing."""
+        path = self.entry_dir(kind, key)
+        if not path.exists():
+            return None
+        try:
+            return self.verify(kind, key)
+        except CacheCorrupt as err:
+            moved = self._quarantine(path)
+            log.warning("%s; moved it to %s and will rebuild it", err, moved)
+            return None
+
+    def verify(self, kind: str, key: str) -> Entry:
+        path = self.entry_dir(kind, key)
+        try:
+            record = json.loads((path / _ENTRY_FILE).read_text())
+            files: dict[str, str] = record["files"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CacheCorrupt(f"cache entry {path} has a missing or unreadable {_ENTRY_FILE}") from err
+        if record.get("key") != key or record.get("kind") != kind:
+            raise CacheCorrupt(f"cache entry {path} records key {record.get('key')!r}, not its folder's")
+        for name, digest in files.items():
+            file = path / name
+            if not file.is_file() or sha256_file(file) != digest:
+                raise CacheCorrupt(f"cache entry {path}: {name} is missing or does not match its recorded sha256")
+        return Entry(kind, key, path, record)
+
+    @contextmanager
+    def writing(self, kind: str, key: str, *, spec: dict[str, Any], meta: dict[str, Any]) -> Iterator[Path]:
+        """Yield an empty staging folder; on success hash its files and move it into place atomically.
+
+        Call it while holding `locked(kind, key)`. `meta` may be updated inside the block.
+        """
+        staging = self._mkdir(self.root / "tmp") / f"{kind}-{key[:12]}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            yield staging
+            files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+            record = {"kind": kind, "key": key, "created_unix_s": time.time(), "spec": spec, "meta": meta,
+                      "files": files}
+            atomic_write_json(staging / _ENTRY_FILE, record)
+            final = self.entry_dir(kind, key)
+            self._mkdir(final.parent)
+            if final.exists():  # a stale or corrupt entry that lookup already reported
+                self._quarantine(final)
+            os.replace(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def clear_work(self, kind: str, key: str) -> None:
+        shutil.rmtree(self.work_dir(kind, key), ignore_errors=True)
+
+    def _quarantine(self, path: Path) -> Path:
+        target = self._mkdir(self.root / "quarantine") / f"{path.parent.name}-{path.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(path, target)
+        return target
+
+    def _mkdir(self, path: Path) -> Path:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CacheError(
+                f"cannot create cache folder {path} ({err}); choose another with --cache-dir or GTNPIPE_CACHE"
+            ) from err
+        return path

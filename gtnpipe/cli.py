@@ -1,0 +1,155 @@
+"""`gtnpipe` command line: parse, call one function of `gtnpipe.pipeline`, print.
+
+Heavy imports (torch, the pipeline) happen inside the commands, so `gtnpipe --help` is fast
+and works with nothing but the CLI's own dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from gtnpipe.errors import GtnpipeError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="gtnpipe: one generic teacher, many students, many devices.", no_args_is_help=True,
+                  add_completion=False,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+pool_app = typer.Typer(help="Inspect the student pool (the supernet's search space).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(pool_app, name="pool")
+out = Console()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (recipes/NAME.toml) or path to a .toml.")]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", envvar="GTNPIPE_CACHE", help="Cache folder [default: ~/.cache/gtnpipe]."),
+]
+SpaceOpt = Annotated[str, typer.Option("--space", help="Search space name.")]
+
+
+def _fail(err: GtnpipeError) -> NoReturn:
+    Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+
+
+@data_app.command("info")
+def data_info(
+    data: Annotated[str | None, typer.Option("--data", help="fashion-mnist, an image folder or a .npz.")] = None,
+    recipe: RecipeOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Dataset source, fingerprint, shape, classes and split sizes (splits as the recipe carves them)."""
+    from gtnpipe import pipeline
+
+    try:
+        info = pipeline.data_info(recipe=recipe, source=data)
+    except GtnpipeError as err:
+        _fail(err)
+    if as_json:
+        return _emit_json(info)
+    out.print(f"[bold]{info['name']}[/]  fingerprint {info['fingerprint'][:16]}…")
+    out.print(f"images: {info['channels']} x {info['image_hw'][0]} x {info['image_hw'][1]} (C x H x W), "
+              f"{len(info['classes'])} classes: {', '.join(info['classes'])}")
+    out.print("splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+
+
+@pool_app.command("info")
+def pool_info(space: SpaceOpt = "mbv3-28", as_json: JsonOpt = False) -> None:
+    """Search space, pool size, and the MACs/params range (at Fashion-MNIST's 1x28x28, 10 classes)."""
+    from gtnpipe import pipeline
+
+    try:
+        info = pipeline.pool_info(space=space)
+    except GtnpipeError as err:
+        _fail(err)
+    if as_json:
+        return _emit_json(info)
+    c = info["choices"]
+    out.print(f"[bold]{info['space']}[/]: {len(info['stages'])} elastic stages, depths {c['depths']}, "
+              f"kernels {c['kernel_sizes']}, expand ratios {c['expand_ratios']}")
+    out.print(f"pool size: {info['pool_size']:,} distinct students ({info['pool_size']:.2e})")
+    small, large = info["smallest"], info["largest"]
+    out.print(f"MACs: {small['macs'] / 1e6:.2f}M .. {large['macs'] / 1e6:.2f}M "
+              f"({large['macs'] / small['macs']:.1f}x); params: {small['params'] / 1e6:.2f}M .. "
+              f"{large['params'] / 1e6:.2f}M")
+    out.print(f"smallest: {small['arch']}\nlargest:  {large['arch']}")
+
+
+@pool_app.command("sample")
+def pool_sample(
+    n: Annotated[int, typer.Option("-n", min=1, help="How many distinct students.")] = 5,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    space: SpaceOpt = "mbv3-28",
+    as_json: JsonOpt = False,
+) -> None:
+    """Random distinct students from the pool, with their MACs and params."""
+    from gtnpipe import pipeline
+
+    try:
+        rows = pipeline.pool_sample(n, seed=seed, space=space)
+    except GtnpipeError as err:
+        _fail(err)
+    if as_json:
+        return _emit_json(rows)
+    table = Table("depths", "MACs (M)", "params (M)", "arch id")
+    for r in rows:
+        table.add_row("".join(map(str, r["depths"])), f"{r['macs'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", r["arch"])
+    out.print(table)
+
+
+@app.command("train")
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="'teacher', an arch id, 'largest' or 'smallest'.")],
+    recipe: RecipeOpt = "quick",
+    cache_dir: CacheOpt = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the teacher or one student from scratch, cache it, and print its test top-1.
+
+    Cached: an unchanged second call returns at once. Interrupted (Ctrl-C, kill): run it
+    again and it resumes after the last finished epoch.
+    """
+    from gtnpipe import pipeline
+
+    try:
+        result = pipeline.train_model(model, recipe=recipe, cache_dir=cache_dir, progress=progress and not as_json)
+    except GtnpipeError as err:
+        _fail(err)
+    if as_json:
+        return _emit_json(asdict(result))
+    state = "cache hit" if result.cached else "trained"
+    out.print(f"[bold]{result.model}[/] ({state}, key {result.key[:12]}): test top-1 [bold]{result.test_top1:.2f}%[/] "
+              f"(val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs, {result.params / 1e6:.3f}M params, "
+              f"{result.epochs} epochs at {result.seconds_per_epoch:.1f} s/epoch")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

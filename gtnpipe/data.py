@@ -1,0 +1,359 @@
+"""Datasets as uint8 NCHW numpy arrays: Fashion-MNIST from Debian, an ImageFolder tree, or a .npz.
+
+numpy only (no torch), so the on-device side (`gtnpipe bench`) can read data too.
+Channels, resolution and class count always come from the data itself.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gtnpipe.errors import DataError, DatasetMissing
+from gtnpipe.fsutil import canonical_json, sha256_file
+
+__all__ = [
+    "FASHION_MNIST",
+    "FASHION_MNIST_INSTALL",
+    "Dataset",
+    "Split",
+    "fashion_mnist_dir",
+    "load_dataset",
+    "load_source",
+]
+
+FASHION_MNIST = "fashion-mnist"
+FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
+# Where Debian's dataset-fashion-mnist package puts the files; GTNPIPE_FASHION_MNIST overrides it.
+_FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+# sha256 of the files as Debian ships them (dataset-fashion-mnist 0.0~git20200523.55506a9-1);
+# identical to the upstream zalandoresearch release.
+_FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+_FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# ImageFolder trees without train/ and test/ sub-folders: this share of each class becomes test.
+_IMAGEFOLDER_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # uint8, (N, C, H, W)
+    y: np.ndarray  # int64, (N,)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset as found on disk, before the recipe's validation split and subsets."""
+
+    name: str
+    classes: tuple[str, ...]
+    train: Split
+    test: Split
+    fingerprint: str  # sha256 over the source files' own sha256s
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    fingerprint: str
+    mean: tuple[float, ...]  # per channel, in [0, 1], over the train split
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.train.x.shape[2]), int(self.train.x.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def fashion_mnist_dir() -> Path:
+    return Path(os.environ.get("GTNPIPE_FASHION_MNIST", _FASHION_MNIST_DEFAULT_DIR))
+
+
+def load_dataset(
+    source: str = FASHION_MNIST,
+    *,
+    val_size: int,
+    train_subset: int = 0,
+    test_subset: int = 0,
+    split_seed: int = 0,
+) -> Dataset:
+    """Load `source` and carve a deterministic validation split from its training data.
+
+    Args:
+        source: "fashion-mnist", a folder (ImageFolder tree or the four MNIST-style IDX
+            files) or a .npz with x_train, y_train, x_test, y_test.
+        val_size: images moved from train to validation (chosen by a seeded permutation).
+        train_subset, test_subset: keep only this many (0 = all); train's are taken from the
+            same permutation, so a smaller subset is a prefix of a larger one.
+    """
+    src = load_source(source)
+    n_train = len(src.train)
+    if not 0 <= val_size < n_train:
+        raise DataError(f"val_size={val_size} must be at least 0 and below the {n_train} training images of {src.name}")
+    perm = np.random.default_rng(split_seed).permutation(n_train)
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if train_subset:
+        if train_subset > len(train_idx):
+            raise DataError(
+                f"train_subset={train_subset} exceeds the {len(train_idx)} training images left after val_size={val_size}; "
+                "lower it or set it to 0 for all"
+            )
+        train_idx = train_idx[:train_subset]
+    test = src.test
+    if test_subset:
+        if test_subset > len(test):
+            raise DataError(f"test_subset={test_subset} exceeds the {len(test)} test images; lower it or set it to 0 for all")
+        test_idx = np.random.default_rng(split_seed + 1).permutation(len(test))[:test_subset]
+        test = Split(test.x[test_idx], test.y[test_idx])
+    train = Split(src.train.x[train_idx], src.train.y[train_idx])
+    val = Split(src.train.x[val_idx], src.train.y[val_idx])
+    pixels = train.x.astype(np.float64) / 255.0
+    mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
+    std = tuple(max(float(s), 1e-3) for s in pixels.std(axis=(0, 2, 3)))
+    return Dataset(src.name, src.classes, train, val, test, src.fingerprint, mean, std)
+
+
+def load_source(source: str) -> Source:
+    if source == FASHION_MNIST:
+        return _load_idx_folder(fashion_mnist_dir(), name=FASHION_MNIST, expected_sha256=_FASHION_MNIST_SHA256)
+    path = Path(source)
+    if not path.exists():
+        raise DatasetMissing(
+            f"dataset {source!r} not found: give '{FASHION_MNIST}', a folder of class sub-folders of PNG/JPEG images, "
+            "or a .npz file with x_train, y_train, x_test, y_test"
+        )
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"{path}: a dataset file must be a .npz with x_train, y_train, x_test, y_test")
+        return _load_npz(path)
+    if all((path / name).exists() for name in _FASHION_MNIST_SHA256):
+        return _load_idx_folder(path, name=path.name, expected_sha256=None)
+    return _load_image_folder(path)
+
+
+def _fingerprint(kind: str, file_hashes: dict[str, str]) -> str:
+    return hashlib.sha256(canonical_json({"kind": kind, "files": file_hashes}).encode()).hexdigest()
+
+
+# --- IDX (the MNIST file format) ---------------------------------------------------------
+
+def _load_idx_folder(root: Path, *, name: str, expected_sha256: dict[str, str] | None) -> Source:
+    missing = [f for f in _FASHION_MNIST_SHA256 if not (root / f).is_file()]
+    if missing:
+        raise DatasetMissing(
+            f"Fashion-MNIST files missing from {root}: {', '.join(missing)}. Install them with: {FASHION_MNIST_INSTALL}"
+            " (or set GTNPIPE_FASHION_MNIST to a folder holding the four IDX .gz files)"
+        )
+    hashes = {f: sha256_file(root / f) for f in _FASHION_MNIST_SHA256}
+    if expected_sha256 is not None:
+        bad = [f for f, h in hashes.items() if h != expected_sha256[f]]
+        if bad:
+            raise DataError(
+                f"Fashion-MNIST files in {root} do not match their known sha256 ({', '.join(bad)}): they are corrupt or "
+                "not the release gtnpipe expects. Reinstall with: apt-get install --reinstall -y dataset-fashion-mnist"
+            )
+    x_train = _read_idx(root / "train-images-idx3-ubyte.gz", ndim=3)
+    y_train = _read_idx(root / "train-labels-idx1-ubyte.gz", ndim=1)
+    x_test = _read_idx(root / "t10k-images-idx3-ubyte.gz", ndim=3)
+    y_test = _read_idx(root / "t10k-labels-idx1-ubyte.gz", ndim=1)
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    classes = _FASHION_MNIST_CLASSES if name == FASHION_MNIST else tuple(str(i) for i in range(n_classes))
+    return Source(
+        name,
+        classes,
+        _checked_split(x_train[:, None], y_train, n_classes, f"{root} train"),
+        _checked_split(x_test[:, None], y_test, n_classes, f"{root} test"),
+        _fingerprint("idx", hashes),
+    )
+
+
+def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    magic, = struct.unpack(">I", data[:4])
+    if magic != 0x0800 + ndim:  # 0x08 = unsigned byte, low byte = number of dimensions
+        raise DataError(f"{path}: not an IDX file of {ndim} dimension(s) of unsigned bytes (magic {magic:#x})")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} but holds {body.size} bytes; the file is truncated")
+    return body.reshape(dims).copy()
+
+
+# --- .npz ---------------------------------------------------------------------------------
+
+def _load_npz(path: Path) -> Source:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read as .npz ({err})") from err
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {', '.join(missing)}; a dataset .npz needs x_train, y_train, x_test, y_test")
+    x_train, x_test = _to_nchw_uint8(arrays["x_train"], f"{path}:x_train"), _to_nchw_uint8(arrays["x_test"], f"{path}:x_test")
+    y_train, y_test = _to_labels(arrays["y_train"], f"{path}:y_train"), _to_labels(arrays["y_test"], f"{path}:y_test")
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    classes = tuple(str(c) for c in arrays["classes"]) if "classes" in arrays else tuple(str(i) for i in range(n_classes))
+    if len(classes) < n_classes:
+        raise DataError(f"{path}: 'classes' names {len(classes)} classes but labels go up to {n_classes - 1}")
+    return Source(
+        path.stem,
+        classes,
+        _checked_split(x_train, y_train, len(classes), f"{path} train"),
+        _checked_split(x_test, y_test, len(classes), f"{path} test"),
+        _fingerprint("npz", {path.name: sha256_file(path)}),
+    )
+
+
+def _to_nchw_uint8(x: np.ndarray, what: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    elif x.ndim != 4:
+        raise DataError(f"{what}: expected images shaped (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if np.issubdtype(x.dtype, np.floating) and x.size and 0.0 <= float(x.min()) and float(x.max()) <= 1.0:
+        return np.ascontiguousarray(np.round(x * 255.0).astype(np.uint8))
+    raise DataError(f"{what}: pixels must be uint8 (0-255) or floats in [0, 1], got {x.dtype}")
+
+
+def _to_labels(y: np.ndarray, what: str) -> np.ndarray:
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if y.size and y.min() < 0:
+        raise DataError(f"{what}: labels must be >= 0, found {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def _checked_split(x: np.ndarray, y: np.ndarray, n_classes: int, what: str) -> Split:
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{what}: {x.shape[0]} images but {y.shape[0]} labels")
+    if x.shape[0] == 0:
+        raise DataError(f"{what}: no images")
+    if y.max() >= n_classes:
+        raise DataError(f"{what}: label {int(y.max())} but only {n_classes} classes")
+    return Split(x, y.astype(np.int64))
+
+
+# --- ImageFolder --------------------------------------------------------------------------
+
+def _load_image_folder(root: Path) -> Source:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        classes = _class_dirs(root / "train")
+        if _class_dirs(root / "test") != classes:
+            raise DataError(f"{root}: train/ and test/ must hold the same class sub-folders")
+        train_files, test_files = _list_images(root / "train", classes), _list_images(root / "test", classes)
+    else:
+        classes = _class_dirs(root)
+        files = _list_images(root, classes)
+        train_files, test_files = _split_files(files, len(classes))
+    hashes = {str(p.relative_to(root)): sha256_file(p) for p, _ in sorted(train_files + test_files)}
+    mode = _common_mode([p for p, _ in train_files + test_files])
+    x_train, y_train = _read_images(train_files, mode)
+    x_test, y_test = _read_images(test_files, mode)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{root}: train images are {x_train.shape[1:]} but test images are {x_test.shape[1:]} (C, H, W)")
+    return Source(
+        root.name,
+        classes,
+        _checked_split(x_train, y_train, len(classes), f"{root} train"),
+        _checked_split(x_test, y_test, len(classes), f"{root} test"),
+        _fingerprint("imagefolder", hashes),
+    )
+
+
+def _class_dirs(root: Path) -> tuple[str, ...]:
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if len(classes) < 2:
+        raise DataError(
+            f"{root}: an image dataset folder needs at least 2 class sub-folders (root/<class>/<image>.png, "
+            "optionally under train/ and test/), found {len(classes)}"
+        )
+    return classes
+
+
+def _list_images(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+    files = [
+        (p, label)
+        for label, name in enumerate(classes)
+        for p in sorted((root / name).rglob("*"))
+        if p.suffix.lower() in _IMAGE_SUFFIXES
+    ]
+    empty = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in files)]
+    if empty:
+        raise DataError(f"{root}: class folder(s) with no PNG/JPEG images: {', '.join(empty)}")
+    return files
+
+
+def _split_files(files: list[tuple[Path, int]], n_classes: int) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """Per class, every 1/fraction-th file (in sorted order) goes to test: stable as files are added."""
+    train, test = [], []
+    step = round(1 / _IMAGEFOLDER_TEST_FRACTION)
+    for label in range(n_classes):
+        members = [f for f in files if f[1] == label]
+        for i, item in enumerate(members):
+            (test if i % step == step - 1 else train).append(item)
+    if not test:
+        raise DataError("an image folder needs at least 5 images per class to carve a test split; add images or use train/ and test/")
+    return train, test
+
+
+def _common_mode(paths: list[Path]) -> str:
+    from PIL import Image  # Pillow is needed only for image folders
+
+    modes = set()
+    for p in paths:
+        with Image.open(p) as im:
+            modes.add("L" if im.mode in ("L", "1", "I;16", "I") else "RGB")
+    return "RGB" if "RGB" in modes else "L"
+
+
+def _read_images(files: list[tuple[Path, int]], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    arrays, sizes = [], {}
+    for path, _ in files:
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert(mode), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as err:
+            raise DataError(f"{path}: cannot read image ({err})") from err
+        sizes.setdefault(arr.shape[:2], path)
+        if len(sizes) > 1:
+            (first_size, first_path), (size, _) = list(sizes.items())[:2]
+            raise DataError(
+                f"images differ in size: {first_path} is {first_size[1]}x{first_size[0]} but {path} is {size[1]}x{size[0]} "
+                "(width x height); resize them all to one size first"
+            )
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    return np.stack(arrays), np.array([label for _, label in files], dtype=np.int64)

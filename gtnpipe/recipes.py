@@ -1,0 +1,117 @@
+"""Recipes: TOML files in recipes/ that fix data slicing, model sizes and training settings.
+
+A recipe is everything that determines a trained result besides the code: it feeds the
+cache keys, so editing one value retrains exactly what depends on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gtnpipe.errors import ConfigError
+from gtnpipe.tomlconfig import from_mapping, load_toml
+
+__all__ = ["DataConfig", "Recipe", "TeacherConfig", "TrainConfig", "TrainSection", "known_recipes", "load_recipe",
+           "recipes_dir"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "fashion-mnist"  # or a path: ImageFolder tree, IDX folder, or .npz
+    val_size: int = 5000  # carved from train by a seeded permutation
+    train_subset: int = 0  # 0 = every remaining training image
+    test_subset: int = 0  # 0 = the whole test split
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("val_size", "train_subset", "test_subset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"'{name}' must be >= 0 (0 means all), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """ResNet-like teacher: one stage per supernet stage, at the same strides."""
+
+    stem_width: int = 32
+    widths: tuple[int, ...] = (64, 128, 192, 256)
+    blocks: tuple[int, ...] = (2, 2, 2, 1)
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != len(self.blocks):
+            raise ValueError(f"'widths' and 'blocks' must have one entry per stage, got {self.widths} and {self.blocks}")
+        if min((self.stem_width, *self.widths, *self.blocks)) < 1:
+            raise ValueError("'stem_width', 'widths' and 'blocks' must all be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1  # peak learning rate, reached after warmup, then cosine to zero
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 0.0
+    augment: Literal["none", "crop-flip"] = "crop-flip"
+    crop_padding_px: int = 2
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"'{name}' must be > 0, got {value}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"'warmup_epochs' must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        if self.weight_decay < 0 or self.momentum < 0 or self.crop_padding_px < 0:
+            raise ValueError("'weight_decay', 'momentum' and 'crop_padding_px' must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    teacher: TrainConfig
+    student: TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    train: TrainSection
+    description: str = ""
+    seed: int = 0
+    space: str = "mbv3-28"  # a name in gtnpipe.supernet.SPACES
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+
+
+def recipes_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "recipes"
+
+
+def known_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.toml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A recipe by name (recipes/<name>.toml) or by path to a TOML file of the same form."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and not path.exists():
+        path = recipes_dir() / f"{name_or_path}.toml"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown recipe {str(name_or_path)!r}; known recipes: {', '.join(known_recipes())} "
+                "(or pass the path to a .toml file)"
+            )
+    recipe = from_mapping(Recipe, load_toml(path), where=str(path))
+    if recipe.name != path.stem:
+        raise ConfigError(f"{path}: 'name' = {recipe.name!r} must equal the file name {path.stem!r}")
+    return recipe

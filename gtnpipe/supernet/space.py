@@ -1,0 +1,229 @@
+"""The student pool: a search space of elastic MobileNetV3 students and `ArchConfig`, one of them.
+
+An arch names, per stage, the active blocks (its depth) and each block's kernel size and
+expand ratio. Its id spells that out and round-trips:
+
+    k3e4-k5e6_k3e3-k3e3-k7e6_k7e6-k5e4_k3e3-k3e3
+    └ stage 1 ┘ └── stage 2 ──┘ └ stage 3 ┘ └ stage 4 ┘
+
+Only active blocks are named, so two different ids are always two different networks
+(OFA's ids also list the choices of inactive blocks, so many ids name one network).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal, NamedTuple
+
+from gtnpipe.errors import ArchError
+
+__all__ = ["SPACES", "ArchConfig", "Block", "SearchSpace", "StageSpec", "TaskShape", "get_space"]
+
+
+class Block(NamedTuple):
+    kernel: int
+    expand: int
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """What the data fixes about every network: input channels, image size, classes."""
+
+    in_channels: int
+    image_hw: tuple[int, int]
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    width: int
+    stride: int
+    se: bool
+    act: Literal["relu", "hswish"]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Fixed skeleton (widths, strides, SE, activations) plus the elastic choices."""
+
+    name: str
+    stem_width: int
+    first_width: int  # MobileNetV3's fixed first block: depthwise 3x3 + project, no expansion
+    stages: tuple[StageSpec, ...]
+    final_width: int  # 1x1 expansion before global pooling
+    head_width: int  # hidden width of the classifier
+    depths: tuple[int, ...] = (2, 3, 4)
+    expand_ratios: tuple[int, ...] = (3, 4, 6)
+    kernel_sizes: tuple[int, ...] = (3, 5, 7)
+    stem_stride: int = 1
+    head_dropout: float = 0.1
+    se_divisor: int = 8  # SE width = make_divisible(mid / 4, se_divisor), as MobileNetV3
+
+    def __post_init__(self) -> None:
+        if any(k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd, got {self.kernel_sizes}")
+        for name in ("depths", "expand_ratios", "kernel_sizes"):
+            values = getattr(self, name)
+            if not values or list(values) != sorted(set(values)) or values[0] < 1:
+                raise ValueError(f"{name} must be distinct positive values in ascending order, got {values}")
+
+    @cached_property
+    def choices(self) -> tuple[Block, ...]:
+        """Every (kernel, expand) a block can take."""
+        return tuple(Block(k, e) for k in self.kernel_sizes for e in self.expand_ratios)
+
+    # --- the pool --------------------------------------------------------------------
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def max_depth(self) -> int:
+        return self.depths[-1]
+
+    @property
+    def pool_size(self) -> int:
+        """Distinct students: per stage, sum over depths d of (kernels x expands)^d."""
+        per_block = len(self.choices)
+        return math.prod(sum(per_block**d for d in self.depths) for _ in self.stages)
+
+    def largest(self) -> ArchConfig:
+        big = Block(self.kernel_sizes[-1], self.expand_ratios[-1])
+        return ArchConfig(tuple((big,) * self.depths[-1] for _ in self.stages))
+
+    def smallest(self) -> ArchConfig:
+        small = Block(self.kernel_sizes[0], self.expand_ratios[0])
+        return ArchConfig(tuple((small,) * self.depths[0] for _ in self.stages))
+
+    def sample(self, rng: random.Random) -> ArchConfig:
+        """Uniform over depth, then uniform per block (as OFA samples; not uniform over the pool)."""
+        return ArchConfig(
+            tuple(tuple(rng.choice(self.choices) for _ in range(rng.choice(self.depths))) for _ in self.stages)
+        )
+
+    def sample_many(self, n: int, *, seed: int, unique: bool = True) -> list[ArchConfig]:
+        rng = random.Random(seed)
+        out: list[ArchConfig] = []
+        seen: set[ArchConfig] = set()
+        while len(out) < n:
+            arch = self.sample(rng)
+            if unique and arch in seen:
+                continue
+            seen.add(arch)
+            out.append(arch)
+        return out
+
+    def validate(self, arch: ArchConfig) -> ArchConfig:
+        if len(arch.stages) != self.num_stages:
+            raise ArchError(f"arch {arch.id} has {len(arch.stages)} stages; space {self.name!r} has {self.num_stages}")
+        for i, stage in enumerate(arch.stages, 1):
+            if len(stage) not in self.depths:
+                raise ArchError(f"arch {arch.id}: stage {i} has depth {len(stage)}; allowed depths: {list(self.depths)}")
+            for block in stage:
+                if block.kernel not in self.kernel_sizes or block.expand not in self.expand_ratios:
+                    raise ArchError(
+                        f"arch {arch.id}: stage {i} block k{block.kernel}e{block.expand} is outside space {self.name!r}; "
+                        f"kernels {list(self.kernel_sizes)}, expand ratios {list(self.expand_ratios)}"
+                    )
+        return arch
+
+    def parse(self, text: str) -> ArchConfig:
+        """An arch id, or 'largest' / 'smallest', checked against this space."""
+        if text == "largest":
+            return self.largest()
+        if text == "smallest":
+            return self.smallest()
+        return self.validate(ArchConfig.from_id(text))
+
+    def encode(self, arch: ArchConfig) -> list[float]:
+        """Fixed-length numeric encoding for predictors (OFA style one-hots).
+
+        Per stage: a one-hot of the depth; per block slot (max depth slots): one-hot kernel
+        and one-hot expand ratio, all zeros for an inactive slot.
+        """
+        self.validate(arch)
+        vec: list[float] = []
+        for stage in arch.stages:
+            vec += [float(len(stage) == d) for d in self.depths]
+            for slot in range(self.max_depth):
+                block = stage[slot] if slot < len(stage) else None
+                vec += [float(block is not None and block.kernel == k) for k in self.kernel_sizes]
+                vec += [float(block is not None and block.expand == e) for e in self.expand_ratios]
+        return vec
+
+
+_BLOCK_RE = re.compile(r"k(\d+)e(\d+)")
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """One student: per stage, the (kernel, expand) of each active block."""
+
+    stages: tuple[tuple[Block, ...], ...]
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.stages)
+
+    @property
+    def id(self) -> str:
+        return "_".join("-".join(f"k{b.kernel}e{b.expand}" for b in stage) for stage in self.stages)
+
+    @classmethod
+    def from_id(cls, text: str) -> ArchConfig:
+        stages = []
+        for stage_text in text.strip().split("_"):
+            blocks = []
+            for block_text in stage_text.split("-"):
+                match = _BLOCK_RE.fullmatch(block_text)
+                if not match:
+                    raise ArchError(
+                        f"cannot parse arch id {text!r} at {block_text!r}: an id is stages joined by '_', each stage "
+                        "blocks joined by '-', each block k<kernel>e<expand> (e.g. k3e4-k5e6_k3e3-k3e3); "
+                        "'gtnpipe pool sample' prints valid ones"
+                    )
+                blocks.append(Block(int(match[1]), int(match[2])))
+            stages.append(tuple(blocks))
+        return cls(tuple(stages))
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def make_divisible(value: float, divisor: int) -> int:
+    """Round to the nearest multiple of `divisor`, never going below 90% (MobileNet's rule)."""
+    out = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return out + divisor if out < 0.9 * value else out
+
+
+# Sized for 28-32 px inputs: stem at full resolution, then 14, 7, 4, 4 (for 28 px).
+SPACES: dict[str, SearchSpace] = {
+    "mbv3-28": SearchSpace(
+        name="mbv3-28",
+        stem_width=16,
+        first_width=16,
+        stages=(
+            StageSpec(width=24, stride=2, se=False, act="relu"),
+            StageSpec(width=40, stride=2, se=True, act="relu"),
+            StageSpec(width=80, stride=2, se=False, act="hswish"),
+            StageSpec(width=112, stride=1, se=True, act="hswish"),
+        ),
+        final_width=448,
+        head_width=512,
+        # OFA uses depths 2-4; allowing 1 (the stride block alone) widens the MACs range
+        # from 4.8x to 8.6x at 28 px, which the device budgets of small targets need.
+        depths=(1, 2, 3, 4),
+    ),
+}
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return SPACES[name]
+    except KeyError as err:
+        raise ArchError(f"unknown search space {name!r}; known spaces: {', '.join(sorted(SPACES))}") from err
