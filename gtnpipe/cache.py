@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from gtnpipe.errors import CacheCorrupt, CacheError
 from gtnpipe.fsutil import atomic_write_json, canonical_json, sha256_file
@@ -83,7 +83,9 @@ class Cache:
         """Hold the build lock of one entry (blocks while another process builds it)."""
         lock_path = self._mkdir(self.root / "locks") / f"{kind}-{key}.lock"
         lock = FileLock(lock_path, timeout=timeout_s)
-        if not lock.acquire(blocking=False):
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
             log.info("waiting for another process building %s/%s", kind, key[:12])
             lock.acquire()
         try:

@@ -188,7 +188,7 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                loss_sum += float(loss) * len(idx)
+                loss_sum += loss.item() * len(idx)
                 correct += int((logits.detach().argmax(1) == yb).sum())
                 seen += len(idx)
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen)

@@ -1,0 +1,110 @@
+"""The `gtnpipe` command: JSON outputs, clear errors with exit code 2, --help without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_RECIPE
+from gtnpipe.cli import app
+from gtnpipe.supernet import ArchConfig, get_space
+
+runner = CliRunner()
+
+_BLOCK_HEAVY = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch', 'nncf', 'onnxruntime', 'openvino', 'tensorrt', 'ai_edge_litert'}:
+            raise ImportError('blocked for this test: ' + name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _run_blocked(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _BLOCK_HEAVY + code], capture_output=True, text=True, timeout=120)
+
+
+def test_help_works_without_torch() -> None:
+    done = _run_blocked("sys.argv = ['gtnpipe', '--help']\nfrom gtnpipe.cli import main\nmain()")
+    assert done.returncode == 0, done.stderr
+    for command in ("train", "data", "pool"):
+        assert command in done.stdout
+    done = _run_blocked("import gtnpipe, gtnpipe.cli, gtnpipe.errors; print(gtnpipe.__version__)")
+    assert done.returncode == 0 and done.stdout.strip() == "0.1.0", done.stderr
+
+
+def test_pool_info_json() -> None:
+    result = runner.invoke(app, ["pool", "info", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["pool_size"] == get_space("mbv3-28").pool_size >= 10**6
+    assert info["largest"]["macs"] / info["smallest"]["macs"] >= 8
+    assert info["smallest"]["arch"] == "k3e3_k3e3_k3e3_k3e3"
+    assert info["choices"] == {"depths": [1, 2, 3, 4], "kernel_sizes": [3, 5, 7], "expand_ratios": [3, 4, 6]}
+
+
+def test_pool_info_text() -> None:
+    result = runner.invoke(app, ["pool", "info"])
+    assert result.exit_code == 0
+    assert "pool size: 2,966,370,867,360,000" in result.stdout
+    assert "4.10M .. 35.45M (8.6x)" in result.stdout
+
+
+def test_pool_sample_is_seeded_and_valid() -> None:
+    first = json.loads(runner.invoke(app, ["pool", "sample", "-n", "4", "--seed", "3", "--json"]).stdout)
+    again = json.loads(runner.invoke(app, ["pool", "sample", "-n", "4", "--seed", "3", "--json"]).stdout)
+    assert first == again and len(first) == 4 and len({r["arch"] for r in first}) == 4
+    space = get_space("mbv3-28")
+    for row in first:
+        arch = space.parse(row["arch"])
+        assert list(arch.depths) == row["depths"]
+        assert row["macs"] > 0 and row["params"] > 0
+    assert ArchConfig.from_id(first[0]["arch"]).id == first[0]["arch"]
+
+
+def test_data_info_json() -> None:
+    result = runner.invoke(app, ["data", "info", "--recipe", "quick", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["splits"] == {"train": 6000, "val": 1000, "test": 2000}
+    assert (info["channels"], info["image_hw"], len(info["classes"])) == (1, [28, 28], 10)
+    assert len(info["fingerprint"]) == 64
+
+
+def test_train_json_and_cache_hit(tmp_path: Path) -> None:
+    args = ["train", "--model", "smallest", "--recipe", str(TINY_RECIPE), "--cache-dir", str(tmp_path), "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    out = json.loads(first.stdout)
+    assert out["model"] == "k3e3_k3e3_k3e3_k3e3" and out["cached"] is False and 0 <= out["test_top1"] <= 100
+    second = json.loads(runner.invoke(app, args).stdout)
+    assert second["cached"] is True and second["key"] == out["key"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--model", "teacher", "--recipe", "nope"], "unknown recipe 'nope'; known recipes: default, quick"),
+        (["train", "--model", "k3e9_k3e3_k3e3_k3e3", "--recipe", str(TINY_RECIPE)], "expand ratios [3, 4, 6]"),
+        (["train", "--model", "resnet50", "--recipe", str(TINY_RECIPE)], "cannot parse arch id 'resnet50'"),
+        (["pool", "info", "--space", "vit"], "unknown search space 'vit'"),
+        (["data", "info", "--data", "/no/such/data.npz"], "not found"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())
+
+
+def test_missing_dataset_gives_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GTNPIPE_FASHION_MNIST", str(tmp_path))
+    result = runner.invoke(app, ["data", "info"])
+    assert result.exit_code == 2
+    assert "apt-get update && apt-get install -y dataset-fashion-mnist" in " ".join(result.stderr.split())
