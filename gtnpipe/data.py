@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,9 +196,12 @@ def _load_idx_folder(root: Path, *, name: str, expected_sha256: dict[str, str] |
 
 
 def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    magic, = struct.unpack(">I", data[:4])
+    try:
+        with gzip.open(path, "rb") as handle:
+            data = handle.read()
+        magic, = struct.unpack(">I", data[:4])
+    except (OSError, EOFError, struct.error) as err:
+        raise DataError(f"{path}: cannot read as a gzipped IDX file ({err}); the file is truncated or corrupt") from err
     if magic != 0x0800 + ndim:  # 0x08 = unsigned byte, low byte = number of dimensions
         raise DataError(f"{path}: not an IDX file of {ndim} dimension(s) of unsigned bytes (magic {magic:#x})")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
@@ -213,7 +217,7 @@ def _load_npz(path: Path) -> Source:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: cannot read as .npz ({err})") from err
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
@@ -242,7 +246,7 @@ def _to_nchw_uint8(x: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what}: expected images shaped (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
-    if np.issubdtype(x.dtype, np.floating) and x.size and 0.0 <= float(x.min()) and float(x.max()) <= 1.0:
+    if np.issubdtype(x.dtype, np.floating) and x.size and float(x.min()) >= 0.0 and float(x.max()) <= 1.0:
         return np.ascontiguousarray(np.round(x * 255.0).astype(np.uint8))
     raise DataError(f"{what}: pixels must be uint8 (0-255) or floats in [0, 1], got {x.dtype}")
 
@@ -297,7 +301,7 @@ def _class_dirs(root: Path) -> tuple[str, ...]:
     if len(classes) < 2:
         raise DataError(
             f"{root}: an image dataset folder needs at least 2 class sub-folders (root/<class>/<image>.png, "
-            "optionally under train/ and test/), found {len(classes)}"
+            f"optionally under train/ and test/), found {len(classes)}"
         )
     return classes
 
@@ -324,17 +328,22 @@ def _split_files(files: list[tuple[Path, int]], n_classes: int) -> tuple[list[tu
         for i, item in enumerate(members):
             (test if i % step == step - 1 else train).append(item)
     if not test:
-        raise DataError("an image folder needs at least 5 images per class to carve a test split; add images or use train/ and test/")
+        raise DataError(
+            "an image folder needs at least 5 images per class to carve a test split; add images or use train/ and test/"
+        )
     return train, test
 
 
 def _common_mode(paths: list[Path]) -> str:
-    from PIL import Image  # Pillow is needed only for image folders
+    from PIL import Image, UnidentifiedImageError  # Pillow is needed only for image folders
 
     modes = set()
     for p in paths:
-        with Image.open(p) as im:
-            modes.add("L" if im.mode in ("L", "1", "I;16", "I") else "RGB")
+        try:
+            with Image.open(p) as im:
+                modes.add("L" if im.mode in ("L", "1", "I;16", "I") else "RGB")
+        except (OSError, UnidentifiedImageError) as err:
+            raise DataError(f"{p}: cannot read image ({err})") from err
     return "RGB" if "RGB" in modes else "L"
 
 

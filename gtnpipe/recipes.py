@@ -72,8 +72,10 @@ class TrainConfig:
             raise ValueError(f"'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"'warmup_epochs' must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
-        if self.weight_decay < 0 or self.momentum < 0 or self.crop_padding_px < 0:
-            raise ValueError("'weight_decay', 'momentum' and 'crop_padding_px' must be >= 0")
+        for name in ("weight_decay", "momentum", "crop_padding_px", "warmup_epochs", "label_smoothing"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"'{name}' must be a finite number >= 0, got {value}")
 
 
 @dataclass(frozen=True)

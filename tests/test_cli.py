@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RECIPE
 from typer.testing import CliRunner
 
-from conftest import TINY_RECIPE
 from gtnpipe.cli import app
 from gtnpipe.supernet import ArchConfig, get_space
 

@@ -13,7 +13,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gtnpipe.errors import ArchError
-from gtnpipe.supernet import SPACES, ArchConfig, Block, Supernet, TaskShape, build_static, count, count_module, get_space
+from gtnpipe.supernet import (
+    SPACES,
+    ArchConfig,
+    Block,
+    Supernet,
+    TaskShape,
+    build_static,
+    count,
+    count_module,
+    get_space,
+)
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_RECIPE
 from torch import nn
 
-from conftest import TINY_RECIPE
 from gtnpipe import pipeline
 from gtnpipe.data import Dataset, Split
 from gtnpipe.errors import TrainError
