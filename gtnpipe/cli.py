@@ -139,6 +139,9 @@ def train(
         result = pipeline.train_model(model, recipe=recipe, cache_dir=cache_dir, progress=progress and not as_json)
     except GtnpipeError as err:
         _fail(err)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: run the same command again to resume after the last finished epoch")
+        raise typer.Exit(130) from None
     if as_json:
         return _emit_json(asdict(result))
     state = "cache hit" if result.cached else "trained"
