@@ -12,7 +12,8 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,34 @@ def fit(
             is refused rather than silently resumed.
         checkpoint_dir: where `last.pt` is written after each epoch and resumed from.
     """
+    with _deterministic():
+        return _fit(model, data, cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir, loss_fn=loss_fn,
+                    progress=progress, description=description)
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    """torch's deterministic-algorithms switch for the duration of a fit, restored after."""
+    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _fit(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    run_id: str,
+    checkpoint_dir: Path | None,
+    loss_fn: LossFn | None,
+    progress: bool,
+    description: str,
+) -> FitResult:
     norm = Normalizer(data.mean, data.std)
     x_train, y_train = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
     n = len(data.train)

@@ -132,6 +132,7 @@ class Supernet(nn.Module):
         init_weights(self)
 
     def forward_stages(self, x: torch.Tensor, arch: ArchConfig) -> list[torch.Tensor]:
+        self.space.validate(arch)
         feats = []
         x = self.stem(x)
         for blocks, active in zip(self.stages, arch.stages):
