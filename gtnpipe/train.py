@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from gtnpipe import distributed
 from gtnpipe.data import Dataset, Split
 from gtnpipe.errors import TrainError
 from gtnpipe.fsutil import atomic_write_bytes
@@ -131,6 +132,8 @@ def fit(
     loss_fn: LossFn | None = None,
     progress: bool = True,
     description: str = "train",
+    find_unused_parameters: bool = False,
+    eval_model: nn.Module | None = None,
 ) -> FitResult:
     """Train `model` in place on `data.train`, evaluating on val every epoch and on test at the end.
 
@@ -138,10 +141,19 @@ def fit(
         run_id: identifies the run; a checkpoint in `checkpoint_dir` written by another run
             is refused rather than silently resumed.
         checkpoint_dir: where `last.pt` is written after each epoch and resumed from.
+        find_unused_parameters: tell DistributedDataParallel that a step may leave some
+            parameters without gradient (a supernet's inactive blocks).
+        eval_model: what val/test top-1 is measured on when `model(x)` is not a classifier
+            (e.g. the teacher inside a generic-teacher training module); default `model`.
+
+    Under torchrun every rank takes its share of each batch of `cfg.batch_size` (so the
+    hyperparameters mean the same at any world size; a last batch smaller than the batch
+    size is dropped), gradients are averaged, and rank 0 writes the checkpoints.
     """
     with _deterministic():
         return _fit(model, data, cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir, loss_fn=loss_fn,
-                    progress=progress, description=description)
+                    progress=progress, description=description, find_unused_parameters=find_unused_parameters,
+                    eval_model=eval_model if eval_model is not None else model)
 
 
 @contextmanager
@@ -166,13 +178,21 @@ def _fit(
     loss_fn: LossFn | None,
     progress: bool,
     description: str,
+    find_unused_parameters: bool,
+    eval_model: nn.Module,
 ) -> FitResult:
     norm = Normalizer(data.mean, data.std)
     x_train, y_train = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
     n = len(data.train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    rank, world = distributed.rank(), distributed.world_size()
+    steps_per_epoch = math.ceil(n / cfg.batch_size) if world == 1 else n // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise TrainError(f"{description}: {n} training images are fewer than one batch of {cfg.batch_size}; "
+                         "lower batch_size in the recipe")
+    progress = progress and rank == 0
     optimizer = _optimizer(model, cfg)
     scheduler = _schedule(optimizer, cfg, steps_per_epoch)
+    net = distributed.wrap(model, find_unused_parameters=find_unused_parameters)
     if loss_fn is None:
         def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = m(x)
@@ -203,10 +223,10 @@ def _fit(
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 xb = x_train[idx]
-                if cfg.augment == "crop-flip":
+                if cfg.augment == "crop-flip":  # on the whole batch, so the generator stays in step on every rank
                     xb = augment_batch(xb, padding_px=cfg.crop_padding_px, generator=generator)
-                yb = y_train[idx]
-                loss, logits = loss_fn(model, norm(xb), yb, idx)
+                idx, xb, yb = idx[rank::world], xb[rank::world], y_train[idx][rank::world]
+                loss, logits = loss_fn(net, norm(xb), yb, idx)
                 if not torch.isfinite(loss):
                     raise TrainError(
                         f"{description}: loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
@@ -220,13 +240,15 @@ def _fit(
                 correct += int((logits.detach().argmax(1) == yb).sum())
                 seen += len(idx)
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen)
-            val_top1 = evaluate(model, data.val, norm, batch_size=cfg.eval_batch_size) if len(data.val) else float("nan")
+            distributed.average_buffers(model)
+            val_top1 = evaluate(eval_model, data.val, norm, batch_size=cfg.eval_batch_size) if len(data.val) else float("nan")
             history.append(EpochLog(epoch + 1, loss_sum / seen, 100.0 * correct / seen, val_top1,
                                     time.perf_counter() - t_epoch))
             bar.update(task, description=f"{description} {epoch + 1}/{cfg.epochs} val {val_top1:5.1f}%")
-            if ckpt_path is not None:
+            if ckpt_path is not None and rank == 0:
                 _save_checkpoint(ckpt_path, run_id, epoch + 1, model, optimizer, scheduler, history)
-    test_top1 = evaluate(model, data.test, norm, batch_size=cfg.eval_batch_size)
+            distributed.barrier()
+    test_top1 = evaluate(eval_model, data.test, norm, batch_size=cfg.eval_batch_size)
     model.eval()
     return FitResult(tuple(history), test_top1, start_epoch, time.perf_counter() - t_start)
 
