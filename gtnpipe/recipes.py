@@ -14,8 +14,18 @@ from typing import Literal
 from gtnpipe.errors import ConfigError
 from gtnpipe.tomlconfig import from_mapping, load_toml
 
-__all__ = ["DataConfig", "Recipe", "TeacherConfig", "TrainConfig", "TrainSection", "known_recipes", "load_recipe",
-           "recipes_dir"]
+__all__ = [
+    "DataConfig",
+    "DistillConfig",
+    "GTNConfig",
+    "Recipe",
+    "TeacherConfig",
+    "TrainConfig",
+    "TrainSection",
+    "known_recipes",
+    "load_recipe",
+    "recipes_dir",
+]
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,50 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GTNConfig:
+    """Generic-teacher training (DESIGN.md): loss weights, branches per step, the arch sampler."""
+
+    lambda_kl: float = 1.0  # weight of mean tau^2 KL(teacher || branch)
+    lambda_ce: float = 1.0  # weight of mean CE(branch)
+    temperature: float = 4.0
+    archs_per_step: int = 3  # student branches per step
+    include_extremes: bool = True  # the largest and smallest students are two of them
+    branch_points: tuple[int, ...] = (0, 1, 2, 3)  # i: teacher stages 1..i, adapter, student stages i+1..K
+    sampler_lr: float = 0.05  # REINFORCE step on the sampling distribution's logits
+    entropy_bonus: float = 0.02  # keeps the whole pool covered
+    baseline_momentum: float = 0.9  # EMA of rewards, subtracted to reduce variance
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_kl", "lambda_ce", "sampler_lr", "entropy_bonus"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"'{name}' must be a finite number >= 0, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise ValueError(f"'temperature' must be > 0, got {self.temperature}")
+        if self.archs_per_step < (3 if self.include_extremes else 1):
+            raise ValueError(f"'archs_per_step' must be >= {3 if self.include_extremes else 1} "
+                             f"(include_extremes = {str(self.include_extremes).lower()}), got {self.archs_per_step}")
+        if not self.branch_points or len(set(self.branch_points)) != len(self.branch_points) or min(self.branch_points) < 0:
+            raise ValueError(f"'branch_points' must be distinct stage indices >= 0, got {list(self.branch_points)}")
+        if not 0 <= self.baseline_momentum < 1:
+            raise ValueError(f"'baseline_momentum' must be in [0, 1), got {self.baseline_momentum}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Hinton KD of a student: (1 - alpha) CE + alpha tau^2 KL(teacher || student)."""
+
+    alpha: float = 0.9
+    temperature: float = 4.0
+    init: Literal["scratch", "inherited"] = "scratch"  # inherited: weights from the GTN run's supernet
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"'alpha' must be in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"'temperature' must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
 class TrainSection:
     teacher: TrainConfig
     student: TrainConfig
@@ -93,6 +147,8 @@ class Recipe:
     space: str = "mbv3-28"  # a name in gtnpipe.supernet.SPACES
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
+    gtn: GTNConfig = GTNConfig()
+    distill: DistillConfig = DistillConfig()
 
 
 def recipes_dir() -> Path:

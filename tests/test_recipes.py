@@ -26,7 +26,7 @@ TRAIN_KEYS = (
     "augment, batch_size, crop_padding_px, epochs, eval_batch_size, label_smoothing, lr, momentum, nesterov, "
     "optimizer, warmup_epochs, weight_decay"
 )
-TOP_KEYS = "data, description, name, seed, space, teacher, train"
+TOP_KEYS = "data, description, distill, gtn, name, seed, space, teacher, train"
 
 VALID_TRAIN = """
 [train.teacher]

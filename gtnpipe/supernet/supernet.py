@@ -144,6 +144,14 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor, arch: ArchConfig) -> torch.Tensor:
         return self.head(self.forward_stages(x, arch)[-1])
 
+    def forward_from(self, h: torch.Tensor, arch: ArchConfig, *, start_stage: int) -> torch.Tensor:
+        """Logits from features `h` entering stage `start_stage` (0-based): the tail of a branch."""
+        self.space.validate(arch)
+        for blocks, active in zip(self.stages[start_stage:], arch.stages[start_stage:]):
+            for block, choice in zip(blocks, active):
+                h = block(h, choice)
+        return self.head(h)
+
     @torch.no_grad()
     def extract(self, arch: ArchConfig) -> StagedNet:
         """A standalone static student with this arch's weights copied out of the supernet."""

@@ -1,0 +1,146 @@
+"""Generic teacher training: the loss reaches every trained part, the sampler follows high-KL archs,
+KD loss values match hand-computed ones, SFTN keeps its one student."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from gtnpipe.data import Dataset
+from gtnpipe.gtn import ArchSampler, GenericTeacherTrainer, kd_kl, train_generic_teacher
+from gtnpipe.recipes import GTNConfig, TeacherConfig, TrainConfig
+from gtnpipe.supernet import ArchConfig, Supernet, TaskShape, get_space
+from gtnpipe.teacher import build_teacher
+
+SPACE = get_space("mbv3-28")
+TASK = TaskShape(1, (28, 28), 10)
+SMALL_TEACHER = TeacherConfig(stem_width=8, widths=(16, 16, 32, 32), blocks=(1, 1, 1, 1))
+
+
+def _trainer(cfg: GTNConfig, fixed_arch: ArchConfig | None = None) -> GenericTeacherTrainer:
+    torch.manual_seed(0)
+    return GenericTeacherTrainer(build_teacher(SMALL_TEACHER, SPACE, TASK), Supernet(SPACE, TASK), cfg,
+                                 label_smoothing=0.0, fixed_arch=fixed_arch)
+
+
+def test_kd_kl_matches_hand_computation() -> None:
+    t = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
+    s = np.array([[1.0, 1.0, 0.0], [-1.0, 2.0, 0.5]])
+    tau = 2.0
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    p, q = softmax(t / tau), softmax(s / tau)
+    expected = tau**2 * np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1))
+    got = kd_kl(torch.tensor(t), torch.tensor(s), tau)
+    assert float(got) == pytest.approx(expected, rel=1e-9)
+    assert float(kd_kl(torch.tensor(t), torch.tensor(t), tau)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("point", [0, 1, 2, 3])
+def test_gtn_loss_reaches_teacher_adapters_and_shared_student_weights(point: int) -> None:
+    trainer = _trainer(GTNConfig(branch_points=(point,), archs_per_step=3)).train()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    loss, logits = trainer(x, y)
+    assert logits.shape == (8, 10) and torch.isfinite(loss)
+    loss.backward()
+
+    def has_grad(module: torch.nn.Module) -> bool:
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    assert has_grad(trainer.teacher.stem) and has_grad(trainer.teacher.head)
+    # the student tail runs from stage `point` on: its blocks and the shared head learn
+    assert has_grad(trainer.supernet.stages[point][0]) and has_grad(trainer.supernet.head)
+    assert has_grad(trainer.supernet.stem) == (point == 0)
+    for i, adapter in enumerate(trainer.adapters, start=1):
+        assert has_grad(adapter) == (i == point)
+    if point > 0:  # the branch's KL and CE flow back into the teacher stages it uses (SFTN's mechanism)
+        trainer.zero_grad()
+        branch = trainer.branch_logits(x, trainer.teacher.forward_stages(x), SPACE.smallest(), point)
+        torch.nn.functional.cross_entropy(branch, y).backward()
+        assert has_grad(trainer.teacher.stages[point - 1])
+        assert not has_grad(trainer.teacher.head)
+
+
+def test_sampler_is_a_distribution_over_the_pool() -> None:
+    tiny = replace(SPACE, stages=SPACE.stages[:2], depths=(1, 2), kernel_sizes=(3, 5), expand_ratios=(3, 6))
+    sampler = ArchSampler(tiny)
+    torch.manual_seed(0)
+    sampler.depth_logits.normal_()
+    sampler.block_logits.normal_()
+    stage_options = [tuple(blocks) for d in tiny.depths for blocks in itertools.product(tiny.choices, repeat=d)]
+    total = sum(math.exp(float(sampler.log_prob(ArchConfig(stages)))) for stages in
+                itertools.product(stage_options, repeat=2))
+    assert total == pytest.approx(1.0, abs=1e-5)
+    assert sampler.entropy() < sampler.max_entropy()
+    assert ArchSampler(tiny).entropy() == pytest.approx(ArchSampler(tiny).max_entropy())
+
+
+def test_sampler_moves_towards_high_kl_archs() -> None:
+    """Constructed case: an arch's 'KL' is its share of 7x7 kernels; the distribution must learn it."""
+    sampler = ArchSampler(SPACE)
+    k7 = [i for i, b in enumerate(SPACE.choices) if b.kernel == 7]
+
+    def p_k7() -> float:
+        return float(sampler.block_logits.softmax(-1)[..., k7].sum(-1).mean())
+
+    def reward(arch: ArchConfig) -> float:
+        blocks = [b for s in arch.stages for b in s]
+        return sum(b.kernel == 7 for b in blocks) / len(blocks)
+
+    torch.manual_seed(0)
+    start_p, start_h = p_k7(), sampler.entropy()
+    assert start_p == pytest.approx(1 / 3)
+    for _ in range(300):
+        archs = sampler.sample(4)
+        sampler.reinforce(archs, torch.tensor([reward(a) for a in archs]), lr=0.5, entropy_bonus=0.001,
+                          baseline_momentum=0.9)
+    assert p_k7() > 0.5  # averaged over all slots, including the rarely active 4th blocks
+    assert sampler.entropy() < start_h
+    torch.manual_seed(1)
+    late = sampler.sample(200)
+    assert np.mean([reward(a) for a in late]) > 0.55  # uniform sampling gives 1/3
+
+
+def test_entropy_bonus_alone_keeps_the_distribution_uniform() -> None:
+    sampler = ArchSampler(SPACE)
+    torch.manual_seed(0)
+    for _ in range(50):
+        archs = sampler.sample(4)
+        sampler.reinforce(archs, torch.zeros(4), lr=0.5, entropy_bonus=1.0, baseline_momentum=0.9)
+    assert sampler.entropy() == pytest.approx(sampler.max_entropy(), rel=1e-6)
+
+
+def test_sftn_trains_only_its_student() -> None:
+    arch = SPACE.sample_many(1, seed=4)[0]
+    trainer = _trainer(GTNConfig(archs_per_step=2, include_extremes=False), fixed_arch=arch)
+    branches, points = trainer._plan()
+    assert [a for _, a in branches] == [arch, arch] and set(points) <= set(range(4))
+
+
+def test_branch_point_outside_the_space_is_refused() -> None:
+    with pytest.raises(ValueError, match="branch points \\[4\\] are out of range"):
+        _trainer(GTNConfig(branch_points=(0, 4)))
+
+
+def test_short_gtn_run_learns_and_logs(fmnist_small: Dataset) -> None:
+    torch.manual_seed(0)
+    teacher, supernet = build_teacher(SMALL_TEACHER, SPACE, TASK), Supernet(SPACE, TASK)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.1, augment="none", label_smoothing=0.0)
+    result, trainer = train_generic_teacher(teacher, supernet, fmnist_small, cfg, GTNConfig(), seed=0, run_id="t",
+                                            progress=False)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.test_top1 > 30.0
+    log = trainer.log.summary()
+    assert log["steps"] == 2 * 16
+    assert set(log["kl_by_student"]) == {"largest", "smallest", "sampled"}
+    assert {int(p) for p in log["kl_by_branch_point"]} == {0, 1, 2, 3}
+    assert log["entropy_trace"][0]["entropy_nats"] == pytest.approx(trainer.sampler.max_entropy(), rel=1e-3)
+    assert int(trainer.sampler.updates) == 2 * 16
