@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,9 +42,17 @@ CacheOpt = Annotated[
 SpaceOpt = Annotated[str, typer.Option("--space", help="Search space name.")]
 
 
-def _fail(err: GtnpipeError) -> NoReturn:
-    Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
-    raise typer.Exit(2)
+@contextmanager
+def _handled() -> Iterator[None]:
+    """A GtnpipeError becomes one line on stderr and exit code 2; Ctrl-C says how to resume."""
+    try:
+        yield
+    except GtnpipeError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: run the same command again to resume after the last finished epoch")
+        raise typer.Exit(130) from None
 
 
 def _emit_json(obj: Any) -> None:
@@ -64,10 +74,8 @@ def data_info(
     """Dataset source, fingerprint, shape, classes and split sizes (splits as the recipe carves them)."""
     from gtnpipe import pipeline
 
-    try:
+    with _handled():
         info = pipeline.data_info(recipe=recipe, source=data)
-    except GtnpipeError as err:
-        _fail(err)
     if as_json:
         return _emit_json(info)
     out.print(f"[bold]{info['name']}[/]  fingerprint {info['fingerprint'][:16]}…")
@@ -81,10 +89,8 @@ def pool_info(space: SpaceOpt = "mbv3-28", as_json: JsonOpt = False) -> None:
     """Search space, pool size, and the MACs/params range (at Fashion-MNIST's 1x28x28, 10 classes)."""
     from gtnpipe import pipeline
 
-    try:
+    with _handled():
         info = pipeline.pool_info(space=space)
-    except GtnpipeError as err:
-        _fail(err)
     if as_json:
         return _emit_json(info)
     c = info["choices"]
@@ -108,10 +114,8 @@ def pool_sample(
     """Random distinct students from the pool, with their MACs and params."""
     from gtnpipe import pipeline
 
-    try:
+    with _handled():
         rows = pipeline.pool_sample(n, seed=seed, space=space)
-    except GtnpipeError as err:
-        _fail(err)
     if as_json:
         return _emit_json(rows)
     table = Table("depths", "MACs (M)", "params (M)", "arch id")
@@ -135,19 +139,70 @@ def train(
     """
     from gtnpipe import pipeline
 
-    try:
+    with _handled():
         result = pipeline.train_model(model, recipe=recipe, cache_dir=cache_dir, progress=progress and not as_json)
-    except GtnpipeError as err:
-        _fail(err)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: run the same command again to resume after the last finished epoch")
-        raise typer.Exit(130) from None
     if as_json:
         return _emit_json(asdict(result))
     state = "cache hit" if result.cached else "trained"
     out.print(f"[bold]{result.model}[/] ({state}, key {result.key[:12]}): test top-1 [bold]{result.test_top1:.2f}%[/] "
               f"(val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs, {result.params / 1e6:.3f}M params, "
               f"{result.epochs} epochs at {result.seconds_per_epoch:.1f} s/epoch")
+
+
+@app.command("teacher")
+def teacher(
+    method: Annotated[str, typer.Option("--method", help="gtn (generic, for the whole pool), vanilla (CE only) "
+                                        "or sftn (specialised to --student).")] = "gtn",
+    student: Annotated[str | None, typer.Option("--student", help="Arch id: the SFTN teacher's student.")] = None,
+    recipe: RecipeOpt = "quick",
+    cache_dir: CacheOpt = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a teacher once and cache it; a second call returns the cached key at once.
+
+    Runs data-parallel under torchrun: torchrun --nproc-per-node 2 -m gtnpipe.cli teacher ...
+    """
+    from gtnpipe import distributed, pipeline
+
+    distributed.init_from_env()
+    with _handled():
+        result = pipeline.train_teacher(method, student=student, recipe=recipe, cache_dir=cache_dir,
+                                        progress=progress and not as_json)
+    if not distributed.is_main():
+        return None
+    if as_json:
+        return _emit_json(asdict(result))
+    state = "cache hit" if result.cached else "trained"
+    target = f" for {result.student}" if result.student else ""
+    out.print(f"[bold]{result.method} teacher[/]{target} ({state}, key {result.key}): test top-1 "
+              f"[bold]{result.test_top1:.2f}%[/], {result.epochs} epochs in {result.train_seconds:.0f} s")
+
+
+@app.command("distill")
+def distill(
+    arch: Annotated[str, typer.Option("--arch", "-a", help="Student arch id, 'largest' or 'smallest'.")],
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="gtn, vanilla, sftn or none.")] = "gtn",
+    recipe: RecipeOpt = "quick",
+    seed: Annotated[int | None, typer.Option("--seed", help="Student seed [default: the recipe's].")] = None,
+    cache_dir: CacheOpt = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Distill one pool student from a cached teacher (trained first if needed); print top-1 and key."""
+    from gtnpipe import distributed, pipeline
+
+    distributed.init_from_env()
+    with _handled():
+        result = pipeline.distill_student(arch, teacher=teacher, recipe=recipe, seed=seed, cache_dir=cache_dir,
+                                          progress=progress and not as_json)
+    if not distributed.is_main():
+        return None
+    if as_json:
+        return _emit_json(asdict(result))
+    state = "cache hit" if result.cached else "trained"
+    out.print(f"[bold]{result.arch}[/] from {result.teacher} teacher ({state}, key {result.key}): test top-1 "
+              f"[bold]{result.test_top1:.2f}%[/] (val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs")
 
 
 def main() -> None:

@@ -1,44 +1,73 @@
 """The whole flow, one function per CLI command. Read this file to see how the pieces fit.
 
-    recipe ──► data ──► model (teacher | student from the pool) ──► train (resumable) ──► cache
+    recipe ──► data ──► teacher: vanilla (CE) | gtn (generic, once) | sftn (per student) ──► cache
+                          │
+                          ▼
+             student from the pool ──► distill (KD from a cached teacher, or none) ──► cache
 
-Later stages (generic teacher, distillation, search, export, bench) plug in here.
+Every stage is cached under a key of everything that determines it and resumes after an
+interrupt. Later stages (search, export, bench) plug in here.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gtnpipe import distributed
 from gtnpipe.cache import Cache, cache_key
 from gtnpipe.data import Dataset, load_dataset
+from gtnpipe.distill import distill, teacher_logits
+from gtnpipe.errors import ConfigError
+from gtnpipe.gtn import train_generic_teacher
 from gtnpipe.recipes import Recipe, load_recipe
-from gtnpipe.supernet import ArchConfig, SearchSpace, StagedNet, TaskShape, build_static, count, count_module, get_space
+from gtnpipe.supernet import (
+    ArchConfig,
+    SearchSpace,
+    StagedNet,
+    Supernet,
+    TaskShape,
+    build_static,
+    count,
+    count_module,
+    get_space,
+)
 from gtnpipe.teacher import build_teacher
 from gtnpipe.tomlconfig import as_dict
-from gtnpipe.train import fit, seed_everything
+from gtnpipe.train import Normalizer, fit, seed_everything
 
 __all__ = [
     "FASHION_MNIST_TASK",
+    "TEACHER_METHODS",
+    "DistillOutcome",
+    "TeacherOutcome",
     "TrainOutcome",
     "data_info",
+    "distill_student",
+    "load_teacher",
     "load_data",
     "load_trained",
     "pool_info",
     "pool_sample",
     "task_of",
     "train_model",
+    "train_teacher",
 ]
 
 log = logging.getLogger("gtnpipe")
 # Fashion-MNIST's shape, for pool statistics when no dataset is named.
 FASHION_MNIST_TASK = TaskShape(in_channels=1, image_hw=(28, 28), num_classes=10)
-_MODELS = "models"  # cache kind of trained models
+_MODELS = "models"  # cache kinds: trained-from-scratch models,
+_TEACHERS = "teachers"  # GTN and SFTN teachers (with the supernet they trained),
+_LOGITS = "teacher-logits"  # a teacher's logits on the train split,
+_STUDENTS = "students"  # distilled students
 _WEIGHTS = "weights.pt"
+TEACHER_METHODS = ("vanilla", "gtn", "sftn")
 
 
 @dataclass(frozen=True)
@@ -123,30 +152,28 @@ def _build(model_spec: dict[str, Any], recipe: Recipe, space: SearchSpace, task:
 
 def train_model(model: str, *, recipe: str | Path = "quick", cache_dir: Path | None = None,
                 progress: bool = True) -> TrainOutcome:
-    """Train the teacher or a pool student (by arch id, 'largest' or 'smallest') and cache it.
+    """Train the teacher or a pool student (by arch id, 'largest' or 'smallest') from scratch with
+    plain CE, and cache it.
 
     An unchanged second call is a cache hit; an interrupted call resumes from its last epoch.
     """
-    rec = load_recipe(recipe)
-    space = get_space(rec.space)
+    rec, space, data, task = _context(recipe)
     name, model_spec = _model_spec(model, rec, space)
-    data = load_data(rec)
-    task = task_of(data)
     train_cfg = rec.train.teacher if model_spec["model"] == "teacher" else rec.train.student
-    spec = {"kind": "trained-model", **model_spec, "task": asdict(task), "train": as_dict(train_cfg),
-            "data": as_dict(rec.data), "data_fingerprint": data.fingerprint, "seed": rec.seed}
+    spec = {"kind": "trained-model", **model_spec, "train": as_dict(train_cfg), "seed": rec.seed,
+            **_base_spec(rec, space, data, task)}
     key = cache_key(spec)
-    cache = Cache(cache_dir)
-    with cache.locked(_MODELS, key):
-        entry = cache.lookup(_MODELS, key)
-        if entry is not None:
-            return TrainOutcome(**entry.meta, key=key, cached=True, entry_path=str(entry.path))
+    resumed_from_epoch = 0
+
+    def build(staging: Path, meta: dict[str, Any]) -> None:
+        nonlocal resumed_from_epoch
         seed_everything(rec.seed)
         net = _build(model_spec, rec, space, task)
-        result = fit(net, data, train_cfg, seed=rec.seed, run_id=key, checkpoint_dir=cache.work_dir(_MODELS, key),
+        result = fit(net, data, train_cfg, seed=rec.seed, run_id=key, checkpoint_dir=Cache(cache_dir).work_dir(_MODELS, key),
                      progress=progress, description=name if name == "teacher" else "student")
+        resumed_from_epoch = result.resumed_from_epoch
         cost = count_module(net, task)  # equals the analytic count for students (tested)
-        meta = {
+        meta |= {
             "model": name,
             "test_top1": result.test_top1,
             "val_top1": result.history[-1].val_top1,
@@ -155,12 +182,11 @@ def train_model(model: str, *, recipe: str | Path = "quick", cache_dir: Path | N
             "macs": cost.macs,
             "params": cost.params,
         }
-        with cache.writing(_MODELS, key, spec=spec, meta=meta) as staging:
-            torch.save(net.state_dict(), staging / _WEIGHTS)
-        cache.clear_work(_MODELS, key)
-    entry_path = str(cache.entry_dir(_MODELS, key))
-    return TrainOutcome(**meta, key=key, cached=False, entry_path=entry_path,
-                        resumed_from_epoch=result.resumed_from_epoch)
+        torch.save(net.state_dict(), staging / _WEIGHTS)
+
+    entry, cached = _cached(_MODELS, key, spec, build, cache_dir=cache_dir)
+    return TrainOutcome(**entry.meta, key=key, cached=cached, entry_path=str(entry.path),
+                        resumed_from_epoch=resumed_from_epoch)
 
 
 def load_trained(model: str, *, recipe: str | Path = "quick", cache_dir: Path | None = None) -> StagedNet:
@@ -174,3 +200,189 @@ def load_trained(model: str, *, recipe: str | Path = "quick", cache_dir: Path | 
                  TaskShape(task["in_channels"], tuple(task["image_hw"]), task["num_classes"]))
     net.load_state_dict(torch.load(entry.file(_WEIGHTS), map_location="cpu", weights_only=True))
     return net.eval()
+
+
+@dataclass(frozen=True)
+class TeacherOutcome:
+    method: str
+    key: str
+    cached: bool
+    test_top1: float
+    train_seconds: float  # wall-clock of the training epochs (on the machine that trained it)
+    epochs: int
+    student: str | None  # the SFTN teacher's student
+    entry_path: str
+    log: dict[str, Any] | None = None  # GTN: sampler entropy and branch KL over training
+
+
+@dataclass(frozen=True)
+class DistillOutcome:
+    arch: str
+    teacher: str
+    teacher_key: str | None
+    key: str
+    cached: bool
+    test_top1: float
+    val_top1: float
+    macs: int
+    params: int
+    seed: int
+    init: str
+    train_seconds: float
+    entry_path: str
+
+
+def _context(recipe: str | Path) -> tuple[Recipe, SearchSpace, Dataset, TaskShape]:
+    rec = load_recipe(recipe)
+    space = get_space(rec.space)
+    data = load_data(rec)
+    return rec, space, data, task_of(data)
+
+
+def _base_spec(rec: Recipe, space: SearchSpace, data: Dataset, task: TaskShape) -> dict[str, Any]:
+    return {"space": as_dict(space), "task": asdict(task), "data": as_dict(rec.data),
+            "data_fingerprint": data.fingerprint}
+
+
+def _teacher_spec(method: str, student: str | None, rec: Recipe, space: SearchSpace, data: Dataset,
+                  task: TaskShape) -> tuple[str | None, dict[str, Any]]:
+    if method not in TEACHER_METHODS:
+        raise ConfigError(f"unknown teacher method {method!r}; choose one of: {', '.join(TEACHER_METHODS)}")
+    if (method == "sftn") != (student is not None):
+        raise ConfigError("--student ARCH_ID is required with --method sftn (the student the teacher specialises to), "
+                          "and only then")
+    arch = space.parse(student).id if student is not None else None
+    spec = {"kind": "teacher", "method": method, "student": arch, "teacher": as_dict(rec.teacher),
+            "train": as_dict(rec.train.teacher), "gtn": as_dict(rec.gtn), "seed": rec.seed,
+            **_base_spec(rec, space, data, task)}
+    return arch, spec
+
+
+def train_teacher(method: str, *, student: str | None = None, recipe: str | Path = "quick",
+                  cache_dir: Path | None = None, progress: bool = True) -> TeacherOutcome:
+    """Train (or find in the cache) a teacher: vanilla (CE only), gtn (generic, for the whole pool)
+    or sftn (specialised to `student`)."""
+    if method == "vanilla":
+        if student is not None:
+            raise ConfigError("--student is only for --method sftn")
+        out = train_model("teacher", recipe=recipe, cache_dir=cache_dir, progress=progress)
+        return TeacherOutcome("vanilla", out.key, out.cached, out.test_top1, out.seconds_per_epoch * out.epochs,
+                              out.epochs, None, out.entry_path)
+    rec, space, data, task = _context(recipe)
+    arch, spec = _teacher_spec(method, student, rec, space, data, task)
+    key = cache_key(spec)
+
+    def build(staging: Path, meta: dict[str, Any]) -> None:
+        seed_everything(rec.seed)
+        teacher, supernet = build_teacher(rec.teacher, space, task), Supernet(space, task)
+        result, trainer = train_generic_teacher(
+            teacher, supernet, data, rec.train.teacher, rec.gtn, seed=rec.seed, run_id=key,
+            checkpoint_dir=Cache(cache_dir).work_dir(_TEACHERS, key),
+            fixed_arch=ArchConfig.from_id(arch) if arch else None, progress=progress)
+        meta |= {"method": method, "student": arch, "test_top1": result.test_top1, "epochs": len(result.history),
+                 "train_seconds": sum(h.seconds for h in result.history), "log": trainer.log.summary()}
+        torch.save(teacher.state_dict(), staging / _WEIGHTS)
+        torch.save(supernet.state_dict(), staging / "supernet.pt")
+
+    entry, cached = _cached(_TEACHERS, key, spec, build, cache_dir=cache_dir)
+    m = entry.meta
+    return TeacherOutcome(method, key, cached, m["test_top1"], m["train_seconds"], m["epochs"], arch,
+                          str(entry.path), m["log"])
+
+
+def _cached(kind: str, key: str, spec: dict[str, Any], build: Any, *, cache_dir: Path | None) -> tuple[Any, bool]:
+    """The cache entry for `key`, building it with `build(staging, meta)` if missing.
+
+    Under torchrun every rank builds (trains) together and rank 0 writes the entry.
+    """
+    cache = Cache(cache_dir)
+    entry = cache.lookup(kind, key) if distributed.is_main() else None
+    if distributed.broadcast_object(entry is not None):
+        distributed.barrier()
+        return cache.verify(kind, key), True
+    if distributed.is_main():
+        with cache.locked(kind, key):
+            entry = cache.lookup(kind, key)
+            if entry is not None:
+                return entry, True
+            meta: dict[str, Any] = {}
+            with cache.writing(kind, key, spec=spec, meta=meta) as staging:
+                build(staging, meta)
+            cache.clear_work(kind, key)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            build(Path(scratch), {})
+    distributed.barrier()
+    return cache.verify(kind, key), False
+
+
+def load_teacher(method: str, *, student: str | None = None, recipe: str | Path = "quick",
+                 cache_dir: Path | None = None) -> tuple[StagedNet, TeacherOutcome]:
+    """The cached teacher network (trained first if needed), in eval mode."""
+    outcome = train_teacher(method, student=student, recipe=recipe, cache_dir=cache_dir, progress=False)
+    rec, space, _, task = _context(recipe)
+    net = build_teacher(rec.teacher, space, task)
+    kind = _MODELS if method == "vanilla" else _TEACHERS
+    entry = Cache(cache_dir).verify(kind, outcome.key)
+    net.load_state_dict(torch.load(entry.file(_WEIGHTS), map_location="cpu", weights_only=True))
+    return net.eval(), outcome
+
+
+def _teacher_logits(teacher: StagedNet, teacher_key: str, data: Dataset, spec: dict[str, Any], *,
+                    cache_dir: Path | None) -> torch.Tensor:
+    key = cache_key({"kind": "teacher-logits", "teacher_key": teacher_key, "data": spec["data"],
+                     "data_fingerprint": spec["data_fingerprint"]})
+
+    def build(staging: Path, meta: dict[str, Any]) -> None:
+        torch.save(teacher_logits(teacher, data.train, Normalizer(data.mean, data.std)), staging / "logits.pt")
+
+    entry, _ = _cached(_LOGITS, key, {"teacher_key": teacher_key}, build, cache_dir=cache_dir)
+    return torch.load(entry.file("logits.pt"), weights_only=True)
+
+
+def distill_student(arch: str, *, teacher: str = "gtn", recipe: str | Path = "quick", seed: int | None = None,
+                    cache_dir: Path | None = None, progress: bool = True) -> DistillOutcome:
+    """Distill pool student `arch` from a cached teacher ('gtn', 'vanilla', 'sftn' for a teacher
+    specialised to this very student, or 'none' for plain training with the same settings)."""
+    rec, space, data, task = _context(recipe)
+    student = space.parse(arch)
+    if teacher not in (*TEACHER_METHODS, "none"):
+        raise ConfigError(f"unknown teacher {teacher!r}; choose one of: {', '.join((*TEACHER_METHODS, 'none'))}")
+    seed = rec.seed if seed is None else seed
+    teacher_net, teacher_key = None, None
+    if teacher != "none":
+        teacher_net, t_out = load_teacher(teacher, student=student.id if teacher == "sftn" else None, recipe=recipe,
+                                          cache_dir=cache_dir)
+        teacher_key = t_out.key
+    init_key = None
+    if rec.distill.init == "inherited":  # every method starts from the same GTN-trained supernet weights
+        init_key = train_teacher("gtn", recipe=recipe, cache_dir=cache_dir, progress=progress).key
+    spec = {"kind": "distilled", "arch": student.id, "teacher": teacher, "teacher_key": teacher_key,
+            "distill": as_dict(rec.distill), "train": as_dict(rec.train.student), "init_from": init_key, "seed": seed,
+            **_base_spec(rec, space, data, task)}
+    key = cache_key(spec)
+
+    def build(staging: Path, meta: dict[str, Any]) -> None:
+        seed_everything(seed)
+        if init_key is not None:
+            supernet = Supernet(space, task)
+            state = torch.load(Cache(cache_dir).verify(_TEACHERS, init_key).file("supernet.pt"), weights_only=True)
+            supernet.load_state_dict(state)
+            net = supernet.extract(student).train()
+        else:
+            net = build_static(student, space, task)
+        logits = None
+        if teacher_net is not None and rec.train.student.augment == "none":
+            logits = _teacher_logits(teacher_net, teacher_key, data, spec, cache_dir=cache_dir)
+        result = distill(net, teacher_net, data, rec.train.student, rec.distill, seed=seed, run_id=key,
+                         checkpoint_dir=Cache(cache_dir).work_dir(_STUDENTS, key), cached_logits=logits,
+                         progress=progress)
+        cost = count(student, space, task)
+        meta |= {"test_top1": result.test_top1, "val_top1": result.history[-1].val_top1, "macs": cost.macs,
+                 "params": cost.params, "train_seconds": sum(h.seconds for h in result.history)}
+        torch.save(net.state_dict(), staging / _WEIGHTS)
+
+    entry, cached = _cached(_STUDENTS, key, spec, build, cache_dir=cache_dir)
+    m = entry.meta
+    return DistillOutcome(student.id, teacher, teacher_key, key, cached, m["test_top1"], m["val_top1"], m["macs"],
+                          m["params"], seed, rec.distill.init, m["train_seconds"], str(entry.path))

@@ -1,0 +1,131 @@
+"""Distillation: KD loss values, cached teacher logits, and the teacher/distill pipeline with its cache."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_RECIPE
+from typer.testing import CliRunner
+
+from gtnpipe import pipeline
+from gtnpipe.cli import app
+from gtnpipe.data import Dataset
+from gtnpipe.distill import distill, kd_loss, teacher_logits
+from gtnpipe.errors import ConfigError
+from gtnpipe.recipes import DistillConfig, TrainConfig, load_recipe
+from gtnpipe.supernet import TaskShape, build_static, get_space
+from gtnpipe.teacher import build_teacher
+from gtnpipe.train import Normalizer, seed_everything
+
+SPACE = get_space("mbv3-28")
+TASK = TaskShape(1, (28, 28), 10)
+
+
+def test_kd_loss_mixes_ce_and_kl_by_alpha() -> None:
+    s = torch.tensor([[1.0, 0.0, -1.0]])
+    t = torch.tensor([[0.0, 2.0, 0.0]])
+    y = torch.tensor([1])
+    tau, alpha = 3.0, 0.7
+    ce = -math.log(math.exp(0.0) / (math.exp(1.0) + math.exp(0.0) + math.exp(-1.0)))
+    p = [math.exp(v / tau) for v in (0.0, 2.0, 0.0)]
+    p = [v / sum(p) for v in p]
+    q = [math.exp(v / tau) for v in (1.0, 0.0, -1.0)]
+    q = [v / sum(q) for v in q]
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    expected = (1 - alpha) * ce + alpha * tau**2 * kl
+    assert float(kd_loss(s, t, y, alpha=alpha, temperature=tau)) == pytest.approx(expected, rel=1e-6)
+    assert float(kd_loss(s, t, y, alpha=0.0, temperature=tau)) == pytest.approx(ce, rel=1e-6)
+
+
+def test_teacher_logits_are_in_split_order(fmnist_small: Dataset) -> None:
+    torch.manual_seed(0)
+    teacher = build_teacher(load_recipe(TINY_RECIPE).teacher, SPACE, TASK).eval()
+    norm = Normalizer(fmnist_small.mean, fmnist_small.std)
+    logits = teacher_logits(teacher, fmnist_small.train, norm, batch_size=100)
+    assert logits.shape == (len(fmnist_small.train), 10)
+    with torch.no_grad():
+        one = teacher(norm(torch.from_numpy(fmnist_small.train.x[37:38])))
+    assert torch.allclose(logits[37:38], one, atol=1e-5)
+
+
+def test_cached_logits_give_the_same_student_as_online_teacher(fmnist_small: Dataset) -> None:
+    torch.manual_seed(0)
+    teacher = build_teacher(load_recipe(TINY_RECIPE).teacher, SPACE, TASK).eval()
+    cfg = TrainConfig(epochs=1, batch_size=64, augment="none")
+    students = []
+    for cached in (True, False):
+        seed_everything(3)
+        student = build_static(SPACE.smallest(), SPACE, TASK)
+        logits = teacher_logits(teacher, fmnist_small.train, Normalizer(fmnist_small.mean, fmnist_small.std))
+        if not cached:  # force the online path by training with an (identity) augmentation-free online teacher
+            logits = None
+        distill(student, teacher, fmnist_small, cfg, DistillConfig(), seed=0, run_id="c", cached_logits=logits,
+                progress=False)
+        students.append(student.state_dict())
+    for name in students[0]:
+        assert torch.allclose(students[0][name].float(), students[1][name].float(), atol=1e-4), name
+
+
+def _recipe_no_augment(tmp_path: Path) -> Path:
+    text = TINY_RECIPE.read_text().replace('name = "tiny"', 'name = "tinyplain"')
+    text += '\n[distill]\nalpha = 0.9\ntemperature = 4.0\n'
+    text = text.replace("[train.student]\n", '[train.student]\naugment = "none"\n')
+    path = tmp_path / "tinyplain.toml"
+    path.write_text(text)
+    assert load_recipe(path).train.student.augment == "none"
+    return path
+
+
+def test_teacher_and_distill_pipeline(tmp_path: Path) -> None:
+    recipe = _recipe_no_augment(tmp_path)
+    cache = tmp_path / "cache"
+    gtn = pipeline.train_teacher("gtn", recipe=recipe, cache_dir=cache, progress=False)
+    assert not gtn.cached and gtn.method == "gtn" and gtn.log is not None
+    assert gtn.log["steps"] == 2 * 8  # tiny: 512 images, batch 64, 2 epochs
+    t0 = time.perf_counter()
+    again = pipeline.train_teacher("gtn", recipe=recipe, cache_dir=cache, progress=False)
+    assert again.cached and again.key == gtn.key and time.perf_counter() - t0 < 20
+    vanilla = pipeline.train_teacher("vanilla", recipe=recipe, cache_dir=cache, progress=False)
+    assert vanilla.key != gtn.key
+
+    outcomes = {t: pipeline.distill_student("smallest", teacher=t, recipe=recipe, cache_dir=cache, progress=False)
+                for t in ("none", "vanilla", "gtn")}
+    assert len({o.key for o in outcomes.values()}) == 3
+    assert outcomes["none"].teacher_key is None and outcomes["gtn"].teacher_key == gtn.key
+    assert outcomes["vanilla"].teacher_key == vanilla.key
+    for o in outcomes.values():
+        assert 0 <= o.test_top1 <= 100 and o.macs == 4_100_040 and not o.cached
+    assert len(list((cache / "teacher-logits").iterdir())) == 2  # computed once per teacher
+    hit = pipeline.distill_student("smallest", teacher="gtn", recipe=recipe, cache_dir=cache, progress=False)
+    assert hit.cached and hit.test_top1 == outcomes["gtn"].test_top1
+    other_seed = pipeline.distill_student("smallest", teacher="gtn", recipe=recipe, seed=1, cache_dir=cache,
+                                          progress=False)
+    assert other_seed.key != hit.key and other_seed.seed == 1
+
+
+def test_sftn_needs_its_student(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--student ARCH_ID is required with --method sftn"):
+        pipeline.train_teacher("sftn", recipe=TINY_RECIPE, cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown teacher method 'ofa'"):
+        pipeline.train_teacher("ofa", recipe=TINY_RECIPE, cache_dir=tmp_path)
+
+
+def test_cli_sftn_teacher_and_distill(tmp_path: Path) -> None:
+    runner = CliRunner()
+    arch = "k3e3_k3e3_k5e4_k3e3"
+    base = ["--recipe", str(TINY_RECIPE), "--cache-dir", str(tmp_path), "--json"]
+    result = runner.invoke(app, ["teacher", "--method", "sftn", "--student", arch, *base])
+    assert result.exit_code == 0, result.output
+    teacher = json.loads(result.stdout)
+    assert teacher["student"] == arch and teacher["method"] == "sftn" and teacher["cached"] is False
+    result = runner.invoke(app, ["distill", "--arch", arch, "--teacher", "sftn", *base])
+    assert result.exit_code == 0, result.output
+    student = json.loads(result.stdout)
+    assert student["teacher_key"] == teacher["key"] and student["arch"] == arch
+    bad = runner.invoke(app, ["distill", "--arch", arch, "--teacher", "oracle", *base])
+    assert bad.exit_code == 2 and "unknown teacher 'oracle'" in bad.stderr
