@@ -28,7 +28,7 @@ from torch import nn
 
 from gtnpipe.data import Dataset
 from gtnpipe.recipes import GTNConfig, TrainConfig
-from gtnpipe.supernet import ArchConfig, Block, SearchSpace, StagedNet, Supernet
+from gtnpipe.supernet import ArchConfig, Block, SearchSpace, StagedNet, Supernet, count_parts
 from gtnpipe.train import FitResult, fit
 
 __all__ = ["ArchSampler", "GTNLog", "GenericTeacherTrainer", "kd_kl", "train_generic_teacher"]
@@ -129,9 +129,11 @@ class GTNLog:
     entropy: list[tuple[int, float]] = field(default_factory=list)
     kl_by_point: dict[int, list[float]] = field(default_factory=dict)
     kl_by_kind: dict[str, list[float]] = field(default_factory=dict)
+    branch_macs: int = 0  # per image, summed over steps: the student side of the training FLOPs
 
-    def record(self, step_kls: list[tuple[str, int, float]], entropy: float | None) -> None:
+    def record(self, step_kls: list[tuple[str, int, float]], entropy: float | None, branch_macs: int) -> None:
         self.steps += 1
+        self.branch_macs += branch_macs
         for kind, point, kl in step_kls:
             self.kl_by_point.setdefault(point, []).append(kl)
             self.kl_by_kind.setdefault(kind, []).append(kl)
@@ -148,6 +150,7 @@ class GTNLog:
 
         return {
             "steps": self.steps,
+            "branch_macs_per_image_per_step": self.branch_macs / max(self.steps, 1),
             "entropy_trace": [{"step": s, "entropy_nats": e} for s, e in self.entropy],
             "kl_by_branch_point": {str(p): halves(v) for p, v in sorted(self.kl_by_point.items())},
             "kl_by_student": {k: halves(v) for k, v in sorted(self.kl_by_kind.items())},
@@ -192,6 +195,15 @@ class GenericTeacherTrainer(nn.Module):
         choice = torch.randint(len(cfg.branch_points), (len(branches),))
         return branches, [cfg.branch_points[int(c)] for c in choice]
 
+    def branch_macs(self, arch: ArchConfig, point: int, teacher_feats: list[torch.Tensor]) -> int:
+        """MACs per image of one branch: the adapter plus the student's part of it."""
+        parts = count_parts(arch, self.supernet.space, self.supernet.task)
+        if point == 0:
+            return parts.total().macs
+        feat = teacher_feats[point - 1]
+        adapter = feat.shape[1] * feat.shape[2] * feat.shape[3] * self.supernet.space.stages[point - 1].width
+        return adapter + parts.tail(point).macs
+
     def branch_logits(self, x: torch.Tensor, teacher_feats: list[torch.Tensor], arch: ArchConfig,
                       point: int) -> torch.Tensor:
         if point == 0:
@@ -217,7 +229,8 @@ class GenericTeacherTrainer(nn.Module):
                                        lr=self.cfg.sampler_lr, entropy_bonus=self.cfg.entropy_bonus,
                                        baseline_momentum=self.cfg.baseline_momentum)
             self.log.record([(kind, p, k) for (kind, _), p, k in zip(branches, points, step_kls)],
-                            self.sampler.entropy() if self.fixed_arch is None else None)
+                            self.sampler.entropy() if self.fixed_arch is None else None,
+                            sum(self.branch_macs(a, p, feats) for (_, a), p in zip(branches, points)))
         return loss, t_logits
 
 

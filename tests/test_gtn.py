@@ -14,7 +14,7 @@ import torch
 from gtnpipe.data import Dataset
 from gtnpipe.gtn import ArchSampler, GenericTeacherTrainer, kd_kl, train_generic_teacher
 from gtnpipe.recipes import GTNConfig, TeacherConfig, TrainConfig
-from gtnpipe.supernet import ArchConfig, Supernet, TaskShape, get_space
+from gtnpipe.supernet import ArchConfig, Supernet, TaskShape, count, count_module, get_space
 from gtnpipe.teacher import build_teacher
 
 SPACE = get_space("mbv3-28")
@@ -144,3 +144,33 @@ def test_short_gtn_run_learns_and_logs(fmnist_small: Dataset) -> None:
     assert {int(p) for p in log["kl_by_branch_point"]} == {0, 1, 2, 3}
     assert log["entropy_trace"][0]["entropy_nats"] == pytest.approx(trainer.sampler.max_entropy(), rel=1e-3)
     assert int(trainer.sampler.updates) == 2 * 16
+    # 3 branches per step: at most 3 largest students' worth of MACs per image, at least 2 smallest tails
+    largest, smallest = count(SPACE.largest(), SPACE, TASK).macs, count(SPACE.smallest(), SPACE, TASK).macs
+    assert 0.1 * smallest < log["branch_macs_per_image_per_step"] < 3 * largest
+
+
+def test_branch_macs_match_a_hook_count() -> None:
+    trainer = _trainer(GTNConfig())
+    arch = SPACE.sample_many(1, seed=2)[0]
+    x = torch.zeros(1, 1, 28, 28)
+    feats = trainer.teacher.forward_stages(x)
+    assert trainer.branch_macs(arch, 0, feats) == count(arch, SPACE, TASK).macs
+    h = feats[1]
+    adapter_macs = count_module(trainer.adapters[1], TaskShape(h.shape[1], tuple(h.shape[2:]), 10)).macs
+    tail = trainer.supernet.extract(arch)
+    tail_in = trainer.adapters[1](h)
+    tail_macs = sum(count_module(s, TaskShape(t.shape[1], tuple(t.shape[2:]), 10)).macs
+                    for s, t in _stage_inputs(tail, tail_in, start=2))
+    head_in = tail_in
+    for stage in tail.stages[2:]:
+        head_in = stage(head_in)
+    head_macs = count_module(tail.head, TaskShape(head_in.shape[1], tuple(head_in.shape[2:]), 10)).macs
+    assert trainer.branch_macs(arch, 2, feats) == adapter_macs + tail_macs + head_macs
+
+
+def _stage_inputs(net, x, *, start):
+    out = []
+    for stage in net.stages[start:]:
+        out.append((stage, x))
+        x = stage(x)
+    return out

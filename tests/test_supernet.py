@@ -215,3 +215,17 @@ def test_every_registered_space_builds_and_extracts(name: str) -> None:
 def test_unknown_space_lists_the_known_ones() -> None:
     with pytest.raises(ArchError, match="known spaces: mbv3-28"):
         get_space("resnet")
+
+
+def test_part_costs_add_up_and_match_module_parts() -> None:
+    from gtnpipe.supernet import count_parts
+
+    arch = SPACE.sample_many(1, seed=21)[0]
+    parts = count_parts(arch, SPACE, TASK)
+    assert parts.total() == count(arch, SPACE, TASK)
+    assert parts.tail(0).macs == parts.total().macs - parts.stem.macs
+    net = build_static(arch, SPACE, TASK)
+    x = net.stem(torch.zeros(1, 1, 28, 28))
+    for i, stage in enumerate(net.stages):
+        assert parts.stages[i] == count_module(stage, TaskShape(x.shape[1], tuple(x.shape[2:]), 10)), i
+        x = stage(x)

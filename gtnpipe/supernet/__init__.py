@@ -1,6 +1,6 @@
 """The elastic MobileNetV3 student pool: search space, arch ids, supernet, static students, costs."""
 
-from gtnpipe.supernet.counting import NetCost, count, count_module
+from gtnpipe.supernet.counting import NetCost, PartCosts, count, count_module, count_parts
 from gtnpipe.supernet.space import SPACES, ArchConfig, Block, SearchSpace, StageSpec, TaskShape, get_space
 from gtnpipe.supernet.static import StagedNet, build_static
 from gtnpipe.supernet.supernet import Supernet
@@ -10,6 +10,7 @@ __all__ = [
     "ArchConfig",
     "Block",
     "NetCost",
+    "PartCosts",
     "SearchSpace",
     "StageSpec",
     "StagedNet",
@@ -18,5 +19,6 @@ __all__ = [
     "build_static",
     "count",
     "count_module",
+    "count_parts",
     "get_space",
 ]

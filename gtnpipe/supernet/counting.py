@@ -16,7 +16,7 @@ from torch import nn
 from gtnpipe.supernet.space import ArchConfig, SearchSpace, TaskShape, make_divisible
 from gtnpipe.supernet.static import block_in_channels
 
-__all__ = ["NetCost", "count", "count_module"]
+__all__ = ["NetCost", "PartCosts", "count", "count_module", "count_parts"]
 
 
 @dataclass(frozen=True)
@@ -58,23 +58,51 @@ def _block(c_in: int, c_out: int, mid: int, k: int, hw_in: tuple[int, int], stri
     return cost, hw_out
 
 
-def count(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> NetCost:
-    """MACs and parameters of the static student `arch` at the task's input size (batch 1)."""
+@dataclass(frozen=True)
+class PartCosts:
+    """A student's cost split by part: stem (with the fixed first block), each stage, head."""
+
+    stem: NetCost
+    stages: tuple[NetCost, ...]
+    head: NetCost
+
+    def total(self) -> NetCost:
+        out = self.stem + self.head
+        for stage in self.stages:
+            out += stage
+        return out
+
+    def tail(self, start_stage: int) -> NetCost:
+        """Stages `start_stage`.. plus the head: what a GTN branch at that point runs of the student."""
+        out = self.head
+        for stage in self.stages[start_stage:]:
+            out += stage
+        return out
+
+
+def count_parts(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> PartCosts:
     space.validate(arch)
     hw = (_out(task.image_hw[0], space.stem_stride), _out(task.image_hw[1], space.stem_stride))
-    total = _conv(task.in_channels, space.stem_width, 3, hw)
+    stem = _conv(task.in_channels, space.stem_width, 3, hw)
     first, hw = _block(space.stem_width, space.first_width, space.stem_width, 3, hw, 1, se=False, expand=False,
                        se_divisor=space.se_divisor)
-    total += first
+    stages = []
     for s, (spec, blocks) in enumerate(zip(space.stages, arch.stages)):
+        stage = _ZERO
         for i, block in enumerate(blocks):
             c_in = block_in_channels(space, s, i)
             cost, hw = _block(c_in, spec.width, make_divisible(c_in * block.expand, 8), block.kernel, hw,
                               spec.stride if i == 0 else 1, se=spec.se, expand=True, se_divisor=space.se_divisor)
-            total += cost
-    total += _conv(space.stages[-1].width, space.final_width, 1, hw)
-    total += _linear(space.final_width, space.head_width) + _linear(space.head_width, task.num_classes)
-    return total
+            stage += cost
+        stages.append(stage)
+    head = _conv(space.stages[-1].width, space.final_width, 1, hw)
+    head += _linear(space.final_width, space.head_width) + _linear(space.head_width, task.num_classes)
+    return PartCosts(stem + first, tuple(stages), head)
+
+
+def count(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> NetCost:
+    """MACs and parameters of the static student `arch` at the task's input size (batch 1)."""
+    return count_parts(arch, space, task).total()
 
 
 def count_module(model: nn.Module, task: TaskShape) -> NetCost:
