@@ -1,0 +1,210 @@
+"""Does one generic teacher distill every pool student as well as a specialised one?
+
+For each student of bench/kd_students.json: no KD, KD from a vanilla (CE-only) teacher, KD from
+the GTN teacher, and for some students KD from an SFTN teacher specialised to that student;
+every cell over several seeds. Only the teacher differs between methods: same recipe, student
+initialisation (the seed), KD hyperparameters, epochs and data order.
+
+    .venv/bin/python bench/kd_effect.py            # full table, recipe kd (~2 h on 2 cores)
+    .venv/bin/python bench/kd_effect.py --quick    # recipe kd-quick, 3 students (minutes)
+    .venv/bin/python bench/kd_effect.py --pick-students   # rewrite bench/kd_students.json
+
+Results: bench/results/kd_effect[-quick].json (every run) and .md (the table). Everything is
+cached (--cache-dir), so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gtnpipe import pipeline
+from gtnpipe.recipes import load_recipe
+from gtnpipe.supernet import count, get_space
+
+HERE = Path(__file__).parent
+STUDENTS_FILE = HERE / "kd_students.json"
+RESULTS = HERE / "results"
+METHODS = ("none", "vanilla", "gtn", "sftn")
+
+
+def pick_students(space_name: str = "mbv3-28", *, n_quantiles: int = 8, pool_sample: int = 2000, seed: int = 0) -> dict:
+    """Archs nearest to the MACs quantiles 1/(n+1)..n/(n+1) of a seeded pool sample, plus the extremes."""
+    space = get_space(space_name)
+    task = pipeline.FASHION_MNIST_TASK
+    sample = sorted((count(a, space, task).macs, a.id) for a in space.sample_many(pool_sample, seed=seed))
+    picks = [sample[round(q * (len(sample) - 1) / (n_quantiles + 1))] for q in range(1, n_quantiles + 1)]
+    rows = ([(count(space.smallest(), space, task).macs, space.smallest().id)] + picks
+            + [(count(space.largest(), space, task).macs, space.largest().id)])
+    return {
+        "how": f"{pool_sample} archs sampled with seed {seed}; the one nearest each MACs quantile "
+               f"k/{n_quantiles + 1}, k = 1..{n_quantiles}; plus the smallest and largest",
+        "students": [{"arch": a, "macs": m} for m, a in rows],
+    }
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and half the range (over seeds)."""
+    return statistics.fmean(values), (max(values) - min(values)) / 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="recipe kd-quick, 3 students, SFTN on 1")
+    parser.add_argument("--recipe", help="override the recipe (default: kd, or kd-quick with --quick)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--pick-students", action="store_true", help="rewrite bench/kd_students.json and exit")
+    args = parser.parse_args()
+
+    if args.pick_students:
+        STUDENTS_FILE.write_text(json.dumps(pick_students(), indent=2) + "\n")
+        print(f"wrote {STUDENTS_FILE}")
+        return
+    recipe = args.recipe or ("kd-quick" if args.quick else "kd")
+    students = [s["arch"] for s in json.loads(STUDENTS_FILE.read_text())["students"]]
+    if args.quick:
+        students = [students[0], students[len(students) // 2], students[-1]]
+        sftn_students = [students[0]]
+    else:
+        sftn_students = [students[0], students[len(students) // 2], students[-1]]
+    rec = load_recipe(recipe)
+    space = get_space(rec.space)
+    task = pipeline.FASHION_MNIST_TASK
+    started = time.perf_counter()
+
+    teachers: dict[str, Any] = {}
+    for method in ("vanilla", "gtn"):
+        teachers[method] = asdict(pipeline.train_teacher(method, recipe=recipe, cache_dir=args.cache_dir))
+    for arch in sftn_students:
+        teachers[f"sftn:{arch}"] = asdict(pipeline.train_teacher("sftn", student=arch, recipe=recipe,
+                                                                 cache_dir=args.cache_dir))
+
+    runs = []
+    for arch in students:
+        for method in METHODS:
+            if method == "sftn" and arch not in sftn_students:
+                continue
+            for seed in args.seeds:
+                out = pipeline.distill_student(arch, teacher=method, recipe=recipe, seed=seed, cache_dir=args.cache_dir)
+                runs.append(asdict(out))
+                print(f"{arch} {method:8s} seed {seed}: {out.test_top1:.2f}%")
+
+    report = summarise(runs, teachers, students, args.seeds, recipe, rec, space, task)
+    report["wall_seconds_this_invocation"] = time.perf_counter() - started
+    report["machine"] = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    report["command"] = "python bench/kd_effect.py" + (" --quick" if args.quick else "") + (
+        f" --recipe {args.recipe}" if args.recipe else "") + f" --seeds {' '.join(map(str, args.seeds))}"
+    name = "kd_effect-quick" if args.quick else "kd_effect"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(render(report) + "\n")
+    print(render(report))
+
+
+def training_flops(macs_per_image: float, images: int, epochs: int) -> float:
+    # forward 2 FLOPs per MAC; backward about twice the forward (Kaplan et al. 2020's 6N rule)
+    return 6.0 * macs_per_image * images * epochs
+
+
+def summarise(runs: list[dict], teachers: dict[str, Any], students: list[str], seeds: list[int], recipe: str,
+              rec: Any, space: Any, task: Any) -> dict[str, Any]:
+    from gtnpipe.supernet import count_module
+    from gtnpipe.teacher import build_teacher
+
+    teacher_macs = count_module(build_teacher(rec.teacher, space, task), task).macs
+    n_train = rec.data.train_subset or 55000
+    teacher_rows = {}
+    for name, t in teachers.items():
+        per_image = teacher_macs + (t["log"]["branch_macs_per_image_per_step"] if t.get("log") else 0.0)
+        teacher_rows[name] = {
+            "test_top1": t["test_top1"], "train_seconds": t["train_seconds"], "epochs": t["epochs"],
+            "training_flops": training_flops(per_image, n_train, t["epochs"]), "key": t["key"],
+        }
+    vanilla = teacher_rows["vanilla"]
+    gtn = teacher_rows["gtn"]
+    sftn = [v for k, v in teacher_rows.items() if k.startswith("sftn:")]
+    sftn_seconds = statistics.fmean(v["train_seconds"] for v in sftn) if sftn else float("nan")
+    sftn_flops = statistics.fmean(v["training_flops"] for v in sftn) if sftn else float("nan")
+    cost = {
+        "gtn_over_vanilla_wall": gtn["train_seconds"] / vanilla["train_seconds"],
+        "gtn_over_vanilla_flops": gtn["training_flops"] / vanilla["training_flops"],
+        # GTN replaces one SFTN teacher per student: it pays off from this many students on
+        "break_even_students_wall": gtn["train_seconds"] / sftn_seconds,
+        "break_even_students_flops": gtn["training_flops"] / sftn_flops,
+    }
+
+    table = []
+    for arch in students:
+        row: dict[str, Any] = {"arch": arch, "macs": count(space.parse(arch), space, task).macs}
+        for method in METHODS:
+            values = [r["test_top1"] for r in runs if r["arch"] == arch and r["teacher"] == method]
+            if values:
+                row[method] = {"mean": spread(values)[0], "half_range": spread(values)[1], "n": len(values)}
+        table.append(row)
+
+    def per_seed_mean(method: str, seed: int, subset: list[str] | None = None) -> float:
+        vals = [r["test_top1"] for r in runs if r["teacher"] == method and r["seed"] == seed
+                and (subset is None or r["arch"] in subset)]
+        return statistics.fmean(vals)
+
+    sftn_archs = [k.split(":", 1)[1] for k in teachers if k.startswith("sftn:")]
+    gaps = {
+        "gtn_minus_vanilla_per_seed": {s: per_seed_mean("gtn", s) - per_seed_mean("vanilla", s) for s in seeds},
+        "gtn_minus_none_per_seed": {s: per_seed_mean("gtn", s) - per_seed_mean("none", s) for s in seeds},
+        "gtn_minus_sftn_per_seed_on_sftn_students": {
+            s: per_seed_mean("gtn", s, sftn_archs) - per_seed_mean("sftn", s, sftn_archs) for s in seeds},
+    }
+    targets = {
+        "gtn_beats_vanilla_by_0.3_every_seed": all(g >= 0.3 for g in gaps["gtn_minus_vanilla_per_seed"].values()),
+        "gtn_beats_none_by_1_every_seed": all(g >= 1.0 for g in gaps["gtn_minus_none_per_seed"].values()),
+        "gtn_within_0.3_of_sftn_every_seed": all(
+            g >= -0.3 for g in gaps["gtn_minus_sftn_per_seed_on_sftn_students"].values()),
+        "gtn_cost_at_most_1.5x_vanilla": cost["gtn_over_vanilla_wall"] <= 1.5,
+    }
+    return {"recipe": recipe, "seeds": seeds, "teachers": teacher_rows, "cost": cost, "table": table, "gaps": gaps,
+            "targets_met": targets, "runs": runs}
+
+
+def render(report: dict[str, Any]) -> str:
+    def cell(row: dict, method: str) -> str:
+        c = row.get(method)
+        return f"{c['mean']:.2f} ± {c['half_range']:.2f}" if c else "–"
+
+    lines = [f"Command: `{report['command']}`; recipe `{report['recipe']}`, seeds {report['seeds']}; "
+             "top-1 (%) on the test split, mean ± half-range over seeds.", "",
+             "| student | MACs (M) | no KD | vanilla KD | GTN KD | SFTN KD |", "|---|---:|---:|---:|---:|---:|"]
+    for row in report["table"]:
+        lines.append(f"| `{row['arch']}` | {row['macs'] / 1e6:.2f} | " + " | ".join(
+            cell(row, m) for m in METHODS) + " |")
+    lines += ["", "| teacher | own test top-1 | train wall-clock (s) | est. training FLOPs |", "|---|---:|---:|---:|"]
+    for name, t in report["teachers"].items():
+        lines.append(f"| {name} | {t['test_top1']:.2f} | {t['train_seconds']:.0f} | {t['training_flops']:.3g} |")
+    c, g = report["cost"], report["gaps"]
+    lines += [
+        "",
+        f"GTN teacher cost over vanilla: {c['gtn_over_vanilla_wall']:.2f}x wall-clock, "
+        f"{c['gtn_over_vanilla_flops']:.2f}x FLOPs; break-even against SFTN at "
+        f"{c['break_even_students_wall']:.2f} students (wall-clock), {c['break_even_students_flops']:.2f} (FLOPs).",
+        "",
+        "Mean over students, per seed: GTN − vanilla: " + ", ".join(
+            f"seed {s}: {v:+.2f}" for s, v in g["gtn_minus_vanilla_per_seed"].items())
+        + "; GTN − no KD: " + ", ".join(f"seed {s}: {v:+.2f}" for s, v in g["gtn_minus_none_per_seed"].items())
+        + "; GTN − SFTN (SFTN students only): " + ", ".join(
+            f"seed {s}: {v:+.2f}" for s, v in g["gtn_minus_sftn_per_seed_on_sftn_students"].items()) + ".",
+        "",
+        "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets_met"].items()) + ".",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
