@@ -59,6 +59,18 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
+def _report(result: Any, text: str, *, as_json: bool) -> None:
+    """Print a pipeline outcome (a dataclass) as JSON or as `text`; only rank 0 under torchrun."""
+    from gtnpipe import distributed
+
+    if not distributed.is_main():
+        return
+    if as_json:
+        _emit_json(asdict(result))
+    else:
+        out.print(text)
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
@@ -141,12 +153,10 @@ def train(
 
     with _handled():
         result = pipeline.train_model(model, recipe=recipe, cache_dir=cache_dir, progress=progress and not as_json)
-    if as_json:
-        return _emit_json(asdict(result))
     state = "cache hit" if result.cached else "trained"
-    out.print(f"[bold]{result.model}[/] ({state}, key {result.key[:12]}): test top-1 [bold]{result.test_top1:.2f}%[/] "
-              f"(val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs, {result.params / 1e6:.3f}M params, "
-              f"{result.epochs} epochs at {result.seconds_per_epoch:.1f} s/epoch")
+    _report(result, f"[bold]{result.model}[/] ({state}, key {result.key[:12]}): test top-1 [bold]{result.test_top1:.2f}%[/] "
+                    f"(val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs, {result.params / 1e6:.3f}M params, "
+                    f"{result.epochs} epochs at {result.seconds_per_epoch:.1f} s/epoch", as_json=as_json)
 
 
 @app.command("teacher")
@@ -169,14 +179,11 @@ def teacher(
     with _handled():
         result = pipeline.train_teacher(method, student=student, recipe=recipe, cache_dir=cache_dir,
                                         progress=progress and not as_json)
-    if not distributed.is_main():
-        return None
-    if as_json:
-        return _emit_json(asdict(result))
     state = "cache hit" if result.cached else "trained"
     target = f" for {result.student}" if result.student else ""
-    out.print(f"[bold]{result.method} teacher[/]{target} ({state}, key {result.key}): test top-1 "
-              f"[bold]{result.test_top1:.2f}%[/], {result.epochs} epochs in {result.train_seconds:.0f} s")
+    _report(result, f"[bold]{result.method} teacher[/]{target} ({state}, key {result.key}): test top-1 "
+                    f"[bold]{result.test_top1:.2f}%[/], {result.epochs} epochs in {result.train_seconds:.0f} s",
+            as_json=as_json)
 
 
 @app.command("distill")
@@ -196,13 +203,10 @@ def distill(
     with _handled():
         result = pipeline.distill_student(arch, teacher=teacher, recipe=recipe, seed=seed, cache_dir=cache_dir,
                                           progress=progress and not as_json)
-    if not distributed.is_main():
-        return None
-    if as_json:
-        return _emit_json(asdict(result))
     state = "cache hit" if result.cached else "trained"
-    out.print(f"[bold]{result.arch}[/] from {result.teacher} teacher ({state}, key {result.key}): test top-1 "
-              f"[bold]{result.test_top1:.2f}%[/] (val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs")
+    _report(result, f"[bold]{result.arch}[/] from {result.teacher} teacher ({state}, key {result.key}): test top-1 "
+                    f"[bold]{result.test_top1:.2f}%[/] (val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs",
+            as_json=as_json)
 
 
 def main() -> None:
