@@ -299,7 +299,7 @@ def _cached(kind: str, key: str, spec: dict[str, Any], build: Any, *, cache_dir:
     entry = cache.lookup(kind, key) if distributed.is_main() else None
     if distributed.broadcast_object(entry is not None):
         distributed.barrier()
-        return cache.verify(kind, key), True
+        return (entry if entry is not None else cache.verify(kind, key)), True
     if distributed.is_main():
         with cache.locked(kind, key):
             entry = cache.lookup(kind, key)
