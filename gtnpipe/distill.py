@@ -31,7 +31,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch
 def teacher_logits(teacher: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 1000) -> torch.Tensor:
     """The teacher's logits (eval mode) for every image of `split`, in order."""
     was_training = teacher.training
-    teacher.eval()
+    teacher.train(False)
     x = torch.from_numpy(split.x)
     out = torch.cat([teacher(norm(x[i : i + batch_size])) for i in range(0, len(split), batch_size)])
     teacher.train(was_training)
@@ -60,7 +60,7 @@ def distill(
     if teacher is None:
         return fit(student, data, train_cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir,
                    progress=progress, description="student (no KD)")
-    teacher.eval()
+    teacher.train(False)
     for p in teacher.parameters():
         p.requires_grad_(False)
     norm = Normalizer(data.mean, data.std)

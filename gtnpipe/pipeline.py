@@ -199,7 +199,7 @@ def load_trained(model: str, *, recipe: str | Path = "quick", cache_dir: Path | 
     net = _build(entry.record["spec"], rec, space,
                  TaskShape(task["in_channels"], tuple(task["image_hw"]), task["num_classes"]))
     net.load_state_dict(torch.load(entry.file(_WEIGHTS), map_location="cpu", weights_only=True))
-    return net.eval()
+    return net.train(False)
 
 
 @dataclass(frozen=True)
@@ -325,7 +325,7 @@ def load_teacher(method: str, *, student: str | None = None, recipe: str | Path 
     kind = _MODELS if method == "vanilla" else _TEACHERS
     entry = Cache(cache_dir).verify(kind, outcome.key)
     net.load_state_dict(torch.load(entry.file(_WEIGHTS), map_location="cpu", weights_only=True))
-    return net.eval(), outcome
+    return net.train(False), outcome
 
 
 def _teacher_logits(teacher: StagedNet, teacher_key: str, data: Dataset, spec: dict[str, Any], *,

@@ -85,7 +85,7 @@ def augment_batch(x: torch.Tensor, *, padding_px: int, generator: torch.Generato
 def evaluate(model: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 1000) -> float:
     """Top-1 accuracy in percent."""
     was_training = model.training
-    model.eval()
+    model.train(False)
     correct = 0
     x_all, y_all = torch.from_numpy(split.x), torch.from_numpy(split.y)
     for start in range(0, len(split), batch_size):
@@ -249,7 +249,7 @@ def _fit(
                 _save_checkpoint(ckpt_path, run_id, epoch + 1, model, optimizer, scheduler, history)
             distributed.barrier()
     test_top1 = evaluate(eval_model, data.test, norm, batch_size=cfg.eval_batch_size)
-    model.eval()
+    model.train(False)
     return FitResult(tuple(history), test_top1, start_epoch, time.perf_counter() - t_start)
 
 

@@ -90,7 +90,8 @@ def test_train_json_and_cache_hit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--model", "teacher", "--recipe", "nope"], "unknown recipe 'nope'; known recipes: default, kd, kd-quick, quick"),
+        (["train", "--model", "teacher", "--recipe", "nope"],
+         "unknown recipe 'nope'; known recipes: default, kd, kd-quick, quick"),
         (["train", "--model", "k3e9_k3e3_k3e3_k3e3", "--recipe", str(TINY_RECIPE)], "expand ratios [3, 4, 6]"),
         (["train", "--model", "resnet50", "--recipe", str(TINY_RECIPE)], "cannot parse arch id 'resnet50'"),
         (["pool", "info", "--space", "vit"], "unknown search space 'vit'"),

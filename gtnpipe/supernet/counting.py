@@ -126,7 +126,7 @@ def count_module(model: nn.Module, task: TaskShape) -> NetCost:
     handles += [m.register_forward_hook(on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
     was_training = model.training
     try:
-        model.eval()
+        model.train(False)
         with torch.no_grad():
             model(torch.zeros(1, task.in_channels, *task.image_hw))
     finally:
