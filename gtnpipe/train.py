@@ -121,6 +121,19 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    """torch's deterministic-algorithms switch for the duration of a fit, restored after
+    (used as a decorator: a @contextmanager is also one)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@_deterministic()
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -150,37 +163,7 @@ def fit(
     hyperparameters mean the same at any world size; a last batch smaller than the batch
     size is dropped), gradients are averaged, and rank 0 writes the checkpoints.
     """
-    with _deterministic():
-        return _fit(model, data, cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir, loss_fn=loss_fn,
-                    progress=progress, description=description, find_unused_parameters=find_unused_parameters,
-                    eval_model=eval_model if eval_model is not None else model)
-
-
-@contextmanager
-def _deterministic() -> Iterator[None]:
-    """torch's deterministic-algorithms switch for the duration of a fit, restored after."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-def _fit(
-    model: nn.Module,
-    data: Dataset,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    run_id: str,
-    checkpoint_dir: Path | None,
-    loss_fn: LossFn | None,
-    progress: bool,
-    description: str,
-    find_unused_parameters: bool,
-    eval_model: nn.Module,
-) -> FitResult:
+    eval_model = eval_model if eval_model is not None else model
     norm = Normalizer(data.mean, data.std)
     x_train, y_train = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
     n = len(data.train)
