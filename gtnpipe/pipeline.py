@@ -15,7 +15,7 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -89,6 +89,30 @@ def task_of(data: Dataset) -> TaskShape:
     return TaskShape(data.channels, data.image_hw, data.num_classes)
 
 
+class _Context(NamedTuple):
+    """A recipe with what it loads: loaded once per public call and passed down."""
+
+    rec: Recipe
+    space: SearchSpace
+    data: Dataset
+    task: TaskShape
+
+
+def _context(recipe: str | Path) -> _Context:
+    rec = load_recipe(recipe)
+    space = get_space(rec.space)
+    data = load_data(rec)
+    return _Context(rec, space, data, task_of(data))
+
+
+def _load_weights(net: torch.nn.Module, kind: str, key: str, *, cache_dir: Path | None,
+                  file: str = _WEIGHTS) -> torch.nn.Module:
+    """`net` with the state dict of a verified cache entry's `file`."""
+    entry = Cache(cache_dir).verify(kind, key)
+    net.load_state_dict(torch.load(entry.file(file), map_location="cpu", weights_only=True))
+    return net
+
+
 def load_data(recipe: Recipe, *, source: str | None = None) -> Dataset:
     cfg = recipe.data
     return load_dataset(source or cfg.source, val_size=cfg.val_size, train_subset=cfg.train_subset,
@@ -157,7 +181,11 @@ def train_model(model: str, *, recipe: str | Path = "quick", cache_dir: Path | N
 
     An unchanged second call is a cache hit; an interrupted call resumes from its last epoch.
     """
-    rec, space, data, task = _context(recipe)
+    return _train_model(_context(recipe), model, cache_dir=cache_dir, progress=progress)
+
+
+def _train_model(ctx: _Context, model: str, *, cache_dir: Path | None, progress: bool) -> TrainOutcome:
+    rec, space, data, task = ctx
     name, model_spec = _model_spec(model, rec, space)
     train_cfg = rec.train.teacher if model_spec["model"] == "teacher" else rec.train.student
     spec = {"kind": "trained-model", **model_spec, "train": as_dict(train_cfg), "seed": rec.seed,
@@ -191,15 +219,10 @@ def train_model(model: str, *, recipe: str | Path = "quick", cache_dir: Path | N
 
 def load_trained(model: str, *, recipe: str | Path = "quick", cache_dir: Path | None = None) -> StagedNet:
     """The cached trained network (trains it first if it is not cached), in eval mode."""
-    outcome = train_model(model, recipe=recipe, cache_dir=cache_dir, progress=False)
-    rec = load_recipe(recipe)
-    space = get_space(rec.space)
-    entry = Cache(cache_dir).verify(_MODELS, outcome.key)
-    task = entry.record["spec"]["task"]
-    net = _build(entry.record["spec"], rec, space,
-                 TaskShape(task["in_channels"], tuple(task["image_hw"]), task["num_classes"]))
-    net.load_state_dict(torch.load(entry.file(_WEIGHTS), map_location="cpu", weights_only=True))
-    return net.train(False)
+    ctx = _context(recipe)
+    outcome = _train_model(ctx, model, cache_dir=cache_dir, progress=False)
+    net = _build(_model_spec(model, ctx.rec, ctx.space)[1], ctx.rec, ctx.space, ctx.task)
+    return _load_weights(net, _MODELS, outcome.key, cache_dir=cache_dir).train(False)
 
 
 @dataclass(frozen=True)
@@ -232,13 +255,6 @@ class DistillOutcome:
     entry_path: str
 
 
-def _context(recipe: str | Path) -> tuple[Recipe, SearchSpace, Dataset, TaskShape]:
-    rec = load_recipe(recipe)
-    space = get_space(rec.space)
-    data = load_data(rec)
-    return rec, space, data, task_of(data)
-
-
 def _base_spec(rec: Recipe, space: SearchSpace, data: Dataset, task: TaskShape) -> dict[str, Any]:
     return {"space": as_dict(space), "task": asdict(task), "data": as_dict(rec.data),
             "data_fingerprint": data.fingerprint}
@@ -262,13 +278,18 @@ def train_teacher(method: str, *, student: str | None = None, recipe: str | Path
                   cache_dir: Path | None = None, progress: bool = True) -> TeacherOutcome:
     """Train (or find in the cache) a teacher: vanilla (CE only), gtn (generic, for the whole pool)
     or sftn (specialised to `student`)."""
+    return _train_teacher(_context(recipe), method, student=student, cache_dir=cache_dir, progress=progress)
+
+
+def _train_teacher(ctx: _Context, method: str, *, student: str | None, cache_dir: Path | None,
+                   progress: bool) -> TeacherOutcome:
     if method == "vanilla":
         if student is not None:
             raise ConfigError("--student is only for --method sftn")
-        out = train_model("teacher", recipe=recipe, cache_dir=cache_dir, progress=progress)
+        out = _train_model(ctx, "teacher", cache_dir=cache_dir, progress=progress)
         return TeacherOutcome("vanilla", out.key, out.cached, out.test_top1, out.seconds_per_epoch * out.epochs,
                               out.epochs, None, out.entry_path)
-    rec, space, data, task = _context(recipe)
+    rec, space, data, task = ctx
     arch, spec = _teacher_spec(method, student, rec, space, data, task)
     key = cache_key(spec)
 
@@ -319,12 +340,15 @@ def _cached(kind: str, key: str, spec: dict[str, Any], build: Any, *, cache_dir:
 def load_teacher(method: str, *, student: str | None = None, recipe: str | Path = "quick",
                  cache_dir: Path | None = None) -> tuple[StagedNet, TeacherOutcome]:
     """The cached teacher network (trained first if needed), in eval mode."""
-    outcome = train_teacher(method, student=student, recipe=recipe, cache_dir=cache_dir, progress=False)
-    rec, space, _, task = _context(recipe)
-    net = build_teacher(rec.teacher, space, task)
+    return _load_teacher(_context(recipe), method, student=student, cache_dir=cache_dir)
+
+
+def _load_teacher(ctx: _Context, method: str, *, student: str | None,
+                  cache_dir: Path | None) -> tuple[StagedNet, TeacherOutcome]:
+    outcome = _train_teacher(ctx, method, student=student, cache_dir=cache_dir, progress=False)
+    net = build_teacher(ctx.rec.teacher, ctx.space, ctx.task)
     kind = _MODELS if method == "vanilla" else _TEACHERS
-    entry = Cache(cache_dir).verify(kind, outcome.key)
-    net.load_state_dict(torch.load(entry.file(_WEIGHTS), map_location="cpu", weights_only=True))
+    _load_weights(net, kind, outcome.key, cache_dir=cache_dir)
     return net.train(False), outcome
 
 
@@ -344,19 +368,20 @@ def distill_student(arch: str, *, teacher: str = "gtn", recipe: str | Path = "qu
                     cache_dir: Path | None = None, progress: bool = True) -> DistillOutcome:
     """Distill pool student `arch` from a cached teacher ('gtn', 'vanilla', 'sftn' for a teacher
     specialised to this very student, or 'none' for plain training with the same settings)."""
-    rec, space, data, task = _context(recipe)
+    ctx = _context(recipe)
+    rec, space, data, task = ctx
     student = space.parse(arch)
     if teacher not in (*TEACHER_METHODS, "none"):
         raise ConfigError(f"unknown teacher {teacher!r}; choose one of: {', '.join((*TEACHER_METHODS, 'none'))}")
     seed = rec.seed if seed is None else seed
     teacher_net, teacher_key = None, None
     if teacher != "none":
-        teacher_net, t_out = load_teacher(teacher, student=student.id if teacher == "sftn" else None, recipe=recipe,
-                                          cache_dir=cache_dir)
+        teacher_net, t_out = _load_teacher(ctx, teacher, student=student.id if teacher == "sftn" else None,
+                                           cache_dir=cache_dir)
         teacher_key = t_out.key
     init_key = None
     if rec.distill.init == "inherited":  # every method starts from the same GTN-trained supernet weights
-        init_key = train_teacher("gtn", recipe=recipe, cache_dir=cache_dir, progress=progress).key
+        init_key = _train_teacher(ctx, "gtn", student=None, cache_dir=cache_dir, progress=progress).key
     spec = {"kind": "distilled", "arch": student.id, "teacher": teacher, "teacher_key": teacher_key,
             "distill": as_dict(rec.distill), "train": as_dict(rec.train.student), "init_from": init_key, "seed": seed,
             **_base_spec(rec, space, data, task)}
@@ -365,9 +390,7 @@ def distill_student(arch: str, *, teacher: str = "gtn", recipe: str | Path = "qu
     def build(staging: Path, meta: dict[str, Any]) -> None:
         seed_everything(seed)
         if init_key is not None:
-            supernet = Supernet(space, task)
-            state = torch.load(Cache(cache_dir).verify(_TEACHERS, init_key).file("supernet.pt"), weights_only=True)
-            supernet.load_state_dict(state)
+            supernet = _load_weights(Supernet(space, task), _TEACHERS, init_key, cache_dir=cache_dir, file="supernet.pt")
             net = supernet.extract(student).train()
         else:
             net = build_static(student, space, task)

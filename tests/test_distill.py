@@ -129,3 +129,18 @@ def test_cli_sftn_teacher_and_distill(tmp_path: Path) -> None:
     assert student["teacher_key"] == teacher["key"] and student["arch"] == arch
     bad = runner.invoke(app, ["distill", "--arch", arch, "--teacher", "oracle", *base])
     assert bad.exit_code == 2 and "unknown teacher 'oracle'" in bad.stderr
+
+
+def test_inherited_init_starts_from_the_gtn_supernet(tmp_path: Path) -> None:
+    text = TINY_RECIPE.read_text().replace('name = "tiny"', 'name = "tinyinherit"')
+    path = tmp_path / "tinyinherit.toml"
+    path.write_text(text + '\n[distill]\ninit = "inherited"\n')
+    cache = tmp_path / "cache"
+    gtn = pipeline.train_teacher("gtn", recipe=path, cache_dir=cache, progress=False)
+    out = pipeline.distill_student("smallest", teacher="none", recipe=path, cache_dir=cache, progress=False)
+    assert out.init == "inherited"
+    record = json.loads((Path(out.entry_path) / "entry.json").read_text())
+    assert record["spec"]["init_from"] == gtn.key
+    scratch = pipeline.distill_student("smallest", teacher="none", recipe=TINY_RECIPE, cache_dir=cache,
+                                       progress=False)
+    assert scratch.init == "scratch" and scratch.key != out.key
