@@ -129,9 +129,9 @@ class GTNLog:
     entropy: list[tuple[int, float]] = field(default_factory=list)
     kl_by_point: dict[int, list[float]] = field(default_factory=dict)
     kl_by_kind: dict[str, list[float]] = field(default_factory=dict)
-    branch_macs: int = 0  # per image, summed over steps: the student side of the training FLOPs
+    branch_macs: float = 0.0  # per teacher image, summed over steps: the student side of the training FLOPs
 
-    def record(self, step_kls: list[tuple[str, int, float]], entropy: float | None, branch_macs: int) -> None:
+    def record(self, step_kls: list[tuple[str, int, float]], entropy: float | None, branch_macs: float) -> None:
         self.steps += 1
         self.branch_macs += branch_macs
         for kind, point, kl in step_kls:
@@ -214,11 +214,16 @@ class GenericTeacherTrainer(nn.Module):
         feats = self.teacher.forward_stages(x)
         t_logits = self.teacher.head(feats[-1])
         branches, points = self._plan()
+        # the batch is shuffled, so its first n images are a random subset for the branches
+        n = max(1, round(self.cfg.branch_batch_fraction * x.shape[0]))
+        bx, by, b_feats, bt_logits = x[:n], y[:n], [f[:n] for f in feats], t_logits[:n]
+        if not self.cfg.branch_grad_into_teacher:
+            b_feats = [f.detach() for f in b_feats]
         kls, ces = [], []
         for (_, arch), point in zip(branches, points):
-            b_logits = self.branch_logits(x, feats, arch, point)
-            kls.append(kd_kl(t_logits, b_logits, self.cfg.temperature))
-            ces.append(F.cross_entropy(b_logits, y, label_smoothing=self.label_smoothing))
+            b_logits = self.branch_logits(bx, b_feats, arch, point)
+            kls.append(kd_kl(bt_logits, b_logits, self.cfg.temperature))
+            ces.append(F.cross_entropy(b_logits, by, label_smoothing=self.label_smoothing))
         loss = (F.cross_entropy(t_logits, y, label_smoothing=self.label_smoothing)
                 + self.cfg.lambda_kl * torch.stack(kls).mean() + self.cfg.lambda_ce * torch.stack(ces).mean())
         if self.training:
@@ -230,7 +235,7 @@ class GenericTeacherTrainer(nn.Module):
                                        baseline_momentum=self.cfg.baseline_momentum)
             self.log.record([(kind, p, k) for (kind, _), p, k in zip(branches, points, step_kls)],
                             self.sampler.entropy() if self.fixed_arch is None else None,
-                            sum(self.branch_macs(a, p, feats) for (_, a), p in zip(branches, points)))
+                            sum(self.branch_macs(a, p, feats) for (_, a), p in zip(branches, points)) * n / x.shape[0])
         return loss, t_logits
 
 

@@ -101,6 +101,10 @@ class GTNConfig:
     sampler_lr: float = 0.05  # REINFORCE step on the sampling distribution's logits
     entropy_bonus: float = 0.02  # keeps the whole pool covered
     baseline_momentum: float = 0.9  # EMA of rewards, subtracted to reduce variance
+    branch_batch_fraction: float = 1.0  # share of each batch the branches see (the teacher sees all): cost knob
+    # true (SFTN): branch losses also train the teacher's stages 1..i through the adapters;
+    # false: teacher features enter branches detached, the teacher is shaped only by the KL on its logits
+    branch_grad_into_teacher: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lambda_kl", "lambda_ce", "sampler_lr", "entropy_bonus"):
@@ -115,6 +119,8 @@ class GTNConfig:
             raise ValueError(f"'branch_points' must be distinct stage indices >= 0, got {list(self.branch_points)}")
         if not 0 <= self.baseline_momentum < 1:
             raise ValueError(f"'baseline_momentum' must be in [0, 1), got {self.baseline_momentum}")
+        if not 0 < self.branch_batch_fraction <= 1:
+            raise ValueError(f"'branch_batch_fraction' must be in (0, 1], got {self.branch_batch_fraction}")
 
 
 @dataclass(frozen=True)

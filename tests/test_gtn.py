@@ -130,6 +130,44 @@ def test_branch_point_outside_the_space_is_refused() -> None:
         _trainer(GTNConfig(branch_points=(0, 4)))
 
 
+def test_branches_see_only_their_share_of_the_batch() -> None:
+    # eval mode: BN uses running statistics, so images do not mix and the gradient shows which ones the
+    # branches read. With fraction 0.25 of a batch of 8, the branch losses depend on images 0 and 1 only.
+    trainer = _trainer(GTNConfig(branch_batch_fraction=0.25, branch_points=(0, 2))).train(False)
+    x, y = torch.randn(8, 1, 28, 28, requires_grad=True), torch.randint(0, 10, (8,))
+    loss, t_logits = trainer(x, y)
+    branch_part = loss - torch.nn.functional.cross_entropy(t_logits, y)
+    (grad,) = torch.autograd.grad(branch_part, x)
+    per_image = grad.abs().flatten(1).sum(1)
+    assert (per_image[:2] > 0).all() and (per_image[2:] == 0).all()
+
+
+@pytest.mark.parametrize("into_teacher", [True, False])
+def test_branch_grad_into_teacher_switch(into_teacher: bool) -> None:
+    # with lambda_kl = 0 the branch part of the loss is its CE alone; it reaches the teacher's stages
+    # through the adapters only when branch_grad_into_teacher is set
+    trainer = _trainer(GTNConfig(branch_points=(2,), lambda_kl=0.0, branch_grad_into_teacher=into_teacher))
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    loss, t_logits = trainer.train(False)(x, y)
+    (loss - torch.nn.functional.cross_entropy(t_logits, y)).backward()
+    reached = any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.teacher.stages[1].parameters())
+    assert reached == into_teacher
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.adapters[1].parameters())
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("branch_batch_fraction", 0.0, "'branch_batch_fraction' must be in \\(0, 1\\]"),
+    ("branch_batch_fraction", 1.5, "'branch_batch_fraction' must be in \\(0, 1\\]"),
+    ("temperature", 0.0, "'temperature' must be > 0"),
+    ("lambda_kl", -1.0, "'lambda_kl' must be a finite number >= 0"),
+    ("archs_per_step", 2, "'archs_per_step' must be >= 3 \\(include_extremes = true\\)"),
+    ("branch_points", (1, 1), "'branch_points' must be distinct"),
+])
+def test_invalid_gtn_config_names_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GTNConfig(**{field: value})
+
+
 def test_short_gtn_run_learns_and_logs(fmnist_small: Dataset) -> None:
     torch.manual_seed(0)
     teacher, supernet = build_teacher(SMALL_TEACHER, SPACE, TASK), Supernet(SPACE, TASK)
