@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gtnpipe.supernet.space import ArchConfig, SearchSpace, TaskShape, make_divisible
-from gtnpipe.supernet.static import block_in_channels
+from gtnpipe.supernet.schedule import Unit, units
+from gtnpipe.supernet.space import ArchConfig, SearchSpace, TaskShape
 
 __all__ = ["NetCost", "PartCosts", "count", "count_module", "count_parts"]
 
@@ -31,31 +31,8 @@ class NetCost:
 _ZERO = NetCost(0, 0)
 
 
-def _out(size: int, stride: int) -> int:
-    return (size - 1) // stride + 1  # odd kernel, padding k // 2
-
-
-def _conv(c_in: int, c_out: int, k: int, hw_out: tuple[int, int], *, groups: int = 1, bias: bool = False,
-          bn: bool = True) -> NetCost:
-    weights = k * k * c_in // groups * c_out
-    params = weights + (c_out if bias else 0) + (2 * c_out if bn else 0)
-    return NetCost(hw_out[0] * hw_out[1] * weights, params)
-
-
-def _linear(c_in: int, c_out: int) -> NetCost:
-    return NetCost(c_in * c_out, c_in * c_out + c_out)
-
-
-def _block(c_in: int, c_out: int, mid: int, k: int, hw_in: tuple[int, int], stride: int, *, se: bool,
-           expand: bool, se_divisor: int) -> tuple[NetCost, tuple[int, int]]:
-    hw_out = (_out(hw_in[0], stride), _out(hw_in[1], stride))
-    cost = _conv(c_in, mid, 1, hw_in) if expand else _ZERO
-    cost += _conv(mid, mid, k, hw_out, groups=mid)
-    if se:
-        red = make_divisible(mid / 4, se_divisor)
-        cost += _conv(mid, red, 1, (1, 1), bias=True, bn=False) + _conv(red, mid, 1, (1, 1), bias=True, bn=False)
-    cost += _conv(mid, c_out, 1, hw_out)
-    return cost, hw_out
+def _cost(unit: Unit) -> NetCost:
+    return NetCost(unit.macs, unit.params)
 
 
 @dataclass(frozen=True)
@@ -81,23 +58,11 @@ class PartCosts:
 
 
 def count_parts(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> PartCosts:
-    space.validate(arch)
-    hw = (_out(task.image_hw[0], space.stem_stride), _out(task.image_hw[1], space.stem_stride))
-    stem = _conv(task.in_channels, space.stem_width, 3, hw)
-    first, hw = _block(space.stem_width, space.first_width, space.stem_width, 3, hw, 1, se=False, expand=False,
-                       se_divisor=space.se_divisor)
-    stages = []
-    for s, (spec, blocks) in enumerate(zip(space.stages, arch.stages)):
-        stage = _ZERO
-        for i, block in enumerate(blocks):
-            c_in = block_in_channels(space, s, i)
-            cost, hw = _block(c_in, spec.width, make_divisible(c_in * block.expand, 8), block.kernel, hw,
-                              spec.stride if i == 0 else 1, se=spec.se, expand=True, se_divisor=space.se_divisor)
-            stage += cost
-        stages.append(stage)
-    head = _conv(space.stages[-1].width, space.final_width, 1, hw)
-    head += _linear(space.final_width, space.head_width) + _linear(space.head_width, task.num_classes)
-    return PartCosts(stem + first, tuple(stages), head)
+    schedule = units(arch, space, task)
+    stages = [_ZERO] * space.num_stages
+    for unit in schedule[1:-1]:
+        stages[unit.stage] += _cost(unit)
+    return PartCosts(_cost(schedule[0]), tuple(stages), _cost(schedule[-1]))
 
 
 def count(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> NetCost:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gtnpipe.supernet.schedule import block_in_channels
 from gtnpipe.supernet.space import ArchConfig, SearchSpace, TaskShape, make_divisible
 
 __all__ = ["MBBlock", "StagedNet", "build_static", "init_weights", "make_act", "make_head", "make_stem"]
@@ -123,12 +124,6 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
-
-
-def block_in_channels(space: SearchSpace, stage: int, index: int) -> int:
-    if index > 0:
-        return space.stages[stage].width
-    return space.first_width if stage == 0 else space.stages[stage - 1].width
 
 
 def build_static(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> StagedNet:

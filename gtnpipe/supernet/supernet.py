@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gtnpipe.supernet.schedule import block_in_channels
 from gtnpipe.supernet.space import ArchConfig, Block, SearchSpace, StageSpec, TaskShape, make_divisible
 from gtnpipe.supernet.static import (
     MBBlock,
     SqueezeExcite,
     StagedNet,
-    block_in_channels,
     build_static,
     conv_bn_act,
     init_weights,
