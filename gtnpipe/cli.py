@@ -31,6 +31,8 @@ data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 pool_app = typer.Typer(help="Inspect the student pool (the supernet's search space).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(pool_app, name="pool")
+devices_app = typer.Typer(help="Device profiles: list, show, validate.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
 out = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -207,6 +209,66 @@ def distill(
     _report(result, f"[bold]{result.arch}[/] from {result.teacher} teacher ({state}, key {result.key}): test top-1 "
                     f"[bold]{result.test_top1:.2f}%[/] (val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs",
             as_json=as_json)
+
+
+@devices_app.command("list")
+def devices_list(as_json: JsonOpt = False) -> None:
+    """The shipped device profiles: runtime, precisions, budgets, and whether a measured latency table exists."""
+    from gtnpipe.profiles import known_profiles, load_profile, profiles_dir
+
+    with _handled():
+        profiles = [load_profile(name) for name in known_profiles()]
+    tables = profiles_dir() / "tables"
+    if as_json:
+        return _emit_json([{**p.to_dict(), "measured_table": (tables / f"{p.name}.json").exists()} for p in profiles])
+    table = Table("device", "runtime", "precisions", "threads x batch", "latency p90 (ms)", "memory (MB)", "size (MB)",
+                  "latency model")
+    for p in profiles:
+        b = p.budgets
+        table.add_row(p.name, f"{p.runtime.name} {p.runtime.version}", ", ".join(p.precisions),
+                      f"{p.threads} x {p.batch_size}", f"{b.latency_ms_p90:g}", f"{b.peak_memory_mb:g}",
+                      f"{b.model_size_mb:g}",
+                      "measured table" if (tables / f"{p.name}.json").exists() else "roofline estimate")
+    out.print(table)
+
+
+@devices_app.command("show")
+def devices_show(
+    device: Annotated[str, typer.Argument(help="A shipped profile's name or the path to your own .toml.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Every field of one device profile."""
+    from gtnpipe.profiles import load_profile
+
+    with _handled():
+        profile = load_profile(device)
+    data = {**profile.to_dict(), "sha256": profile.sha256()}
+    if as_json:
+        return _emit_json(data)
+    out.print(f"[bold]{profile.name}[/]: {profile.description}")
+    for section in ("runtime", "budgets", "hardware"):
+        out.print(f"[{section}]", markup=False)
+        for key, value in data[section].items():
+            out.print(f"  {key} = {value!r}", highlight=False)
+    out.print(f"precisions = {list(profile.precisions)}, threads = {profile.threads}, batch_size = {profile.batch_size}")
+
+
+@devices_app.command("validate")
+def devices_validate(paths: Annotated[list[Path], typer.Argument(help="Profile .toml files to check.")]) -> None:
+    """Check profile files strictly; print one line per file; exit 2 if any is invalid."""
+    from gtnpipe.errors import ConfigError
+    from gtnpipe.profiles import load_profile
+
+    failed = 0
+    for path in paths:
+        try:
+            load_profile(path)
+            out.print(f"[green]ok[/]      {path}", highlight=False)
+        except ConfigError as err:
+            failed += 1
+            Console(stderr=True).print(f"[bold red]invalid[/] {err}", highlight=False)
+    if failed:
+        raise typer.Exit(2)
 
 
 def main() -> None:

@@ -86,6 +86,8 @@ class Unit:
     c_out: int
     residual: bool  # the unit's input stays live until its output is added to it
     layers: tuple[Layer, ...]
+    block: Block | None = None  # a block's kernel and expand ratio
+    stride: int = 1
 
     @property
     def hw_out(self) -> tuple[int, int]:
@@ -133,7 +135,7 @@ def _block(space: SearchSpace, stage: int, index: int, block: Block, hw_in: tupl
     layers = _mbconv_layers(c_in, spec.width, make_divisible(c_in * block.expand, 8), block.kernel, hw_in, stride,
                             se=spec.se, expand=True, se_divisor=space.se_divisor)
     key = f"s{stage + 1}{'a' if index == 0 else 'b'}-k{block.kernel}e{block.expand}"
-    return Unit(key, "block", stage, hw_in, c_in, spec.width, stride == 1 and c_in == spec.width, layers)
+    return Unit(key, "block", stage, hw_in, c_in, spec.width, stride == 1 and c_in == spec.width, layers, block, stride)
 
 
 def _head(space: SearchSpace, task: TaskShape, hw_in: tuple[int, int]) -> Unit:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gtnpipe.supernet.schedule import block_in_channels
+from gtnpipe.supernet.schedule import Unit, block_in_channels
 from gtnpipe.supernet.space import ArchConfig, SearchSpace, TaskShape, make_divisible
 
-__all__ = ["MBBlock", "StagedNet", "build_static", "init_weights", "make_act", "make_head", "make_stem"]
+__all__ = ["MBBlock", "StagedNet", "build_static", "build_unit", "init_weights", "make_act", "make_head", "make_stem"]
 
 
 def make_act(name: str) -> nn.Module:
@@ -142,3 +142,19 @@ def build_static(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> Stage
     net = StagedNet(make_stem(space, task), stages, make_head(space, task))
     init_weights(net)
     return net
+
+
+def build_unit(unit: Unit, space: SearchSpace, task: TaskShape) -> nn.Module:
+    """A freshly initialised stem, block or head on its own (what latency calibration times)."""
+    if unit.kind == "stem":
+        module: nn.Module = make_stem(space, task)
+    elif unit.kind == "head":
+        module = make_head(space, task)
+    else:
+        assert unit.block is not None
+        spec = space.stages[unit.stage]
+        module = MBBlock(unit.c_in, unit.c_out, mid=make_divisible(unit.c_in * unit.block.expand, 8),
+                         kernel=unit.block.kernel, stride=unit.stride, se=spec.se, act=spec.act,
+                         se_divisor=space.se_divisor)
+    init_weights(module)
+    return module

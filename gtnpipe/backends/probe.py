@@ -1,0 +1,49 @@
+"""Peak memory of running a model, measured in a fresh process (python -m gtnpipe.backends.probe).
+
+The figure is the process's peak resident set (ru_maxrss): interpreter, runtime, model
+and activations together, which is what a device's memory budget constrains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["measure_peak_rss_mb"]
+
+
+def measure_peak_rss_mb(runtime: str, model_path: Path, *, threads: int, input_shape: tuple[int, ...],
+                        runs: int = 20) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "gtnpipe.backends.probe", runtime, str(model_path), "--threads", str(threads),
+         "--shape", ",".join(map(str, input_shape)), "--runs", str(runs)],
+        check=True, capture_output=True, text=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runtime")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shape", required=True, help="input shape, comma separated (N,C,H,W)")
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    from gtnpipe.backends import load_runner
+
+    runner = load_runner(args.runtime, args.model, threads=args.threads)
+    x = np.random.default_rng(0).standard_normal(tuple(int(d) for d in args.shape.split(",")), dtype=np.float32)
+    for _ in range(args.runs):
+        runner.run(x)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}))
+
+
+if __name__ == "__main__":
+    main()
