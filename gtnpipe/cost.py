@@ -196,6 +196,7 @@ class CostModel:
             raise ConfigError(f"device {profile.name!r} does not allow precision {self.precision!r}; "
                               f"its precisions: {', '.join(profile.precisions)}")
         self.table, self.table_note = self._find_table(tables_dir)
+        self._memo: dict[ArchConfig, CostEstimate] = {}
 
     def _find_table(self, tables_dir: Path | None) -> tuple[PrecisionTable | None, str]:
         path = table_path(self.profile.name, tables_dir)
@@ -212,6 +213,11 @@ class CostModel:
         return table.precisions[self.precision], f"measured table {path}"
 
     def estimate(self, arch: ArchConfig) -> CostEstimate:
+        if arch not in self._memo:
+            self._memo[arch] = self._estimate(arch)
+        return self._memo[arch]
+
+    def _estimate(self, arch: ArchConfig) -> CostEstimate:
         schedule = units(arch, self.space, self.task)
         net = count(arch, self.space, self.task)
         model_bytes = (weight_bytes(schedule, self.precision)
