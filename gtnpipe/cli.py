@@ -211,6 +211,33 @@ def distill(
             as_json=as_json)
 
 
+@app.command("bench")
+def bench(
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure the device's per-block latency table.")] = False,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Device profile name or path.")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs per model and round.")] = 200,
+    as_json: JsonOpt = False,
+) -> None:
+    """On the device itself: measure the latency table for the cost model (--calibrate --device NAME).
+
+    Calibration times every block configuration of the pool and a few whole networks in the
+    device's runtime, and writes device_profiles/tables/NAME.json, which search then uses.
+    """
+    if not calibrate or device is None:
+        Console(stderr=True).print("[bold red]error:[/] give --calibrate --device NAME (e.g. gtnpipe bench --calibrate "
+                                   "--device host); benchmarking an artifact folder comes with 'gtnpipe build'")
+        raise typer.Exit(2)
+    from gtnpipe import pipeline
+
+    with _handled():
+        info = pipeline.calibrate_device(device, runs=runs, progress=lambda m: Console(stderr=True).print(m))
+    if as_json:
+        return _emit_json(info)
+    out.print(f"[bold]{info['device']}[/]: {info['units']} units timed in {info['seconds']:.0f} s; whole network p50 = "
+              f"{info['slope']:.3f} x sum(units) + {info['intercept_ms']:.4f} ms; runtime overhead "
+              f"{info['memory_overhead_mb']:.1f} MB; table written to {info['table']}")
+
+
 @devices_app.command("list")
 def devices_list(as_json: JsonOpt = False) -> None:
     """The shipped device profiles: runtime, precisions, budgets, and whether a measured latency table exists."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,10 +22,13 @@ import torch
 
 from gtnpipe import distributed
 from gtnpipe.cache import Cache, cache_key
+from gtnpipe.calibrate import calibrate
+from gtnpipe.cost import table_path
 from gtnpipe.data import Dataset, load_dataset
 from gtnpipe.distill import distill, teacher_logits
 from gtnpipe.errors import ConfigError
 from gtnpipe.gtn import train_generic_teacher
+from gtnpipe.profiles import load_profile
 from gtnpipe.recipes import Recipe, load_recipe
 from gtnpipe.supernet import (
     ArchConfig,
@@ -409,3 +413,21 @@ def distill_student(arch: str, *, teacher: str = "gtn", recipe: str | Path = "qu
     m = entry.meta
     return DistillOutcome(student.id, teacher, teacher_key, key, cached, m["test_top1"], m["val_top1"], m["macs"],
                           m["params"], seed, rec.distill.init, m["train_seconds"], str(entry.path))
+
+
+# --- devices ---------------------------------------------------------------------------
+
+
+def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,
+                     n_networks: int = 10, runs: int = 200, rounds: int = 3, tables_dir: Path | None = None,
+                     progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure the device's latency table here (run this ON the device) and write it where search reads it."""
+    profile = load_profile(device)
+    table = calibrate(profile, get_space(space), task, n_networks=n_networks, runs=runs, rounds=rounds,
+                      progress=progress)
+    path = table_path(profile.name, tables_dir)
+    table.save(path)
+    fit = table.precisions["fp32"]
+    return {"device": profile.name, "table": str(path), "units": len(fit.units_ms), "slope": fit.slope,
+            "intercept_ms": fit.intercept_ms, "memory_overhead_mb": fit.memory_overhead_mb,
+            "seconds": table.measured["seconds"]}
