@@ -1,7 +1,9 @@
 """Peak memory of running a model, measured in a fresh process (python -m gtnpipe.backends.probe).
 
-The figure is the process's peak resident set (ru_maxrss): interpreter, runtime, model
-and activations together, which is what a device's memory budget constrains.
+The figure is the process's peak resident set: interpreter, runtime, model and
+activations together, which is what a device's memory budget constrains. On Linux it is
+VmHWM from /proc/self/status (ru_maxrss would also count the parent's memory, which a
+forked child carries until exec); elsewhere ru_maxrss.
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal(tuple(int(d) for d in args.shape.split(",")), dtype=np.float32)
     for _ in range(args.runs):
         runner.run(x)
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}))
+    print(json.dumps({"peak_rss_mb": _peak_rss_bytes() / 1e6}))
+
+
+def _peak_rss_bytes() -> int:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""How well does the cost model predict latency, memory and size on this machine (`host`)?
+
+Needs the host's measured table (device_profiles/tables/host.json, from
+`gtnpipe bench --calibrate --device host`). Draws 50 students with a seed the calibration
+did not use (and checks none of them was a calibration network), exports each to ONNX,
+measures its p50/p90 latency in ONNX Runtime at the profile's threads and batch, its peak
+RSS in a fresh process and its file size, and compares with the predictions: the
+measured-table model and, for reference, the spec-sheet roofline.
+
+    .venv/bin/python bench/predictor.py [--device host] [--archs 50] [--runs 200]
+
+Run it on an otherwise idle machine. Results: bench/results/predictor-<device>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gtnpipe import pipeline
+from gtnpipe.backends import runtime_version
+from gtnpipe.backends.probe import measure_peak_rss_mb
+from gtnpipe.calibrate import calibration_archs, time_models
+from gtnpipe.cost import CostModel, roofline_ms, table_path
+from gtnpipe.export import export_onnx
+from gtnpipe.profiles import load_profile
+from gtnpipe.supernet import build_static, get_space
+from gtnpipe.supernet.schedule import units
+
+RESULTS = Path(__file__).parent / "results"
+EVAL_SEED = 20261124
+
+
+def errors(predicted: list[float], measured: list[float], tolerance: float) -> dict[str, float]:
+    rel = np.array(predicted) / np.array(measured) - 1
+    return {"within_share": float(np.mean(np.abs(rel) <= tolerance)), "tolerance": tolerance,
+            "rmspe": float(np.sqrt(np.mean(rel**2))), "max_abs_rel": float(np.max(np.abs(rel))),
+            "mean_rel": float(np.mean(rel))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="host")
+    parser.add_argument("--archs", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    profile = load_profile(args.device)
+    space, task = get_space("mbv3-28"), pipeline.FASHION_MNIST_TASK
+    if not table_path(profile.name).exists():
+        raise SystemExit(f"no measured table for {profile.name}: run 'gtnpipe bench --calibrate --device {profile.name}'")
+    model = CostModel(profile, space, task)
+    calibrated = set(calibration_archs(space, 64))
+    archs = [a for a in space.sample_many(args.archs + 10, seed=EVAL_SEED) if a not in calibrated][: args.archs]
+    shape = (profile.batch_size, task.in_channels, *task.image_hw)
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [export_onnx(build_static(a, space, task), task, Path(tmp) / f"{i}.onnx", batch_size=profile.batch_size,
+                             max_opset=profile.runtime.max_onnx_opset) for i, a in enumerate(archs)]
+        timed = time_models(paths, [shape] * len(paths), profile, runs=args.runs, rounds=args.rounds)
+        rss = [measure_peak_rss_mb(profile.runtime.name, p, threads=profile.threads, input_shape=shape) for p in paths]
+        sizes = [p.stat().st_size / 1e6 for p in paths]
+    rows = []
+    for arch, (p50, p90), mem, size in zip(archs, timed, rss, sizes):
+        est = model.estimate(arch)
+        rows.append({"arch": arch.id, "macs": est.macs, "measured_p50_ms": p50, "measured_p90_ms": p90,
+                     "predicted_p50_ms": est.latency_ms_p50, "predicted_p90_ms": est.latency_ms_p90,
+                     "roofline_ms": roofline_ms(units(arch, space, task), profile, model.precision),
+                     "measured_peak_rss_mb": mem, "predicted_peak_memory_mb": est.peak_memory_mb,
+                     "measured_size_mb": size, "predicted_size_mb": est.model_size_mb})
+
+    def col(name: str) -> list[float]:
+        return [r[name] for r in rows]
+
+    summary = {
+        "latency_p50": errors(col("predicted_p50_ms"), col("measured_p50_ms"), 0.10),
+        "latency_p90": errors(col("predicted_p90_ms"), col("measured_p90_ms"), 0.10),
+        "roofline_vs_p50": errors(col("roofline_ms"), col("measured_p50_ms"), 0.10),
+        "memory": errors(col("predicted_peak_memory_mb"), col("measured_peak_rss_mb"), 0.15),
+        "size": errors(col("predicted_size_mb"), col("measured_size_mb"), 0.10),
+        "measured_p50_ms_range": [min(col("measured_p50_ms")), max(col("measured_p50_ms"))],
+        "measured_rss_mb_range": [min(col("measured_peak_rss_mb")), max(col("measured_peak_rss_mb"))],
+    }
+    result = {
+        "device": profile.name, "precision": model.precision, "source": model.table_note,
+        "runtime": f"{profile.runtime.name} {runtime_version(profile.runtime.name)}", "threads": profile.threads,
+        "batch_size": profile.batch_size, "archs": len(archs), "eval_seed": EVAL_SEED, "runs": args.runs,
+        "rounds": args.rounds, "seconds": round(time.time() - started, 1), "machine": platform.processor() or platform.machine(),
+        "summary": summary, "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"predictor-{profile.name}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    s = summary
+    lines = [
+        f"# Cost-model accuracy on `{profile.name}` ({result['runtime']}, {profile.threads} threads, batch "
+        f"{profile.batch_size}, {model.precision})",
+        "",
+        f"{len(archs)} random students not used for calibration (seed {EVAL_SEED}); each timed {args.rounds} x "
+        f"{args.runs} runs (median of the rounds' p50); peak RSS of a fresh process; ONNX file size. "
+        f"Command: `.venv/bin/python bench/predictor.py --device {profile.name}`.",
+        "",
+        "| quantity | predictor | within tolerance | RMSPE | worst | mean bias |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, what, pred in (("latency_p50", "latency p50", "measured table"), ("latency_p90", "latency p90", "measured table"),
+                            ("roofline_vs_p50", "latency p50", "roofline (spec sheet)"),
+                            ("memory", "peak memory", "measured overhead + fitted slope"),
+                            ("size", "model size", "formula")):
+        e = s[key]
+        lines.append(f"| {what} | {pred} | {100 * e['within_share']:.0f}% within ±{100 * e['tolerance']:.0f}% | "
+                     f"{100 * e['rmspe']:.1f}% | {100 * e['max_abs_rel']:.1f}% | {100 * e['mean_rel']:+.1f}% |")
+    lines += ["", f"Measured p50 range: {s['measured_p50_ms_range'][0]:.3f} .. {s['measured_p50_ms_range'][1]:.3f} ms; "
+              f"peak RSS range: {s['measured_rss_mb_range'][0]:.1f} .. {s['measured_rss_mb_range'][1]:.1f} MB; "
+              f"median measured p50 {statistics.median(col('measured_p50_ms')):.3f} ms.", ""]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
