@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,15 +22,17 @@ from typing import Any, NamedTuple
 import torch
 
 from gtnpipe import distributed
+from gtnpipe.accuracy import AccuracyPredictor, inherited_accuracy
 from gtnpipe.cache import Cache, cache_key
 from gtnpipe.calibrate import calibrate
-from gtnpipe.cost import table_path
+from gtnpipe.cost import CostModel, table_path
 from gtnpipe.data import Dataset, load_dataset
 from gtnpipe.distill import distill, teacher_logits
 from gtnpipe.errors import ConfigError
 from gtnpipe.gtn import train_generic_teacher
 from gtnpipe.profiles import load_profile
 from gtnpipe.recipes import Recipe, load_recipe
+from gtnpipe.search import SearchConfig, SearchResult, check_feasible, evolution_search
 from gtnpipe.supernet import (
     ArchConfig,
     SearchSpace,
@@ -70,6 +73,7 @@ _MODELS = "models"  # cache kinds: trained-from-scratch models,
 _TEACHERS = "teachers"  # GTN and SFTN teachers (with the supernet they trained),
 _LOGITS = "teacher-logits"  # a teacher's logits on the train split,
 _STUDENTS = "students"  # distilled students
+_ACCURACY = "accuracy"  # inherited-weight accuracies of sampled students and the predictor fitted on them
 _WEIGHTS = "weights.pt"
 TEACHER_METHODS = ("vanilla", "gtn", "sftn")
 
@@ -415,7 +419,61 @@ def distill_student(arch: str, *, teacher: str = "gtn", recipe: str | Path = "qu
                           m["params"], seed, rec.distill.init, m["train_seconds"], str(entry.path))
 
 
-# --- devices ---------------------------------------------------------------------------
+# --- devices and search ------------------------------------------------------------------
+
+ACCURACY_SAMPLES = 150  # students measured with inherited weights to fit the accuracy predictor
+ACCURACY_SEED = 4242
+
+
+@dataclass(frozen=True)
+class AccuracyOutcome:
+    key: str
+    cached: bool
+    predictor: AccuracyPredictor
+    measured: list[dict[str, Any]]  # arch id and inherited-weight val top-1 of each measured student
+    seconds: float
+
+
+def accuracy_predictor(*, recipe: str | Path = "quick", cache_dir: Path | None = None,
+                       samples: int = ACCURACY_SAMPLES, progress: bool = True) -> AccuracyOutcome:
+    """Fit (or find in the cache) the accuracy predictor on the GTN-trained supernet's students."""
+    return _accuracy_predictor(_context(recipe), cache_dir=cache_dir, samples=samples, progress=progress)
+
+
+def _accuracy_predictor(ctx: _Context, *, cache_dir: Path | None, samples: int, progress: bool) -> AccuracyOutcome:
+    rec, space, data, task = ctx
+    gtn_key = _train_teacher(ctx, "gtn", student=None, cache_dir=cache_dir, progress=progress).key
+    spec = {"kind": "accuracy-predictor", "supernet_from": gtn_key, "samples": samples, "seed": ACCURACY_SEED,
+            "bn_images": 512, "split": "val", **_base_spec(rec, space, data, task)}
+    key = cache_key(spec)
+
+    def build(staging: Path, meta: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        supernet = _load_weights(Supernet(space, task), _TEACHERS, gtn_key, cache_dir=cache_dir, file="supernet.pt")
+        norm = Normalizer(data.mean, data.std)
+        archs = [space.smallest(), space.largest(), *space.sample_many(samples - 2, seed=ACCURACY_SEED)]
+        top1 = [inherited_accuracy(supernet, a, data.train, data.val, norm) for a in archs]
+        predictor = AccuracyPredictor.fit(space, archs, top1)
+        predictor.save(staging / "predictor.json")
+        meta |= {"measured": [{"arch": a.id, "val_top1": t} for a, t in zip(archs, top1)],
+                 "seconds": time.perf_counter() - start}
+
+    entry, cached = _cached(_ACCURACY, key, spec, build, cache_dir=cache_dir)
+    return AccuracyOutcome(key, cached, AccuracyPredictor.load(entry.file("predictor.json")), entry.meta["measured"],
+                           entry.meta["seconds"])
+
+
+def search_device(device: str | Path, *, recipe: str | Path = "quick", cache_dir: Path | None = None,
+                  config: SearchConfig | None = None, progress: bool = True) -> tuple[SearchResult, AccuracyOutcome]:
+    """The best student for `device`: evolution over the pool, every budget checked on the cost model."""
+    ctx = _context(recipe)
+    profile = load_profile(device)
+    model = CostModel(profile, ctx.space, ctx.task)  # before training anything: a bad profile fails fast
+    check_feasible(model)
+    acc = _accuracy_predictor(ctx, cache_dir=cache_dir, samples=ACCURACY_SAMPLES, progress=progress)
+    return evolution_search(model, lambda a: acc.predictor.predict(ctx.space, a), config or SearchConfig()), acc
+
+
 
 
 def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,

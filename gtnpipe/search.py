@@ -24,7 +24,7 @@ from gtnpipe.cost import CostEstimate, CostModel
 from gtnpipe.errors import GtnpipeError
 from gtnpipe.supernet.space import ArchConfig, Block
 
-__all__ = ["Candidate", "InfeasibleBudget", "SearchConfig", "SearchResult", "evolution_search", "pool_minimums",
+__all__ = ["Candidate", "InfeasibleBudget", "SearchConfig", "SearchResult", "check_feasible", "evolution_search", "pool_minimums",
            "random_search"]
 
 
@@ -127,7 +127,8 @@ def pool_minimums(model: CostModel) -> dict[str, CostEstimate]:
 _SOURCE = {"latency_ms_p90": "latency_source", "peak_memory_mb": "memory_source", "model_size_mb": "size_source"}
 
 
-def _check_feasible(model: CostModel) -> None:
+def check_feasible(model: CostModel) -> None:
+    """Raise `InfeasibleBudget` when a budget is below the pool's lowest prediction for it."""
     budgets = model.profile.budgets
     problems = []
     for name, best in pool_minimums(model).items():
@@ -204,7 +205,7 @@ def _offspring(ev: _Evaluator, count: int, make: Callable[[], ArchConfig]) -> li
 
 def evolution_search(model: CostModel, accuracy: Callable[[ArchConfig], float],
                      cfg: SearchConfig = SearchConfig()) -> SearchResult:
-    _check_feasible(model)
+    check_feasible(model)
     started, rng, space = time.perf_counter(), random.Random(cfg.seed), model.space
     ev = _Evaluator(model, accuracy)
     max_tries = 200 * cfg.population
@@ -233,7 +234,7 @@ def evolution_search(model: CostModel, accuracy: Callable[[ArchConfig], float],
 def random_search(model: CostModel, accuracy: Callable[[ArchConfig], float], *, evaluations: int,
                   seed: int = 0) -> SearchResult:
     """The baseline: `evaluations` uniform samples of the pool, the best feasible one wins."""
-    _check_feasible(model)
+    check_feasible(model)
     started, rng = time.perf_counter(), random.Random(seed)
     ev = _Evaluator(model, accuracy)
     for _ in range(evaluations):
