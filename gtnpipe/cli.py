@@ -211,6 +211,55 @@ def distill(
             as_json=as_json)
 
 
+@app.command("search")
+def search(
+    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name or path to your own .toml.")],
+    recipe: RecipeOpt = "quick",
+    cache_dir: CacheOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the Pareto front as a PNG here.")] = None,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Evolution generations.")] = 500,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """The most accurate student that fits every budget of a device, and the Pareto front.
+
+    Accuracy is estimated from the GTN-trained supernet (trained and cached first if needed);
+    latency, memory and size come from the device's measured table or the roofline estimate.
+    """
+    from gtnpipe import pipeline
+    from gtnpipe.search import SearchConfig
+
+    with _handled():
+        result, acc = pipeline.search_device(device, recipe=recipe, cache_dir=cache_dir,
+                                             config=SearchConfig(iterations=iterations), progress=progress and not as_json)
+        if plot is not None:
+            from gtnpipe.plots import plot_pareto
+            from gtnpipe.profiles import load_profile
+
+            profile = load_profile(device)
+            plot_pareto(result, plot, device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90)
+    if as_json:
+        return _emit_json({**result.to_dict(), "accuracy_predictor": {"key": acc.key, "loo_rmse": acc.predictor.loo_rmse,
+                                                                      "samples": acc.predictor.n_samples}})
+    p, c = result.pick, result.pick.cost
+    out.print(f"[bold]pick[/]: {p.arch.id}\n  {c.macs / 1e6:.2f}M MACs, {c.params / 1e6:.3f}M params, estimated top-1 "
+              f"{p.accuracy:.2f}% (inherited-weight predictor, LOO error {acc.predictor.loo_rmse:.2f} points)\n"
+              f"  {c.precision}: latency p90 {c.latency_ms_p90:.3f} ms ({c.latency_source}), peak memory "
+              f"{c.peak_memory_mb:.1f} MB ({c.memory_source}), size {c.model_size_mb:.3f} MB ({c.size_source})")
+    table = Table("latency p90 (ms)", "est. top-1 (%)", "memory (MB)", "size (MB)", "MACs (M)", "arch id",
+                  title=f"Pareto front ({len(result.front)} of {result.feasible_seen} feasible students, "
+                        f"{result.evaluations} evaluations, {result.seconds:.1f} s)")
+    for cand in result.front:
+        k = cand.cost
+        table.add_row(f"{k.latency_ms_p90:.3f}", f"{cand.accuracy:.2f}", f"{k.peak_memory_mb:.1f}",
+                      f"{k.model_size_mb:.3f}", f"{k.macs / 1e6:.2f}", cand.arch.id)
+    out.print(table)
+    for note in result.notes:
+        out.print(f"latency model: {note}", highlight=False)
+    if plot is not None:
+        out.print(f"Pareto plot: {plot}")
+
+
 @app.command("bench")
 def bench(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure the device's per-block latency table.")] = False,
