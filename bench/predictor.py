@@ -31,11 +31,15 @@ from gtnpipe.calibrate import calibration_archs, time_models
 from gtnpipe.cost import CostModel, roofline_ms, table_path
 from gtnpipe.export import export_onnx
 from gtnpipe.profiles import load_profile
-from gtnpipe.supernet import build_static, get_space
+from gtnpipe.supernet import ArchConfig, build_static, get_space
 from gtnpipe.supernet.schedule import units
 
 RESULTS = Path(__file__).parent / "results"
 EVAL_SEED = 20261124
+
+
+def model_table_networks(device: str) -> list[dict]:
+    return json.loads(table_path(device).read_text())["measured"]["networks"]
 
 
 def errors(predicted: list[float], measured: list[float], tolerance: float) -> dict[str, float]:
@@ -49,8 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="host")
     parser.add_argument("--archs", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
 
     profile = load_profile(args.device)
@@ -58,14 +62,25 @@ def main() -> None:
     if not table_path(profile.name).exists():
         raise SystemExit(f"no measured table for {profile.name}: run 'gtnpipe bench --calibrate --device {profile.name}'")
     model = CostModel(profile, space, task)
-    calibrated = set(calibration_archs(space, 64))
+    overhead = model.table.memory_overhead_mb if model.table else profile.hardware.runtime_overhead_mb
+    calibrated = set(calibration_archs(space, 100))
     archs = [a for a in space.sample_many(args.archs + 10, seed=EVAL_SEED) if a not in calibrated][: args.archs]
     shape = (profile.batch_size, task.in_channels, *task.image_hw)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         paths = [export_onnx(build_static(a, space, task), task, Path(tmp) / f"{i}.onnx", batch_size=profile.batch_size,
                              max_opset=profile.runtime.max_onnx_opset) for i, a in enumerate(archs)]
-        timed = time_models(paths, [shape] * len(paths), profile, runs=args.runs, rounds=args.rounds)
+        # this machine's speed drifts (a VM: the same model's p50 moved 2x between runs minutes apart), so the
+        # calibration networks are re-timed in the same interleaved rounds as the evaluation ones: their ratio
+        # now/then is the drift since the table was made, applied as one factor to every prediction
+        table_nets = model_table_networks(profile.name)
+        cal_paths = [export_onnx(build_static(ArchConfig.from_id(n["arch"]), space, task), task, Path(tmp) / f"c{i}.onnx",
+                                 batch_size=profile.batch_size, max_opset=profile.runtime.max_onnx_opset)
+                     for i, n in enumerate(table_nets)]
+        both = time_models(paths + cal_paths, [shape] * (len(paths) + len(cal_paths)), profile, runs=args.runs,
+                           rounds=args.rounds)
+        timed, now = both[: len(paths)], both[len(paths):]
+        drift = statistics.median(p50 / n["p50_ms"] for (p50, _), n in zip(now, table_nets))
         rss = [measure_peak_rss_mb(profile.runtime.name, p, threads=profile.threads, input_shape=shape) for p in paths]
         sizes = [p.stat().st_size / 1e6 for p in paths]
     rows = []
@@ -73,6 +88,7 @@ def main() -> None:
         est = model.estimate(arch)
         rows.append({"arch": arch.id, "macs": est.macs, "measured_p50_ms": p50, "measured_p90_ms": p90,
                      "predicted_p50_ms": est.latency_ms_p50, "predicted_p90_ms": est.latency_ms_p90,
+                     "predicted_p50_drift_corrected_ms": est.latency_ms_p50 * drift,
                      "roofline_ms": roofline_ms(units(arch, space, task), profile, model.precision),
                      "measured_peak_rss_mb": mem, "predicted_peak_memory_mb": est.peak_memory_mb,
                      "measured_size_mb": size, "predicted_size_mb": est.model_size_mb})
@@ -83,8 +99,13 @@ def main() -> None:
     summary = {
         "latency_p50": errors(col("predicted_p50_ms"), col("measured_p50_ms"), 0.10),
         "latency_p90": errors(col("predicted_p90_ms"), col("measured_p90_ms"), 0.10),
+        "latency_p50_drift_corrected": errors(col("predicted_p50_drift_corrected_ms"), col("measured_p50_ms"), 0.10),
+        "speed_drift_since_calibration": drift,
         "roofline_vs_p50": errors(col("roofline_ms"), col("measured_p50_ms"), 0.10),
         "memory": errors(col("predicted_peak_memory_mb"), col("measured_peak_rss_mb"), 0.15),
+        # the part of memory the student itself adds (the runtime's fixed overhead removed from both sides)
+        "memory_above_overhead": errors([p - overhead for p in col("predicted_peak_memory_mb")],
+                                        [m - overhead for m in col("measured_peak_rss_mb")], 0.15),
         "size": errors(col("predicted_size_mb"), col("measured_size_mb"), 0.10),
         "measured_p50_ms_range": [min(col("measured_p50_ms")), max(col("measured_p50_ms"))],
         "measured_rss_mb_range": [min(col("measured_peak_rss_mb")), max(col("measured_peak_rss_mb"))],
@@ -112,13 +133,18 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for key, what, pred in (("latency_p50", "latency p50", "measured table"), ("latency_p90", "latency p90", "measured table"),
+                            ("latency_p50_drift_corrected", "latency p50",
+                             "measured table x speed drift (calibration networks re-timed now)"),
                             ("roofline_vs_p50", "latency p50", "roofline (spec sheet)"),
                             ("memory", "peak memory", "measured overhead + fitted slope"),
+                            ("memory_above_overhead", "peak memory minus the runtime's overhead", "fitted slope"),
                             ("size", "model size", "formula")):
         e = s[key]
         lines.append(f"| {what} | {pred} | {100 * e['within_share']:.0f}% within ±{100 * e['tolerance']:.0f}% | "
                      f"{100 * e['rmspe']:.1f}% | {100 * e['max_abs_rel']:.1f}% | {100 * e['mean_rel']:+.1f}% |")
-    lines += ["", f"Measured p50 range: {s['measured_p50_ms_range'][0]:.3f} .. {s['measured_p50_ms_range'][1]:.3f} ms; "
+    lo, hi = s["measured_p50_ms_range"]
+    lines += ["", f"Speed drift since calibration (median ratio of the calibration networks' p50 now to then): "
+              f"{s['speed_drift_since_calibration']:.3f}.", "", f"Measured p50 range: {lo:.3f} .. {hi:.3f} ms; "
               f"peak RSS range: {s['measured_rss_mb_range'][0]:.1f} .. {s['measured_rss_mb_range'][1]:.1f} MB; "
               f"median measured p50 {statistics.median(col('measured_p50_ms')):.3f} ms.", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))

@@ -2,12 +2,13 @@
 
 What `gtnpipe bench --calibrate --device NAME` runs, in the device's runtime:
 1. every distinct unit of the space (stem, each block configuration, head) exported on
-   its own and timed (p50 over `runs`, in `rounds` interleaved passes whose median is kept,
-   so slow drifts of the machine spread over all units instead of biasing some);
-2. a few whole networks (the smallest, the largest and `n_networks` random ones, all from
-   a seed that evaluation must not reuse) timed the same way and their peak RSS measured
-   in fresh processes; a least-squares line maps the sum of unit latencies to whole-network
-   p50, another maps model bytes (weights + peak activations) to peak RSS.
+   its own, and a few whole networks (the smallest, the largest and `n_networks` random
+   ones, from a seed that evaluation must not reuse), all timed together (p50 over `runs`,
+   in `rounds` interleaved passes whose median is kept, so a drift of the machine's speed
+   moves units and networks alike instead of biasing some);
+2. the networks' peak RSS measured in fresh processes;
+3. least squares maps the sum and the number of a network's unit latencies to its p50, and
+   its model bytes (weights + peak activations) to its peak RSS.
 
 Units are measured with random weights: latency does not depend on the values.
 """
@@ -58,7 +59,7 @@ def time_models(paths: list[Path], input_shapes: list[tuple[int, ...]], profile:
 
 
 def calibrate(profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, precision: str = "fp32",
-              n_networks: int = 10, runs: int = 200, rounds: int = 3,
+              n_networks: int = 30, runs: int = 100, rounds: int = 10,
               progress: Callable[[str], None] = lambda _: None) -> LatencyTable:
     if precision != "fp32":
         raise ConfigError(f"calibration at {precision!r} is not available yet; calibrate with precision 'fp32'")
@@ -75,27 +76,29 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, pr
         opset = profile.runtime.max_onnx_opset
         unit_paths = [export_onnx(build_unit(u, space, task), task, work / f"{u.key}.onnx", max_opset=opset,
                                   input_shape=(batch, u.c_in, *u.hw_in)) for u in unit_list]
-        progress("timing units")
-        unit_times = time_models(unit_paths, [(batch, u.c_in, *u.hw_in) for u in unit_list], profile, runs=runs,
-                                 rounds=rounds)
-        units_ms = {u.key: p50 for u, (p50, _) in zip(unit_list, unit_times)}
-
         archs = calibration_archs(space, n_networks)
-        progress(f"exporting and timing {len(archs)} whole networks")
+        progress(f"exporting {len(archs)} whole networks")
         net_paths = [export_onnx(build_static(a, space, task), task, work / f"net{i}.onnx", batch_size=batch,
                                  max_opset=opset) for i, a in enumerate(archs)]
         shape = (batch, task.in_channels, *task.image_hw)
-        net_times = time_models(net_paths, [shape] * len(archs), profile, runs=runs, rounds=rounds)
+        # units and networks in the same interleaved rounds: a drift of the machine's speed moves both alike
+        progress("timing units and networks")
+        times = time_models(unit_paths + net_paths, [(batch, u.c_in, *u.hw_in) for u in unit_list] + [shape] * len(archs),
+                            profile, runs=runs, rounds=rounds)
+        units_ms = {u.key: p50 for u, (p50, _) in zip(unit_list, times)}
+        net_times = times[len(unit_list):]
         progress("measuring peak memory")
         rss = [measure_peak_rss_mb(profile.runtime.name, p, threads=profile.threads, input_shape=shape) for p in net_paths]
 
     sums = [sum(units_ms[u.key] for u in units(a, space, task)) for a in archs]
-    slope, intercept = np.polyfit(sums, [p50 for p50, _ in net_times], 1)
+    counts = [len(units(a, space, task)) for a in archs]
+    design = np.column_stack([sums, counts, np.ones(len(archs))])
+    (slope, per_unit, intercept), *_ = np.linalg.lstsq(design, np.array([p50 for p50, _ in net_times]), rcond=None)
     model_mb = [(weight_bytes(units(a, space, task), precision)
                  + activation_peak_elems(units(a, space, task)) * batch * BYTES[precision]) / MB for a in archs]
     mem_slope, mem_overhead = np.polyfit(model_mb, rss, 1)
     table = PrecisionTable(
-        units_ms=units_ms, slope=float(slope), intercept_ms=float(intercept),
+        units_ms=units_ms, slope=float(slope), per_unit_ms=float(per_unit), intercept_ms=float(intercept),
         p90_over_p50=float(statistics.median(p90 / p50 for p50, p90 in net_times)),
         memory_overhead_mb=float(mem_overhead), memory_slope=float(mem_slope),
     )

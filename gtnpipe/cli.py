@@ -264,7 +264,7 @@ def search(
 def bench(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure the device's per-block latency table.")] = False,
     device: Annotated[str | None, typer.Option("--device", "-d", help="Device profile name or path.")] = None,
-    runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs per model and round.")] = 200,
+    runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs per model and round.")] = 100,
     as_json: JsonOpt = False,
 ) -> None:
     """On the device itself: measure the latency table for the cost model (--calibrate --device NAME).
@@ -283,7 +283,8 @@ def bench(
     if as_json:
         return _emit_json(info)
     out.print(f"[bold]{info['device']}[/]: {info['units']} units timed in {info['seconds']:.0f} s; whole network p50 = "
-              f"{info['slope']:.3f} x sum(units) + {info['intercept_ms']:.4f} ms; runtime overhead "
+              f"{info['slope']:.3f} x sum(units) {info['per_unit_ms']:+.4f} ms x units {info['intercept_ms']:+.4f} ms; "
+              "runtime overhead "
               f"{info['memory_overhead_mb']:.1f} MB; table written to {info['table']}")
 
 

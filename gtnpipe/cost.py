@@ -5,8 +5,9 @@ Latency (nn-Meter's approach at block level instead of kernel level):
   `gtnpipe bench --calibrate` in the device's runtime) gives the measured p50 latency of
   every distinct unit of the space (stem, each block configuration, head). Their sum
   misses whole-network effects (one session call instead of many, cache reuse), so the
-  table also holds a linear correction `p50 = slope * sum + intercept` fitted on a few
-  whole networks, and the measured p90/p50 ratio that turns p50 into the budget's p90.
+  table also holds a linear correction `p50 = slope * sum + per_unit * units + intercept`
+  fitted on a few dozen whole networks (a unit timed alone pays a runtime call's fixed cost
+  that a whole network pays once), and the measured p90/p50 ratio that turns p50 into the budget's p90.
 - `roofline-estimate`: without a table, per layer max(FLOPs / peak, bytes / bandwidth)
   plus the profile's per-layer overhead, from spec-sheet numbers. Depthwise convolutions
   run far below peak on real CPUs, so this is optimistic; bench/predictor.py shows by how much on host.
@@ -97,7 +98,10 @@ class PrecisionTable:
     """What calibration measured for one precision on one device."""
 
     units_ms: dict[str, float]  # p50 latency of each unit run alone, one batch
-    slope: float  # whole-network p50 = slope * sum(units) + intercept_ms
+    # whole-network p50 = slope * sum(units) + per_unit_ms * len(units) + intercept_ms: each unit timed alone
+    # also paid one runtime call's fixed cost, which the whole network pays once
+    slope: float
+    per_unit_ms: float
     intercept_ms: float
     p90_over_p50: float
     memory_overhead_mb: float  # peak RSS = overhead + memory_slope * (weights + peak activations)
@@ -225,7 +229,7 @@ class CostModel:
         size_mb = model_size_bytes(schedule, self.precision) / MB
         if self.table is not None:
             t = self.table
-            p50 = t.slope * sum(t.units_ms[u.key] for u in schedule) + t.intercept_ms
+            p50 = t.slope * sum(t.units_ms[u.key] for u in schedule) + t.per_unit_ms * len(schedule) + t.intercept_ms
             return CostEstimate(arch.id, self.precision, net.macs, net.params, p50, p50 * t.p90_over_p50,
                                 "measured-table", t.memory_overhead_mb + t.memory_slope * model_bytes / MB,
                                 "measured-table", size_mb, "formula")

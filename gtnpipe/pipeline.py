@@ -477,7 +477,7 @@ def search_device(device: str | Path, *, recipe: str | Path = "quick", cache_dir
 
 
 def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,
-                     n_networks: int = 10, runs: int = 200, rounds: int = 3, tables_dir: Path | None = None,
+                     n_networks: int = 30, runs: int = 100, rounds: int = 10, tables_dir: Path | None = None,
                      progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Measure the device's latency table here (run this ON the device) and write it where search reads it."""
     profile = load_profile(device)
@@ -487,5 +487,5 @@ def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskSh
     table.save(path)
     fit = table.precisions["fp32"]
     return {"device": profile.name, "table": str(path), "units": len(fit.units_ms), "slope": fit.slope,
-            "intercept_ms": fit.intercept_ms, "memory_overhead_mb": fit.memory_overhead_mb,
+            "per_unit_ms": fit.per_unit_ms, "intercept_ms": fit.intercept_ms, "memory_overhead_mb": fit.memory_overhead_mb,
             "seconds": table.measured["seconds"]}

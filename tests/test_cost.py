@@ -74,8 +74,8 @@ def test_roofline_of_one_layer_by_hand() -> None:
 
 
 def _table(tmp_path: Path, **changes: object) -> Path:
-    precision = PrecisionTable(units_ms={u.key: 0.01 for u in all_units(SPACE, TASK)}, slope=2.0, intercept_ms=0.1,
-                               p90_over_p50=1.5, memory_overhead_mb=70.0, memory_slope=2.0)
+    precision = PrecisionTable(units_ms={u.key: 0.01 for u in all_units(SPACE, TASK)}, slope=2.0, per_unit_ms=0.005,
+                               intercept_ms=0.1, p90_over_p50=1.5, memory_overhead_mb=70.0, memory_slope=2.0)
     fields = {"device": "host", "runtime": "onnxruntime", "runtime_version": "1.32.0", "threads": HOST.threads,
               "batch_size": HOST.batch_size, "space": SPACE.name, "task": TASK, "precisions": {"fp32": precision},
               "measured": {}} | changes
@@ -89,9 +89,9 @@ def _table(tmp_path: Path, **changes: object) -> Path:
 def test_measured_table_prediction_by_hand(tmp_path: Path) -> None:
     _table(tmp_path)
     est = CostModel(HOST, SPACE, TASK, tables_dir=tmp_path).estimate(SPACE.smallest())
-    # stem + 4 one-block stages + head = 6 units of 0.01 ms: 2 * 0.06 + 0.1
+    # stem + 4 one-block stages + head = 6 units of 0.01 ms: 2 * 0.06 + 0.005 * 6 + 0.1
     assert est.latency_source == "measured-table"
-    assert est.latency_ms_p50 == pytest.approx(0.22) and est.latency_ms_p90 == pytest.approx(0.33)
+    assert est.latency_ms_p50 == pytest.approx(0.25) and est.latency_ms_p90 == pytest.approx(0.375)
     schedule = units(SPACE.smallest(), SPACE, TASK)
     model_mb = (weight_bytes(schedule, "fp32") + 4 * activation_peak_elems(schedule)) / 1e6
     assert est.peak_memory_mb == pytest.approx(70.0 + 2.0 * model_mb)
