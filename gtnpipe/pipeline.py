@@ -463,6 +463,15 @@ def _accuracy_predictor(ctx: _Context, *, cache_dir: Path | None, samples: int, 
                            entry.meta["seconds"])
 
 
+def inherited_accuracies(archs: list[str], *, recipe: str | Path = "quick", cache_dir: Path | None = None) -> list[float]:
+    """Val top-1 of each arch with the GTN-trained supernet's weights (BN recalibrated), as the predictor is fitted."""
+    ctx = _context(recipe)
+    gtn_key = _train_teacher(ctx, "gtn", student=None, cache_dir=cache_dir, progress=False).key
+    supernet = _load_weights(Supernet(ctx.space, ctx.task), _TEACHERS, gtn_key, cache_dir=cache_dir, file="supernet.pt")
+    norm = Normalizer(ctx.data.mean, ctx.data.std)
+    return [inherited_accuracy(supernet, ctx.space.parse(a), ctx.data.train, ctx.data.val, norm) for a in archs]
+
+
 def search_device(device: str | Path, *, recipe: str | Path = "quick", cache_dir: Path | None = None,
                   config: SearchConfig | None = None, progress: bool = True) -> tuple[SearchResult, AccuracyOutcome]:
     """The best student for `device`: evolution over the pool, every budget checked on the cost model."""

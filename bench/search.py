@@ -1,0 +1,121 @@
+"""Does evolution find better students than random search, within every device's budgets?
+
+For every shipped device profile: OFA's evolution (population 100, 500 generations) against
+random search given the same number of evaluations, both maximising the accuracy predictor
+fitted on the GTN-trained supernet's inherited-weight accuracies, both subject to every
+budget at the profile's precision. Several search seeds per device.
+
+Also: how well does the accuracy estimate rank real students? Spearman correlation of (a)
+the inherited-weight accuracy and (b) the predictor against the test top-1 of the students
+distilled from the GTN teacher in bench/kd_effect.py (mean over seeds), when those exist.
+
+    .venv/bin/python bench/search.py [--recipe kd] [--cache-dir DIR] [--seeds 0 1 2]
+
+Results: bench/results/search.json and search.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from gtnpipe import pipeline
+from gtnpipe.accuracy import spearman
+from gtnpipe.cost import CostModel
+from gtnpipe.profiles import known_profiles, load_profile
+from gtnpipe.recipes import load_recipe
+from gtnpipe.search import SearchConfig, evolution_search, random_search
+from gtnpipe.supernet import ArchConfig, get_space
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+
+def rank_correlation(recipe: str, cache_dir: Path | None, acc: pipeline.AccuracyOutcome) -> dict | None:
+    """Estimates vs distilled top-1 of bench/kd_effect.py's students (GTN teacher, mean over seeds)."""
+    path = RESULTS / ("kd_effect.json" if recipe == "kd" else f"kd_effect-{recipe}.json")
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    rows = [r for r in report["table"] if "gtn" in r]
+    if len(rows) < 4:
+        return None
+    space = get_space(load_recipe(recipe).space)
+    archs = [ArchConfig.from_id(r["arch"]) for r in rows]
+    distilled = [r["gtn"]["mean"] for r in rows]
+    inherited = pipeline.inherited_accuracies([a.id for a in archs], recipe=recipe, cache_dir=cache_dir)
+    predicted = [acc.predictor.predict(space, a) for a in archs]
+    return {"students": len(rows), "source": str(path.relative_to(HERE.parent)),
+            "spearman_inherited_vs_distilled": spearman(inherited, distilled),
+            "spearman_predictor_vs_distilled": spearman(predicted, distilled),
+            "rows": [{"arch": a.id, "distilled_top1": d, "inherited_top1": i, "predicted_top1": p}
+                     for a, d, i, p in zip(archs, distilled, inherited, predicted)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", default="kd")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=500)
+    args = parser.parse_args()
+
+    acc = pipeline.accuracy_predictor(recipe=args.recipe, cache_dir=args.cache_dir)
+    space, task = get_space(load_recipe(args.recipe).space), pipeline.FASHION_MNIST_TASK
+
+    def score(arch: ArchConfig) -> float:
+        return acc.predictor.predict(space, arch)
+
+    rows = []
+    for device in known_profiles():
+        model = CostModel(load_profile(device), space, task)
+        for seed in args.seeds:
+            cfg = SearchConfig(iterations=args.iterations, seed=seed)
+            evolved = evolution_search(model, score, cfg)
+            rand = random_search(model, score, evaluations=evolved.evaluations, seed=seed)
+            rows.append({"device": device, "precision": model.precision, "seed": seed,
+                         "evaluations": evolved.evaluations, "latency_source": evolved.pick.cost.latency_source,
+                         "evolution": evolved.pick.to_dict(), "evolution_seconds": evolved.seconds,
+                         "evolution_front": len(evolved.front), "random": rand.pick.to_dict(),
+                         "random_seconds": rand.seconds, "random_feasible": rand.feasible_seen})
+            print(f"{device} seed {seed}: evolution {evolved.pick.accuracy:.2f} vs random {rand.pick.accuracy:.2f} "
+                  f"({evolved.evaluations} evaluations)", flush=True)
+    ranks = rank_correlation(args.recipe, args.cache_dir, acc)
+    result = {"recipe": args.recipe, "accuracy_predictor": {"key": acc.key, "samples": acc.predictor.n_samples,
+                                                            "loo_rmse": acc.predictor.loo_rmse, "l2": acc.predictor.l2,
+                                                            "measure_seconds": acc.seconds},
+              "rows": rows, "rank_correlation": ranks,
+              "evolution_at_least_random_every_run": all(r["evolution"]["estimated_top1"] >= r["random"]["estimated_top1"]
+                                                         for r in rows),
+              "command": f"python bench/search.py --recipe {args.recipe} --seeds {' '.join(map(str, args.seeds))}",
+              "at": time.strftime("%Y-%m-%d")}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "search.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"Command: `{result['command']}`. Accuracy estimate: ridge predictor on {acc.predictor.n_samples} "
+             f"inherited-weight val accuracies of the `{args.recipe}` GTN supernet (leave-one-out error "
+             f"{acc.predictor.loo_rmse:.2f} points).", "",
+             "| device | precision | latency model | evaluations | evolution est. top-1 | random est. top-1 | "
+             "evolution pick (MACs M, p90 ms) |", "|---|---|---|---:|---:|---:|---|"]
+    for device in known_profiles():
+        mine = [r for r in rows if r["device"] == device]
+        evo = [r["evolution"]["estimated_top1"] for r in mine]
+        rnd = [r["random"]["estimated_top1"] for r in mine]
+        best = max(mine, key=lambda r: r["evolution"]["estimated_top1"])["evolution"]
+        lines.append(f"| {device} | {mine[0]['precision']} | {mine[0]['latency_source']} | {mine[0]['evaluations']} | "
+                     f"{statistics.fmean(evo):.2f} (min {min(evo):.2f}) | {statistics.fmean(rnd):.2f} (max {max(rnd):.2f}) | "
+                     f"{best['macs'] / 1e6:.2f}, {best['latency_ms_p90']:.3f} |")
+    lines += ["", f"Evolution's pick at least random's on every device and seed: "
+              f"{result['evolution_at_least_random_every_run']}."]
+    if ranks:
+        lines += ["", f"Rank correlation with the distilled GTN-KD test top-1 of {ranks['students']} benchmark students "
+                  f"({ranks['source']}): Spearman {ranks['spearman_inherited_vs_distilled']:.2f} for the inherited-weight "
+                  f"accuracy, {ranks['spearman_predictor_vs_distilled']:.2f} for the predictor."]
+    (RESULTS / "search.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
