@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from gtnpipe.errors import GtnpipeError
@@ -50,7 +51,7 @@ def _handled() -> Iterator[None]:
     try:
         yield
     except GtnpipeError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: run the same command again to resume after the last finished epoch")
@@ -343,7 +344,7 @@ def devices_validate(paths: Annotated[list[Path], typer.Argument(help="Profile .
             out.print(f"[green]ok[/]      {path}", highlight=False)
         except ConfigError as err:
             failed += 1
-            Console(stderr=True).print(f"[bold red]invalid[/] {err}", highlight=False)
+            Console(stderr=True).print(f"[bold red]invalid[/] {escape(str(err))}", highlight=False)
     if failed:
         raise typer.Exit(2)
 

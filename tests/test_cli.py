@@ -96,6 +96,9 @@ def test_train_json_and_cache_hit(tmp_path: Path) -> None:
         (["train", "--model", "resnet50", "--recipe", str(TINY_RECIPE)], "cannot parse arch id 'resnet50'"),
         (["pool", "info", "--space", "vit"], "unknown search space 'vit'"),
         (["data", "info", "--data", "/no/such/data.npz"], "not found"),
+        (["devices", "show", "jetson-orin"], "unknown device 'jetson-orin'; known devices: android-pixel"),
+        (["bench"], "give --calibrate --device NAME"),
+        (["bench", "--calibrate", "--device", "jetson-nano"], "can calibrate onnxruntime devices only"),
     ],
 )
 def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
@@ -109,3 +112,30 @@ def test_missing_dataset_gives_the_install_command(tmp_path: Path, monkeypatch: 
     result = runner.invoke(app, ["data", "info"])
     assert result.exit_code == 2
     assert "apt-get update && apt-get install -y dataset-fashion-mnist" in " ".join(result.stderr.split())
+
+
+def test_devices_commands_run_without_torch(tmp_path: Path) -> None:
+    from gtnpipe.profiles import profiles_dir
+
+    listed = _run_blocked("sys.argv = ['gtnpipe', 'devices', 'list', '--json']\nfrom gtnpipe.cli import main\nmain()")
+    assert listed.returncode == 0, listed.stderr
+    assert {d["name"] for d in json.loads(listed.stdout)} >= {"jetson-nano", "host", "raspberry-pi-4"}
+    bad = tmp_path / "host.toml"
+    bad.write_text((profiles_dir() / "host.toml").read_text().replace("threads = 2", "threads = 0"))
+    checked = _run_blocked(f"sys.argv = ['gtnpipe', 'devices', 'validate', {str(profiles_dir() / 'host.toml')!r}, "
+                           f"{str(bad)!r}]\nfrom gtnpipe.cli import main\nmain()")
+    assert checked.returncode == 2 and "ok" in checked.stdout
+    assert "'threads' must be >= 1, got 0" in " ".join(checked.stderr.split())
+
+
+def test_search_with_an_impossible_budget_says_how_far_to_relax(tmp_path: Path) -> None:
+    from gtnpipe.profiles import profiles_dir
+
+    profile = tmp_path / "tiny-mcu.toml"
+    text = (profiles_dir() / "raspberry-pi-4.toml").read_text().replace('name = "raspberry-pi-4"', 'name = "tiny-mcu"')
+    profile.write_text(text.replace("model_size_mb = 0.8", "model_size_mb = 0.1"))
+    result = runner.invoke(app, ["search", "--device", str(profile), "--recipe", str(TINY_RECIPE)])
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "no student fits device 'tiny-mcu' at int8: model_size_mb = 0.1 but the lowest in the pool is 0.398" in message
+    assert "Relax [budgets]" in message
