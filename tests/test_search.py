@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -91,3 +92,13 @@ def test_generous_budgets_pick_the_best_and_random_gets_the_same_evaluations() -
 def test_search_config_is_validated() -> None:
     with pytest.raises(ValueError, match="'mutate_prob' must be in"):
         SearchConfig(mutate_prob=0.0)
+
+
+def test_pareto_plot_is_a_png(tmp_path: Path) -> None:
+    from gtnpipe.plots import plot_pareto
+
+    model = CostModel(load_profile("host"), SPACE, TASK)
+    result = evolution_search(model, macs_proxy, SMALL_SEARCH)
+    path = plot_pareto(result, tmp_path / "pareto.png", device="host", latency_budget_ms=0.25)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
