@@ -23,8 +23,7 @@ from typing import Literal, get_args
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from gtnpipe.errors import ConfigError
-from gtnpipe.tomlconfig import as_dict, from_mapping, load_toml
+from gtnpipe.tomlconfig import as_dict, load_named
 
 __all__ = [
     "PRECISIONS",
@@ -162,15 +161,5 @@ def known_profiles() -> list[str]:
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
     """A shipped profile by name (device_profiles/<name>.toml) or the user's own by path."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml" and not path.exists():
-        path = profiles_dir() / f"{name_or_path}.toml"
-        if not path.exists():
-            raise ConfigError(
-                f"unknown device {str(name_or_path)!r}; known devices: {', '.join(known_profiles())} "
-                "(or pass the path to your own profile .toml; 'gtnpipe devices show host' prints one to start from)"
-            )
-    profile = from_mapping(DeviceProfile, load_toml(path), where=str(path))
-    if profile.name != path.stem:
-        raise ConfigError(f"{path}: 'name' = {profile.name!r} must equal the file name {path.stem!r}")
-    return profile
+    return load_named(DeviceProfile, name_or_path, profiles_dir(), kind="device",
+                      hint="or pass the path to your own profile .toml; 'gtnpipe devices show host' prints one to start from")

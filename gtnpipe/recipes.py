@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gtnpipe.errors import ConfigError
-from gtnpipe.tomlconfig import from_mapping, load_toml
+from gtnpipe.tomlconfig import load_named
 
 __all__ = [
     "DataConfig",
@@ -167,15 +166,4 @@ def known_recipes() -> list[str]:
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A recipe by name (recipes/<name>.toml) or by path to a TOML file of the same form."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml" and not path.exists():
-        path = recipes_dir() / f"{name_or_path}.toml"
-        if not path.exists():
-            raise ConfigError(
-                f"unknown recipe {str(name_or_path)!r}; known recipes: {', '.join(known_recipes())} "
-                "(or pass the path to a .toml file)"
-            )
-    recipe = from_mapping(Recipe, load_toml(path), where=str(path))
-    if recipe.name != path.stem:
-        raise ConfigError(f"{path}: 'name' = {recipe.name!r} must equal the file name {path.stem!r}")
-    return recipe
+    return load_named(Recipe, name_or_path, recipes_dir(), kind="recipe")

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 from gtnpipe.errors import ConfigError
 
-__all__ = ["as_dict", "from_mapping", "load_toml"]
+__all__ = ["as_dict", "from_mapping", "load_named", "load_toml"]
 
 T = TypeVar("T")
 
@@ -30,6 +30,25 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: file not found") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
+
+def load_named(cls: type[T], name_or_path: str | Path, folder: Path, *, kind: str,
+               hint: str = "or pass the path to a .toml file") -> T:
+    """`cls` from folder/<name>.toml or from a path; its `name` field must equal the file stem.
+
+    A name that is neither is an error listing the known `kind`s (e.g. "recipe") and the `hint`.
+    """
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and not path.exists():
+        path = folder / f"{name_or_path}.toml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
+            raise ConfigError(f"unknown {kind} {str(name_or_path)!r}; known {kind}s: {known} ({hint})")
+    obj = from_mapping(cls, load_toml(path), where=str(path))
+    name = getattr(obj, "name")  # noqa: B009 - every named config class has one
+    if name != path.stem:
+        raise ConfigError(f"{path}: 'name' = {name!r} must equal the file name {path.stem!r}")
+    return obj
 
 
 def from_mapping(cls: type[T], raw: Mapping[str, Any], *, where: str, prefix: str = "") -> T:
