@@ -20,3 +20,46 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 def fmnist_small() -> Dataset:
     """A small slice of the real Fashion-MNIST."""
     return load_dataset(val_size=256, train_subset=512, test_subset=256)
+
+
+# Module names a device without the training stack lacks: subprocess tests block them to prove
+# that `gtnpipe bench` and `gtnpipe devices` (and each backend's runner) need only the runtime.
+TRAINING_STACK = ("torch", "nncf", "litert_torch", "ai_edge_quantizer", "onnxscript")
+
+
+def block_imports_prelude(names: tuple[str, ...] = TRAINING_STACK) -> str:
+    """Python source that makes importing any of `names` fail (put it before the code a subprocess runs)."""
+    return ("import sys\n"
+            "class _Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {set(names)!r}:\n"
+            "            raise ImportError('blocked for this test: ' + name, name=name)\n"
+            "sys.meta_path.insert(0, _Block())\n")
+
+
+class DeployCase:
+    """A trained tiny-recipe student, exported as every backend compiles it, with test images and torch's logits."""
+
+    def __init__(self, root: Path) -> None:
+        import torch
+
+        from gtnpipe.export import Deployable, compile_inputs, to_unit_float
+        from gtnpipe.pipeline import _context, load_trained
+
+        ctx = _context(TINY_RECIPE)
+        self.arch = ctx.space.smallest().id
+        net = load_trained(self.arch, recipe=TINY_RECIPE, cache_dir=root / "cache")
+        self.model = Deployable(net, ctx.data.mean, ctx.data.std).train(False)
+        self.task = ctx.task
+        self.inputs = compile_inputs(self.model, ctx.task, root / "export", batch_size=1, max_opset=17,
+                                     calibration_uint8=ctx.data.train.x[:300])
+        self.x_test = to_unit_float(ctx.data.test.x)  # 256 images
+        self.y_test = ctx.data.test.y
+        with torch.no_grad():
+            self.torch_logits = self.model(torch.from_numpy(self.x_test)).numpy()
+        self.torch_top1 = float((self.torch_logits.argmax(1) == self.y_test).mean() * 100)
+
+
+@pytest.fixture(scope="session")
+def deploy_case(tmp_path_factory: pytest.TempPathFactory) -> DeployCase:
+    return DeployCase(tmp_path_factory.mktemp("deploy"))

@@ -1,48 +1,123 @@
-"""Runtime backends, each imported on demand (a device has only its own runtime installed).
+"""Runtime backends: compile an exported model for a device's runtime, load it, run a batch.
 
-A backend loads a compiled model file and runs a batch of float32 images (NCHW) to logits.
+A backend is a class with three methods (STYLE.md's build / load / run protocol):
+
+- `build(inputs, precision, out_dir)` compiles the FP32 export (an ONNX file, and the torch
+  module for converters that read torch) to the runtime's format at one precision and
+  writes the model file(s) into `out_dir`. Runs on the host; may import torch and the
+  converters (nncf, litert-torch, ...) inside the method.
+- `load(model_path, threads=, precision=)` returns a `Runner` whose `run(x)` maps one batch
+  of float32 NCHW images in [0, 1] (the shape of `inputs.input_shape`) to logits. Runs on the
+  device: it must not need torch, nncf or any converter, only the runtime.
+- `version()` the installed runtime's version.
+
+`BACKENDS` maps a runtime name to "module:Class". Modules are imported on demand, so a
+device needs only its own runtime: a missing SDK is a `BackendUnavailable` naming the pip
+extra that installs it; an unknown runtime a `ConfigError` listing the known ones.
 """
 
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from gtnpipe.errors import BackendUnavailable, ConfigError
 
-__all__ = ["BACKENDS", "Runner", "load_runner", "runtime_version"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BuildResult",
+    "CompileInputs",
+    "Runner",
+    "get_backend",
+    "missing",
+    "load_runner",
+    "runtime_version",
+]
 
 
 class Runner(Protocol):
-    def run(self, x: np.ndarray) -> np.ndarray: ...
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits (float32, (N, classes)) of one batch of float32 (N, C, H, W) images in [0, 1]."""
+        ...
 
 
-# runtime name -> (module, the extra that installs it)
+@dataclass(frozen=True)
+class CompileInputs:
+    """What every backend compiles from (gtnpipe.export writes it)."""
+
+    onnx_path: Path  # FP32 ONNX: input 'input' float32 NCHW in [0, 1] (normalisation inside), output 'logits'
+    input_shape: tuple[int, ...]  # static (batch, C, H, W): the device's batch
+    calibration: np.ndarray  # float32 (N, C, H, W) training-split images in [0, 1], for INT8 calibration
+    max_onnx_opset: int  # the device runtime's limit (profile runtime.max_onnx_opset)
+    torch_module: Any = None  # the same model as an eval-mode torch nn.Module, for converters that read torch
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The files a build wrote into its out_dir (names relative to it); `model_file` is what `load` takes."""
+
+    model_file: str
+    files: tuple[str, ...]
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. quantization settings, the engine build command
+
+
+class Backend(ABC):
+    runtime: ClassVar[str]  # the device profiles' runtime name
+    extra: ClassVar[str]  # the pip extra that installs this runtime (and its converters)
+    precisions: ClassVar[tuple[str, ...]]  # what `build` can produce
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    @abstractmethod
+    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult: ...
+
+    @abstractmethod
+    def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> Runner: ...
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise ConfigError(f"the {self.runtime} backend builds {', '.join(self.precisions)}, not {precision!r}; "
+                              "remove it from the profile's 'precisions'")
+
+
+# runtime name -> "module:Class" (imported on demand) and the pip extra that installs the runtime
 BACKENDS: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("gtnpipe.backends.onnxruntime", "onnx"),
+    "onnxruntime": ("gtnpipe.backends.onnxruntime:OnnxRuntimeBackend", "onnx"),
+    "openvino": ("gtnpipe.backends.openvino:OpenVinoBackend", "openvino"),
+    "tflite": ("gtnpipe.backends.tflite:TfliteBackend", "tflite"),
+    "tensorrt": ("gtnpipe.backends.tensorrt:TensorRtBackend", "tensorrt"),
 }
 
 
-def _backend(runtime: str) -> ModuleType:
+def missing(what: str, err: ImportError, extra: str) -> BackendUnavailable:
+    """The error for a missing SDK: which module, and the extra that installs it."""
+    return BackendUnavailable(f"{what} is not installed ({err.name or err} missing); install it with "
+                              f"\"pip install 'gtnpipe[{extra}]'\"")
+
+
+def get_backend(runtime: str) -> Backend:
     if runtime not in BACKENDS:
-        raise ConfigError(f"no backend for runtime {runtime!r} yet; backends: {', '.join(sorted(BACKENDS))}")
-    module_name, extra = BACKENDS[runtime]
+        raise ConfigError(f"no backend for runtime {runtime!r}; backends: {', '.join(sorted(BACKENDS))}")
+    target, extra = BACKENDS[runtime]
+    module_name, class_name = target.split(":")
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ImportError as err:
-        raise BackendUnavailable(
-            f"runtime {runtime!r} is not installed ({err.name} missing); install it with "
-            f"\"pip install 'gtnpipe[{extra}]'\""
-        ) from err
+        raise missing(f"runtime {runtime!r}", err, extra) from err
+    backend: Backend = getattr(module, class_name)()
+    return backend
 
 
-def load_runner(runtime: str, model_path: Path, *, threads: int) -> Runner:
-    return _backend(runtime).load(model_path, threads=threads)  # type: ignore[no-any-return]
+def load_runner(runtime: str, model_path: Path, *, threads: int, precision: str = "fp32") -> Runner:
+    return get_backend(runtime).load(model_path, threads=threads, precision=precision)
 
 
 def runtime_version(runtime: str) -> str:
-    return str(_backend(runtime).version())
+    return get_backend(runtime).version()
