@@ -261,22 +261,113 @@ def search(
         out.print(f"Pareto plot: {plot}")
 
 
-@app.command("bench")
-def bench(
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure the device's per-block latency table.")] = False,
-    device: Annotated[str | None, typer.Option("--device", "-d", help="Device profile name or path.")] = None,
-    runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs per model and round.")] = 100,
+@app.command("build")
+def build(
+    device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Device profile name or path (repeatable).")] = None,
+    all_devices: Annotated[bool, typer.Option("--all", help="Every shipped device profile.")] = False,
+    recipe: RecipeOpt = "quick",
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifacts folder: one sub-folder per device.")] = Path("artifacts"),
+    teacher: Annotated[str, typer.Option("--teacher", help="gtn (the generic teacher), vanilla or none.")] = "gtn",
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Search generations.")] = 500,
+    accuracy_samples: Annotated[int, typer.Option("--accuracy-samples", min=10, help="Students measured with inherited "
+                                                  "weights to fit the accuracy predictor.")] = 150,
+    check_measured: Annotated[bool, typer.Option("--check-measured-budgets", help="Also fail when latency or memory "
+                                                 "measured HERE exceeds the budgets (when this machine is the device).")] = False,
+    cache_dir: CacheOpt = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """On the device itself: measure the latency table for the cost model (--calibrate --device NAME).
+    """Profile -> search -> distill from the cached generic teacher -> compile -> check -> artifacts/<device>/.
 
-    Calibration times every block configuration of the pool and a few whole networks in the
-    device's runtime, and writes device_profiles/tables/NAME.json, which search then uses.
+    Exit 2 on bad input or a failed parity check, 3 when the artifact breaks a budget.
     """
-    if not calibrate or device is None:
-        Console(stderr=True).print("[bold red]error:[/] give --calibrate --device NAME (e.g. gtnpipe bench --calibrate "
-                                   "--device host); benchmarking an artifact folder comes with 'gtnpipe build'")
+    from gtnpipe import pipeline
+    from gtnpipe.profiles import known_profiles
+    from gtnpipe.search import SearchConfig
+
+    devices = known_profiles() if all_devices else list(device or [])
+    if not devices:
+        Console(stderr=True).print("[bold red]error:[/] give --device NAME|PATH (repeatable) or --all; "
+                                   "'gtnpipe devices list' shows the shipped profiles")
         raise typer.Exit(2)
+    say = (lambda m: None) if as_json else (lambda m: Console(stderr=True).print(m, highlight=False))
+    results = []
+    with _handled():
+        for name in devices:
+            results.append(pipeline.build_device(
+                name, recipe=recipe, out=out_dir, teacher=teacher, cache_dir=cache_dir,
+                config=SearchConfig(iterations=iterations), accuracy_samples=accuracy_samples,
+                check_measured_budgets=check_measured, progress=progress and not as_json, say=say))
+    if as_json:
+        _emit_json([asdict(r) for r in results])
+    else:
+        for r in results:
+            shipped = f"{r.shipped_top1:.2f}%" if r.shipped_top1 is not None else "not checked here"
+            measured = (f", measured here p90 {r.measured['latency_ms_p90']:.3f} ms, {r.measured['peak_memory_mb']:.1f} MB"
+                        if r.measured else "")
+            out.print(f"[bold]{r.device}[/]: {r.arch} as {r.runtime} {r.precision} -> {r.folder}\n"
+                      f"  test top-1 torch {r.torch_top1:.2f}%, shipped {shipped}; predicted p90 "
+                      f"{r.predicted['latency_ms_p90']:.3f} ms ({r.predicted['latency_source']}){measured}", highlight=False)
+            for v in r.budget_violations:
+                out.print(f"  [bold red]over budget[/] {escape(v)}", highlight=False)
+    if any(r.budget_violations for r in results):
+        raise typer.Exit(3)
+
+
+@app.command("bench")
+def bench(
+    artifact: Annotated[Path | None, typer.Argument(help="An artifact folder made by 'gtnpipe build'.")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs.")] = 200,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 20,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Runtime threads [default: the profile's].")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure the device's per-block latency table instead.")] = False,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="With --calibrate: the device profile.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """On the device itself: benchmark an artifact folder, or (--calibrate --device NAME) measure the latency table.
+
+    An artifact: every file's sha256 is checked against the manifest first, parity is re-checked on the
+    reference images it carries, then p50/p90/p99 latency, throughput and peak memory are measured and
+    bench.json is written beside the manifest. Needs only the artifact and the runtime (no torch).
+    Exit 3 when a budget or the parity check fails.
+    """
+    if calibrate:
+        if device is None:
+            Console(stderr=True).print("[bold red]error:[/] --calibrate needs --device NAME (e.g. --device host)")
+            raise typer.Exit(2)
+        return _calibrate(device, runs=runs, as_json=as_json)
+    if artifact is None:
+        Console(stderr=True).print("[bold red]error:[/] give an artifact folder (gtnpipe bench artifacts/host) or "
+                                   "--calibrate --device NAME")
+        raise typer.Exit(2)
+    from gtnpipe.bench import BENCH_FILE, bench_artifact
+
+    with _handled():
+        result = bench_artifact(artifact, runs=runs, warmup=warmup, threads=threads)
+    verdict = result["verdict"]
+    if as_json:
+        _emit_json(result)
+    else:
+        lat, parity = result["latency"], result["parity"]
+        out.print(f"[bold]{result['device_profile']}[/] artifact {artifact}: {result['runtime']['name']} "
+                  f"{result['runtime']['version']} {result['precision']}, {result['threads']} threads, {lat['runs']} runs")
+        table = Table("figure", "measured", "budget", "ok")
+        for name, check in verdict["checks"].items():
+            if "measured" in check:
+                table.add_row(name, f"{check['measured']:.3f}", f"{check['budget']:g}", "yes" if check["ok"] else "NO")
+        table.add_row("parity", f"agreement {parity['agreement_pct']:.2f}%, max abs {parity['max_abs_diff']:.2g}, "
+                      f"top-1 {parity['artifact_top1']:.2f}% vs torch {parity['torch_top1']:.2f}%", "",
+                      "yes" if parity["passed"] else "NO")
+        table.add_row("runtime version", f"{result['runtime']['version']}", result["runtime"]["profile_range"],
+                      "yes" if result["runtime"]["in_range"] else "NO")
+        out.print(table)
+        out.print(f"latency p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms, throughput {lat['throughput_per_s']:.0f}/s; "
+                  f"verdict: [bold]{'within budgets' if verdict['ok'] else 'FAILS'}[/]; wrote {artifact / BENCH_FILE}")
+    if not verdict["ok"]:
+        raise typer.Exit(3)
+
+
+def _calibrate(device: str, *, runs: int, as_json: bool) -> None:
     from gtnpipe import pipeline
 
     with _handled():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ArchError",
+    "ArtifactError",
     "BackendUnavailable",
     "CacheCorrupt",
     "CacheError",
@@ -11,6 +12,7 @@ __all__ = [
     "DataError",
     "DatasetMissing",
     "GtnpipeError",
+    "ParityError",
     "TrainError",
 ]
 
@@ -49,3 +51,11 @@ class TrainError(GtnpipeError):
 
 class BackendUnavailable(GtnpipeError):
     """A runtime SDK is not installed; the message names the extra that provides it."""
+
+
+class ArtifactError(GtnpipeError):
+    """An artifact folder is incomplete, tampered with, or its manifest does not match the schema."""
+
+
+class ParityError(GtnpipeError):
+    """A compiled model disagrees with the PyTorch student beyond the allowed tolerance."""

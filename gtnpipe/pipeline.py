@@ -5,8 +5,11 @@
                           ▼
              student from the pool ──► distill (KD from a cached teacher, or none) ──► cache
 
+    device profile ──► search (cost model + accuracy predictor) ──► pick ──► distill from the generic teacher
+                          ──► export (ONNX) ──► backend build per precision ──► parity + timing ──► artifacts/<device>/
+
 Every stage is cached under a key of everything that determines it and resumes after an
-interrupt. Later stages (search, export, bench) plug in here.
+interrupt: `build_device` is the whole flow for one device.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from gtnpipe.calibrate import calibrate
 from gtnpipe.cost import CostModel, table_path
 from gtnpipe.data import Dataset, load_dataset
 from gtnpipe.distill import distill, teacher_logits
-from gtnpipe.errors import ConfigError
+from gtnpipe.errors import ConfigError, ParityError
+from gtnpipe.fsutil import sha256_file
 from gtnpipe.gtn import train_generic_teacher
 from gtnpipe.profiles import load_profile
 from gtnpipe.recipes import Recipe, load_recipe
@@ -51,9 +55,11 @@ from gtnpipe.train import Normalizer, fit, seed_everything
 __all__ = [
     "FASHION_MNIST_TASK",
     "TEACHER_METHODS",
+    "BuildOutcome",
     "DistillOutcome",
     "TeacherOutcome",
     "TrainOutcome",
+    "build_device",
     "data_info",
     "distill_student",
     "load_teacher",
@@ -376,7 +382,11 @@ def distill_student(arch: str, *, teacher: str = "gtn", recipe: str | Path = "qu
                     cache_dir: Path | None = None, progress: bool = True) -> DistillOutcome:
     """Distill pool student `arch` from a cached teacher ('gtn', 'vanilla', 'sftn' for a teacher
     specialised to this very student, or 'none' for plain training with the same settings)."""
-    ctx = _context(recipe)
+    return _distill_student(_context(recipe), arch, teacher=teacher, seed=seed, cache_dir=cache_dir, progress=progress)
+
+
+def _distill_student(ctx: _Context, arch: str, *, teacher: str, seed: int | None, cache_dir: Path | None,
+                     progress: bool) -> DistillOutcome:
     rec, space, data, task = ctx
     student = space.parse(arch)
     if teacher not in (*TEACHER_METHODS, "none"):
@@ -498,3 +508,306 @@ def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskSh
     return {"device": profile.name, "table": str(path), "units": len(fit.units_ms), "slope": fit.slope,
             "per_unit_ms": fit.per_unit_ms, "intercept_ms": fit.intercept_ms, "memory_overhead_mb": fit.memory_overhead_mb,
             "seconds": table.measured["seconds"]}
+
+
+# --- build: profile -> search -> distill -> export -> compile + parity -> measure -> artifact ----------
+
+_SEARCHES = "searches"  # cache kinds: a device's search result and Pareto plot,
+_COMPILED = "compiled"  # a student compiled for a runtime at one precision, with its parity and timing
+REFERENCE_IMAGES = 500  # test images (and torch logits) an artifact carries for the on-device parity check
+CALIBRATION_IMAGES = 300  # INT8 calibration images from the train split (NNCF's default subset size)
+CALIBRATION_SEED = 1234
+_MEASURE_RUNS = 200
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    device: str
+    folder: str
+    arch: str
+    runtime: str
+    precision: str
+    torch_top1: float
+    shipped_top1: float | None
+    predicted: dict[str, Any]
+    measured: dict[str, Any] | None  # on this machine, when its runtime is installed here
+    budget_violations: list[str]  # measured size always; measured latency/memory with check_measured_budgets
+    stages: dict[str, dict[str, Any]]  # per stage: cached, seconds
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    names = ("gtnpipe", "torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "ai-edge-litert", "litert-torch",
+             "ai-edge-quantizer", "tensorrt")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _search_stage(ctx: _Context, profile: Any, *, cache_dir: Path | None, config: SearchConfig, accuracy_samples: int,
+                  progress: bool) -> tuple[Any, dict[str, Any]]:
+    """The device's search result (cached with its Pareto plot): the pick and the front as dicts."""
+    model = CostModel(profile, ctx.space, ctx.task)
+    check_feasible(model)
+    acc = _accuracy_predictor(ctx, cache_dir=cache_dir, samples=accuracy_samples, progress=progress)
+    table = table_path(profile.name)
+    spec = {"kind": "search", "profile": profile.to_dict(), "predictor_key": acc.key, "config": asdict(config),
+            "table_sha256": sha256_file(table) if table.exists() else None, **_base_spec(ctx.rec, ctx.space, ctx.data, ctx.task)}
+    key = cache_key(spec)
+
+    def build(staging: Path, meta: dict[str, Any]) -> None:
+        from gtnpipe.plots import plot_pareto
+
+        result = evolution_search(model, lambda a: acc.predictor.predict(ctx.space, a), config)
+        plot_pareto(result, staging / "pareto.png", device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90)
+        meta |= {"result": result.to_dict(), "table_note": model.table_note}
+
+    entry, cached = _cached(_SEARCHES, key, spec, build, cache_dir=cache_dir)
+    return entry, {"cached": cached, "key": key}
+
+
+def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str, exported: Callable[[], Any], *,
+                   cache_dir: Path | None) -> tuple[Any, bool]:
+    """One precision compiled for the device's runtime, parity-checked on the test split and timed here."""
+    from gtnpipe.backends import get_backend
+    from gtnpipe.bench import measure_latency
+    from gtnpipe.check import compare, run_batched
+    from gtnpipe.errors import BackendUnavailable
+    from gtnpipe.export import to_unit_float
+
+    backend = get_backend(profile.runtime.name)
+    try:
+        version: str | None = backend.version()
+    except BackendUnavailable:
+        version = None  # TensorRT on a machine without it: the artifact carries ONNX and the engine build command
+    spec = {"kind": "compiled", "student_key": student_key, "runtime": as_dict(profile.runtime), "runtime_version": version,
+            "precision": precision, "batch_size": profile.batch_size, "threads": profile.threads,
+            "max_accuracy_drop_points": profile.budgets.max_accuracy_drop_points, "calibration_images": CALIBRATION_IMAGES,
+            "calibration_seed": CALIBRATION_SEED}
+    key = cache_key(spec)
+
+    def build(staging: Path, meta: dict[str, Any]) -> None:
+        inputs, torch_logits = exported()
+        result = backend.build(inputs, precision, staging)
+        meta |= {"model_file": result.model_file, "files": list(result.files), "notes": result.notes, "runtime_version": version,
+                 "size_bytes": sum((staging / f).stat().st_size for f in result.files if f != "calibration.npy")}
+        try:
+            runner = backend.load(staging / result.model_file, threads=profile.threads, precision=precision)
+        except BackendUnavailable as err:
+            meta |= {"parity": None, "latency": None, "unchecked_reason": str(err)}
+            return
+        test = ctx.data.test
+        logits = run_batched(runner, to_unit_float(test.x), batch_size=profile.batch_size)
+        report = compare(logits, torch_logits, test.y, backend=profile.runtime.name, precision=precision,
+                         max_drop_points=profile.budgets.max_accuracy_drop_points)
+        x = to_unit_float(test.x[:profile.batch_size])
+        meta |= {"parity": report.to_dict(), "latency": measure_latency(runner, x, warmup=20, runs=_MEASURE_RUNS).to_dict()}
+
+    return _cached(_COMPILED, key, spec, build, cache_dir=cache_dir)
+
+
+def _choose_precision(profile: Any, compiled: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The precision that ships: fastest measured among those within the accuracy limit and the size budget
+    (profile order where nothing could be measured here), and a row per precision saying why."""
+    rows: dict[str, dict[str, Any]] = {}
+    passing = []
+    for precision in profile.precisions:
+        m = compiled.get(precision)
+        if m is None or "error" in m:
+            rows[precision] = {"precision": precision, "status": "not-built", "reason": m["error"] if m else "the backend "
+                               f"does not build {precision}", "parity": None, "latency_ms_p50": None, "size_bytes": None}
+            continue
+        lat = m["latency"]["p50_ms"] if m.get("latency") else None
+        row = {"precision": precision, "parity": m["parity"], "latency_ms_p50": lat, "size_bytes": m["size_bytes"]}
+        rows[precision] = row
+        if m["parity"] is not None and not m["parity"]["passed"]:
+            rows[precision] |= {"status": "rejected", "reason": "; ".join(m["parity"]["failures"])}
+        elif m["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
+            rows[precision] |= {"status": "rejected", "reason": f"file {m['size_bytes'] / 1e6:.3f} MB > budget "
+                                f"model_size_mb {profile.budgets.model_size_mb:g}"}
+        else:
+            passing.append(precision)
+    if not passing:
+        raise ParityError(f"no precision of device {profile.name!r} passes its checks: "
+                          + "; ".join(f"{p}: {r['reason']}" for p, r in rows.items())
+                          + ". Allow another precision in the profile, or relax budgets.max_accuracy_drop_points")
+    timed = [p for p in passing if rows[p]["latency_ms_p50"] is not None]
+    if len(timed) == len(passing):
+        chosen = min(passing, key=lambda p: rows[p]["latency_ms_p50"])
+        why = "fastest measured here within the accuracy limit and size budget"
+    else:
+        chosen = passing[0]
+        why = "first of the profile's precisions that passed (latency not measurable here; gtnpipe bench on the device)"
+    for p in passing:
+        if p == chosen:
+            rows[p] |= {"status": "shipped" if rows[p]["parity"] is not None else "built-unchecked", "reason": why}
+        else:
+            rows[p] |= {"status": "rejected", "reason": f"slower here: p50 {rows[p]['latency_ms_p50']:.3f} ms vs "
+                        f"{rows[chosen]['latency_ms_p50']:.3f} ms" if p in timed and chosen in timed else
+                        f"{chosen} comes first in the profile's precisions"}
+    if rows[chosen]["parity"] is None:
+        rows[chosen]["reason"] += f" (parity not checked here: {compiled[chosen]['unchecked_reason']})"
+    return chosen, [rows[p] for p in profile.precisions]
+
+
+def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path = Path("artifacts"),
+                 teacher: str = "gtn", cache_dir: Path | None = None, config: SearchConfig | None = None,
+                 accuracy_samples: int = ACCURACY_SAMPLES, check_measured_budgets: bool = False, progress: bool = True,
+                 say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
+    """profile -> search -> distill the pick from the cached teacher -> export -> compile every allowed
+    precision -> parity on the test split -> measure here -> write out/<device>/ (manifest, report, model).
+
+    Every stage is cached: a second device reuses the teacher and predictor, an unchanged rebuild is cache hits.
+    """
+    import numpy as np
+
+    from gtnpipe.artifacts import write_artifact
+    from gtnpipe.backends import get_backend
+    from gtnpipe.backends.probe import measure_peak_rss_mb
+    from gtnpipe.export import Deployable, compile_inputs, to_unit_float
+
+    profile = load_profile(device)
+    ctx = _context(recipe)
+    get_backend(profile.runtime.name)  # a missing runtime SDK fails here, before any training
+    stages: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+
+    def stage(name: str, info: dict[str, Any]) -> None:
+        info["seconds"] = round(time.perf_counter() - started, 1)
+        stages[name] = info
+        say(f"[{len(stages)}/5] {name}: {'cache hit' if info.get('cached') else 'done'} ({info['seconds']:.1f} s in all)")
+
+    say(f"building {profile.name} ({profile.runtime.name}, precisions {', '.join(profile.precisions)}) "
+        f"with recipe {ctx.rec.name}")
+    search_entry, info = _search_stage(ctx, profile, cache_dir=cache_dir, config=config or SearchConfig(),
+                                       accuracy_samples=accuracy_samples, progress=progress)
+    pick = search_entry.meta["result"]["pick"]
+    stage("search", {**info, "arch": pick["arch"]})
+
+    distilled = _distill_student(ctx, pick["arch"], teacher=teacher, seed=None, cache_dir=cache_dir, progress=progress)
+    stage("distill", {"cached": distilled.cached, "key": distilled.key, "test_top1": distilled.test_top1})
+
+    student = ArchConfig.from_id(distilled.arch)
+    net = _load_weights(build_static(student, ctx.space, ctx.task), _STUDENTS, distilled.key, cache_dir=cache_dir)
+    model = Deployable(net, ctx.data.mean, ctx.data.std).train(False)
+    with torch.no_grad():
+        torch_logits = model(torch.from_numpy(to_unit_float(ctx.data.test.x))).numpy()
+    torch_top1 = float((torch_logits.argmax(1) == ctx.data.test.y).mean() * 100)
+
+    with tempfile.TemporaryDirectory(prefix="gtnpipe-export-") as tmp:
+        export_memo: list[Any] = []
+
+        def exported() -> Any:
+            if not export_memo:
+                pick_rng = np.random.default_rng(CALIBRATION_SEED)
+                idx = np.sort(pick_rng.choice(len(ctx.data.train), size=min(CALIBRATION_IMAGES, len(ctx.data.train)),
+                                              replace=False))
+                export_memo.append((compile_inputs(model, ctx.task, Path(tmp), batch_size=profile.batch_size,
+                                                   max_opset=profile.runtime.max_onnx_opset,
+                                                   calibration_uint8=ctx.data.train.x[idx]), torch_logits))
+            return export_memo[0]
+
+        compiled: dict[str, Any] = {}
+        entries: dict[str, Any] = {}
+        all_cached = True
+        backend = get_backend(profile.runtime.name)
+        for precision in profile.precisions:
+            if precision not in backend.precisions:
+                continue
+            try:
+                entries[precision], cached = _compile_stage(ctx, profile, distilled.key, precision, exported,
+                                                            cache_dir=cache_dir)
+            except ParityError:
+                raise
+            except Exception as err:  # an FP16/INT8 conversion the toolchain cannot do: recorded, the build goes on
+                if precision == "fp32":
+                    raise
+                log.warning("%s %s build failed: %s", profile.runtime.name, precision, err)
+                compiled[precision] = {"error": f"build failed: {type(err).__name__}: {err}"}
+                continue
+            all_cached &= cached
+            compiled[precision] = entries[precision].meta
+        stage("compile", {"cached": all_cached, "precisions": sorted(entries)})
+
+    fp32 = compiled.get("fp32")
+    if fp32 and fp32.get("parity") and not fp32["parity"]["passed"]:
+        raise ParityError(f"{profile.runtime.name} fp32 artifact fails parity with the PyTorch student: "
+                          f"{'; '.join(fp32['parity']['failures'])}. The compiled model is wrong, not just imprecise: "
+                          "check the runtime version against the profile's, or report it")
+    chosen, rows = _choose_precision(profile, compiled)
+    shipped = compiled[chosen]
+    entry = entries[chosen]
+    stage("check", {"cached": all_cached, "precision": chosen})
+
+    measured = None
+    if shipped.get("latency"):
+        shape = (profile.batch_size, ctx.task.in_channels, *ctx.task.image_hw)
+        peak_mb = measure_peak_rss_mb(profile.runtime.name, entry.file(shipped["model_file"]), threads=profile.threads,
+                                      input_shape=shape, precision=chosen)
+        lat = shipped["latency"]
+        measured = {"latency_ms_p50": lat["p50_ms"], "latency_ms_p90": lat["p90_ms"], "latency_ms_p99": lat["p99_ms"],
+                    "throughput_per_s": lat["throughput_per_s"], "peak_memory_mb": peak_mb,
+                    "model_size_mb": shipped["size_bytes"] / 1e6, "runs": lat["runs"]}
+    predicted = CostModel(profile, ctx.space, ctx.task, precision=chosen).estimate(student).to_dict()
+    violations = []
+    if shipped["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
+        violations.append(f"model_size_mb: {shipped['size_bytes'] / 1e6:.3f} > {profile.budgets.model_size_mb:g}")
+    if check_measured_budgets and measured is not None:
+        for name, value in (("latency_ms_p90", measured["latency_ms_p90"]), ("peak_memory_mb", measured["peak_memory_mb"])):
+            if value > getattr(profile.budgets, name):
+                violations.append(f"{name}: measured {value:.3f} > budget {getattr(profile.budgets, name):g}")
+
+    n_ref = min(REFERENCE_IMAGES, len(ctx.data.test))
+    model_files = [f for f in shipped["files"] if f != "calibration.npy"]
+    manifest = {
+        "schema_version": 1,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gtnpipe_version": _package_versions().get("gtnpipe", "unknown"),
+        "device": {"name": profile.name, "profile": profile.to_dict(), "profile_sha256": profile.sha256()},
+        "runtime": {"name": profile.runtime.name, "version_range": profile.runtime.version,
+                    "built_with": shipped["runtime_version"], "max_onnx_opset": profile.runtime.max_onnx_opset,
+                    **({"engine_build_command": shipped["notes"]["engine_build_command"]}
+                       if "engine_build_command" in shipped["notes"] else {})},
+        "model": {"arch": student.id, "macs": distilled.macs, "params": distilled.params, "precision": chosen,
+                  "file": shipped["model_file"], "files": model_files, "threads": profile.threads,
+                  "input": {"name": "input", "shape": [profile.batch_size, ctx.task.in_channels, *ctx.task.image_hw],
+                            "dtype": "float32", "layout": "NCHW", "value_range": [0.0, 1.0]},
+                  "output": {"name": "logits", "shape": [profile.batch_size, ctx.task.num_classes],
+                             "meaning": "unnormalised class scores (softmax gives probabilities)"},
+                  "classes": list(ctx.data.classes), "build_notes": shipped["notes"]},
+        "provenance": {"recipe": ctx.rec.name, "teacher": teacher, "teacher_key": distilled.teacher_key,
+                       "student_key": distilled.key, "search_key": stages["search"]["key"], "dataset": ctx.data.name,
+                       "dataset_fingerprint": ctx.data.fingerprint, "packages": _package_versions()},
+        "accuracy": {"test_images": len(ctx.data.test), "torch_fp32_top1": torch_top1,
+                     "shipped_top1": shipped["parity"]["artifact_top1"] if shipped.get("parity") else None,
+                     "estimated_top1": pick["estimated_top1"]},
+        "precisions": rows,
+        "predicted": predicted,
+        "measured_on_build_machine": measured,
+        "budgets": as_dict(profile.budgets),
+        "budget_violations": violations,
+        "reference": {"inputs": "reference/inputs.npy", "logits": "reference/logits.npy", "labels": "reference/labels.npy",
+                      "images": n_ref},
+    }
+
+    def fill(staging: Path) -> list[str]:
+        import shutil
+
+        for name in shipped["files"]:
+            shutil.copyfile(entry.file(name), staging / name)
+        (staging / "reference").mkdir()
+        np.save(staging / "reference/inputs.npy", to_unit_float(ctx.data.test.x[:n_ref]))
+        np.save(staging / "reference/logits.npy", torch_logits[:n_ref])
+        np.save(staging / "reference/labels.npy", ctx.data.test.y[:n_ref].astype(np.int64))
+        shutil.copyfile(search_entry.file("pareto.png"), staging / "pareto.png")
+        return [*shipped["files"], "reference/inputs.npy", "reference/logits.npy", "reference/labels.npy", "pareto.png"]
+
+    folder = write_artifact(Path(out) / profile.name, manifest, fill)
+    stage("artifact", {"cached": False, "folder": str(folder)})
+    return BuildOutcome(profile.name, str(folder), student.id, profile.runtime.name, chosen, torch_top1,
+                        manifest["accuracy"]["shipped_top1"], predicted, measured, violations, stages)

@@ -8,6 +8,7 @@ from gtnpipe.data import Dataset, load_dataset
 
 TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS / "data" / "tiny.toml"
+DEPLOY_RECIPE = TESTS / "data" / "deploy.toml"
 
 
 @pytest.fixture(autouse=True)
@@ -46,18 +47,20 @@ class DeployCase:
         from gtnpipe.export import Deployable, compile_inputs, to_unit_float
         from gtnpipe.pipeline import _context, load_trained
 
-        ctx = _context(TINY_RECIPE)
+        ctx = _context(DEPLOY_RECIPE)
         self.arch = ctx.space.smallest().id
-        net = load_trained(self.arch, recipe=TINY_RECIPE, cache_dir=root / "cache")
+        net = load_trained(self.arch, recipe=DEPLOY_RECIPE, cache_dir=root / "cache")
         self.model = Deployable(net, ctx.data.mean, ctx.data.std).train(False)
         self.task = ctx.task
         self.inputs = compile_inputs(self.model, ctx.task, root / "export", batch_size=1, max_opset=17,
                                      calibration_uint8=ctx.data.train.x[:300])
-        self.x_test = to_unit_float(ctx.data.test.x)  # 256 images
+        self.x_test = to_unit_float(ctx.data.test.x)  # 1000 images
         self.y_test = ctx.data.test.y
         with torch.no_grad():
             self.torch_logits = self.model(torch.from_numpy(self.x_test)).numpy()
         self.torch_top1 = float((self.torch_logits.argmax(1) == self.y_test).mean() * 100)
+        # the parity and INT8 checks mean something only on a student that has learned
+        assert self.torch_top1 > 60, f"the deploy fixture's student reaches only {self.torch_top1:.1f}% top-1"
 
 
 @pytest.fixture(scope="session")

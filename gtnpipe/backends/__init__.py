@@ -69,7 +69,6 @@ class BuildResult:
 
 class Backend(ABC):
     runtime: ClassVar[str]  # the device profiles' runtime name
-    extra: ClassVar[str]  # the pip extra that installs this runtime (and its converters)
     precisions: ClassVar[tuple[str, ...]]  # what `build` can produce
 
     @abstractmethod
@@ -88,18 +87,18 @@ class Backend(ABC):
 
 
 # runtime name -> "module:Class" (imported on demand) and the pip extra that installs the runtime
-BACKENDS: dict[str, tuple[str, str]] = {
+BACKENDS: dict[str, tuple[str, str | None]] = {
     "onnxruntime": ("gtnpipe.backends.onnxruntime:OnnxRuntimeBackend", "onnx"),
     "openvino": ("gtnpipe.backends.openvino:OpenVinoBackend", "openvino"),
     "tflite": ("gtnpipe.backends.tflite:TfliteBackend", "tflite"),
-    "tensorrt": ("gtnpipe.backends.tensorrt:TensorRtBackend", "tensorrt"),
+    "tensorrt": ("gtnpipe.backends.tensorrt:TensorRtBackend", None),  # JetPack / NVIDIA's packages
 }
 
 
-def missing(what: str, err: ImportError, extra: str) -> BackendUnavailable:
-    """The error for a missing SDK: which module, and the extra that installs it."""
-    return BackendUnavailable(f"{what} is not installed ({err.name or err} missing); install it with "
-                              f"\"pip install 'gtnpipe[{extra}]'\"")
+def missing(what: str, err: ImportError, extra: str | None) -> BackendUnavailable:
+    """The error for a missing SDK: which module, and the extra that installs it (None: not from PyPI)."""
+    how = f"install it with \"pip install 'gtnpipe[{extra}]'\"" if extra else "it does not come from PyPI"
+    return BackendUnavailable(f"{what} is not installed ({err.name or err} missing); {how}")
 
 
 def get_backend(runtime: str) -> Backend:

@@ -31,7 +31,6 @@ class OrtRunner:
 
 class OnnxRuntimeBackend(Backend):
     runtime = "onnxruntime"
-    extra = "onnx"
     # FP16 is left out: ORT's CPU provider has no FP16 kernels for most ops and inserts casts around them
     precisions = ("fp32", "int8")
 
@@ -49,7 +48,7 @@ class OnnxRuntimeBackend(Backend):
             import nncf
             import onnx
         except ImportError as err:
-            raise missing("INT8 quantization for ONNX Runtime", err, "openvino") from err
+            raise missing("INT8 quantization for ONNX Runtime", err, "build") from err
         from gtnpipe.fsutil import atomic_write_bytes
 
         model = onnx.load(str(inputs.onnx_path))

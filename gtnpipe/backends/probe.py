@@ -21,10 +21,10 @@ __all__ = ["measure_peak_rss_mb"]
 
 
 def measure_peak_rss_mb(runtime: str, model_path: Path, *, threads: int, input_shape: tuple[int, ...],
-                        runs: int = 20) -> float:
+                        runs: int = 20, precision: str = "fp32") -> float:
     out = subprocess.run(
         [sys.executable, "-m", "gtnpipe.backends.probe", runtime, str(model_path), "--threads", str(threads),
-         "--shape", ",".join(map(str, input_shape)), "--runs", str(runs)],
+         "--shape", ",".join(map(str, input_shape)), "--runs", str(runs), "--precision", precision],
         check=True, capture_output=True, text=True,
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"])
@@ -37,11 +37,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shape", required=True, help="input shape, comma separated (N,C,H,W)")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--precision", default="fp32")
     args = parser.parse_args()
     from gtnpipe.backends import load_runner
 
-    runner = load_runner(args.runtime, args.model, threads=args.threads)
-    x = np.random.default_rng(0).standard_normal(tuple(int(d) for d in args.shape.split(",")), dtype=np.float32)
+    runner = load_runner(args.runtime, args.model, threads=args.threads, precision=args.precision)
+    x = np.random.default_rng(0).random(tuple(int(d) for d in args.shape.split(",")), dtype=np.float32)  # images in [0, 1]
     for _ in range(args.runs):
         runner.run(x)
     print(json.dumps({"peak_rss_mb": _peak_rss_bytes() / 1e6}))

@@ -1,0 +1,993 @@
+"""TensorRT (NVIDIA GPUs, Jetson): an ONNX compatibility check, engine builds and an engine runner.
+
+What runs where:
+- `check_onnx_for_tensorrt` needs only the `onnx` package: the host checks, before anything ships,
+  that the export uses an opset, operators, a domain, input shapes and weight types that the
+  target's TensorRT ONNX parser (onnx-tensorrt) takes. TensorRT cannot be installed on the
+  project's machines (../shared/DEPS.md), so this check is what the host can verify.
+- `TensorRtBackend.build` always runs the check and ships `model.onnx`. Where the TensorRT Python
+  API is importable it also builds `model-<precision>.engine`; else where `trtexec` is on PATH it
+  builds the engine with that; else (this machine) it ships the ONNX with the exact command that
+  builds the engine on the device, and for INT8 a calibration batch file (`calibration.npy`).
+  An engine only runs on the GPU model and TensorRT version that built it (TensorRT developer
+  guide, "Serialized engines are not portable across platforms or TensorRT versions"), which is
+  why a host without TensorRT leaves the engine to the device.
+- `TensorRtBackend.load` runs an `.engine`, or builds one next to an `.onnx` first (cached).
+  It needs `tensorrt` and a CUDA binding for device buffers (cuda-python, else pycuda); it never
+  imports torch or onnx.
+- `python -m gtnpipe.backends.tensorrt check|build ...` is the same from a shell.
+
+Caveat for the Jetson Nano profile: JetPack 4.6 ships TensorRT's Python bindings for its system
+Python 3.6 only; a gtnpipe process (Python >= 3.11) there cannot import them, and `trtexec`
+(/usr/src/tensorrt/bin/trtexec) is the tool that builds and times engines on that device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gtnpipe.backends import Backend, BuildResult, CompileInputs, missing
+from gtnpipe.errors import BackendUnavailable, ConfigError
+from gtnpipe.fsutil import atomic_write, atomic_write_bytes
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "CALIBRATION_CACHE_FILE",
+    "CALIBRATION_IMAGES",
+    "ONNX_FILE",
+    "TENSORRT_8_0_ONNX_OPS",
+    "TENSORRT_8_4_ONNX_OPS",
+    "TENSORRT_8_5_ONNX_OPS",
+    "TENSORRT_10_ONNX_OPS",
+    "TensorRtBackend",
+    "TrtRunner",
+    "build_engine",
+    "check_onnx_for_tensorrt",
+    "engine_build_command",
+    "engine_file_name",
+    "engine_for_onnx",
+    "main",
+    "require_onnx_for_tensorrt",
+    "summarize_onnx_check",
+    "supported_onnx_ops",
+    "tensorrt_version_for_opset",
+]
+
+ONNX_FILE = "model.onnx"
+CALIBRATION_FILE = "calibration.npy"  # float32 (N, C, H, W) images in [0, 1] for INT8 calibration on the device
+CALIBRATION_CACHE_FILE = "calibration.cache"  # TensorRT's per-tensor scales; trtexec --calib reads it
+# TensorRT developer guide, "INT8 Calibration Using Python": "about 500 images are sufficient for
+# calibrating ImageNet classification networks"; fewer are used when fewer are given.
+CALIBRATION_IMAGES = 500
+# Builder scratch memory. Small CNN layers need a few MiB; 256 MiB leaves room for faster tactics
+# without starving a 4 GB Jetson whose GPU shares the CPU's memory (tactics that need more are skipped).
+WORKSPACE_BYTES = 256 << 20
+TRTEXEC_TIMEOUT_S = 3600  # engine builds on a Jetson Nano take minutes per model; a hang still ends
+_PORTABILITY = (f"runs only on this GPU model with this TensorRT version; elsewhere load {ONNX_FILE}, which builds "
+                "an engine there")
+_GET_TENSORRT = ("TensorRT itself does not come from PyPI for these devices: on a Jetson it ships with JetPack "
+                 "(the python3-libnvinfer package; create the virtual environment with --system-site-packages to "
+                 "see it), on an x86 GPU machine install NVIDIA's TensorRT packages for its CUDA version")
+
+# ---------------------------------------------------------------------------------------------
+# What onnx-tensorrt's parser takes, per TensorRT release: the rows marked "Y" of the operator
+# support matrix in onnx/onnx-tensorrt docs/operators.md on the release branch named.
+
+# release/8.0 docs/operators.md ("TensorRT 8.0 supports operators up to Opset 13"). Used for 8.0-8.3:
+# JetPack 4.6 ships 8.0.1 and 4.6.1+ 8.2.1, and the Jetson Nano profile (>=8.0,<8.3) must parse on
+# 8.0. Later 8.x tables only add rows (checked for 8.4 and 8.5 below), so this is the safe lower bound.
+TENSORRT_8_0_ONNX_OPS: frozenset[str] = frozenset({
+    "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh",
+    "AveragePool", "BatchNormalization", "Cast", "Ceil", "Celu", "Clip", "Concat", "Constant",
+    "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace",
+    "DequantizeLinear", "Div", "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor",
+    "Gather", "GatherElements", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater",
+    "GreaterOrEqual", "GRU", "HardSigmoid", "Identity", "ImageScaler", "InstanceNormalization",
+    "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "Loop", "LRN", "LSTM", "LpNormalization",
+    "LpPool", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "Not", "Or", "Pad",
+    "ParametricSoftplus", "Pow", "PRelu", "QuantizeLinear", "RandomUniform", "RandomUniformLike", "Range",
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+    "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "ReverseSequence", "RNN",
+    "ScaledTanh", "Scan", "Selu", "Shape", "Sigmoid", "Sin", "Sinh", "Size", "Slice", "Softmax",
+    "SoftmaxCrossEntropyLoss", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub",
+    "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK", "Transpose", "Unsqueeze", "Upsample", "Where",
+})
+# release/8.4 docs/operators.md ("up to Opset 13"): 12 rows turn to Y, SoftmaxCrossEntropyLoss to N.
+TENSORRT_8_4_ONNX_OPS: frozenset[str] = (TENSORRT_8_0_ONNX_OPS - {"SoftmaxCrossEntropyLoss"}) | {
+    "Dropout", "Einsum", "GatherND", "If", "IsNaN", "NonMaxSuppression", "Round", "Scatter",
+    "ScatterElements", "ScatterND", "Sign", "Xor",
+}
+# release/8.5 docs/operators.md ("up to Opset 17"); also used for 8.6 and 9.x (whose tables only add rows).
+# HardSwish (an opset-14 op) first appears here: below opset 14 torch's exporter decomposes it into
+# HardSigmoid and Mul, which every 8.x table has.
+TENSORRT_8_5_ONNX_OPS: frozenset[str] = TENSORRT_8_4_ONNX_OPS | {
+    "GridSample", "HardSwish", "MeanVarianceNormalization", "Mod", "NonZero", "OneHot", "Reciprocal",
+    "RoiAlign", "Shrink", "Trilu",
+}
+# main-branch docs/operators.md for TensorRT 10.15 ("opset 9 to opset 24"). Used for every 10.x: the
+# opset limit (20 for 10.0, from the 10.0 table's header) keeps out the newer ops among these
+# (Attention, RMSNormalization, RotaryEmbedding are opset 23, TensorScatter 24).
+TENSORRT_10_ONNX_OPS: frozenset[str] = TENSORRT_8_5_ONNX_OPS | {
+    "Attention", "BlackmanWindow", "CastLike", "DeformConv", "Gelu", "GroupNormalization", "HammingWindow",
+    "HannWindow", "Hardmax", "IsInf", "LayerNormalization", "Mish", "RandomNormal", "RandomNormalLike",
+    "RMSNormalization", "RotaryEmbedding", "STFT", "TensorScatter",
+}
+
+_REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+               "ReduceProd", "ReduceSum", "ReduceSumSquare")
+
+
+@dataclass(frozen=True)
+class _ParserTable:
+    since: tuple[int, int]  # the first TensorRT (major, minor) this table describes
+    max_opset: int  # the table's header: "supports operators up to Opset N"
+    ops: frozenset[str]
+    # op -> input positions the table's "Restrictions" column says must be initializers (constants)
+    constant_inputs: Mapping[str, tuple[int, ...]]
+    pad_last_two_dims_only: bool  # 8.0's Pad row: "Zero-padding on last 2 dimensions only"
+    source: str
+
+
+_PARSER_TABLES: tuple[_ParserTable, ...] = (
+    _ParserTable((8, 0), 13, TENSORRT_8_0_ONNX_OPS,
+                 {"Clip": (1, 2), "ConvTranspose": (1,), "CumSum": (1,), "DequantizeLinear": (1, 2),
+                  "InstanceNormalization": (1, 2), "QuantizeLinear": (1, 2), "Slice": (3,), "Split": (1,),
+                  "Squeeze": (1,), "Unsqueeze": (1,)},
+                 True, "onnx-tensorrt release/8.0 docs/operators.md (used for TensorRT 8.0-8.3)"),
+    _ParserTable((8, 4), 13, TENSORRT_8_4_ONNX_OPS,
+                 {"ConvTranspose": (1,), "CumSum": (1,), "InstanceNormalization": (1, 2), "Slice": (3,),
+                  "Squeeze": (1,), "TopK": (1,), "Unsqueeze": (1,)},
+                 False, "onnx-tensorrt release/8.4 docs/operators.md"),
+    _ParserTable((8, 5), 17, TENSORRT_8_5_ONNX_OPS,
+                 {"CumSum": (1,), "InstanceNormalization": (1, 2), "Slice": (3,), "Squeeze": (1,), "TopK": (1,),
+                  "Unsqueeze": (1,)},
+                 False, "onnx-tensorrt release/8.5 docs/operators.md (used for TensorRT 8.5-9.x)"),
+    _ParserTable((10, 0), 20, TENSORRT_10_ONNX_OPS, {"CumSum": (1,), **{op: (1,) for op in _REDUCE_OPS}},
+                 False, "onnx-tensorrt docs/operators.md (TensorRT 10.15 rows, 10.0 opset limit)"),
+    _ParserTable((10, 15), 24, TENSORRT_10_ONNX_OPS, {"CumSum": (1,), **{op: (1,) for op in _REDUCE_OPS}},
+                 False, "onnx-tensorrt docs/operators.md (TensorRT 10.15)"),
+)
+
+# Inputs that carry shapes, axes or indices: integer tensors are expected there (torch exports them as
+# INT64 initializers; TensorRT casts them to INT32). Anywhere else an integer or float64 weight is
+# something TensorRT 8 can only cast down (onnx-tensorrt docs: "limited support for INT32, INT64, and
+# DOUBLE types"), i.e. not a plain FP32 CNN export.
+_INDEX_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,), "Pad": (1, 3), "Resize": (3,),
+    "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "TopK": (1,), "Gather": (1,), "GatherElements": (1,),
+    "GatherND": (1,), "Scatter": (1,), "ScatterElements": (1,), "ScatterND": (1,), "Split": (1,),
+    "Range": (0, 1, 2), "CumSum": (1,), "OneHot": (0, 1), "Trilu": (1,), **{op: (1,) for op in _REDUCE_OPS},
+}
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def _major_minor(trt_version: str) -> tuple[int, int]:
+    found = re.match(r"\s*(\d+)(?:\.(\d+))?", str(trt_version))
+    if not found:
+        raise ConfigError(f"TensorRT version {trt_version!r} is not a version; pass e.g. '8.2' or '10.3.0'")
+    return int(found.group(1)), int(found.group(2) or 0)
+
+
+def _table_for(trt_version: str) -> _ParserTable:
+    version = _major_minor(trt_version)
+    tables = [table for table in _PARSER_TABLES if table.since <= version]
+    if not tables:
+        raise ConfigError(f"no ONNX operator table for TensorRT {trt_version}: gtnpipe targets TensorRT 8.0 and "
+                          "later (JetPack 4.6+); upgrade the device's TensorRT or pick another runtime")
+    return tables[-1]
+
+
+def supported_onnx_ops(trt_version: str) -> frozenset[str]:
+    """The default-domain ONNX ops that onnx-tensorrt's parser of `trt_version` ("8.2", "10.3.0") takes."""
+    return _table_for(trt_version).ops
+
+
+def tensorrt_version_for_opset(max_opset: int) -> str:
+    """The oldest TensorRT whose parser reads `max_opset`: what to check against when TensorRT is not here.
+
+    A profile's `max_onnx_opset` is its runtime's parser limit, so the oldest TensorRT with that limit is
+    the strictest version the profile can mean (13 -> 8.0, the Jetson Nano's JetPack 4.6).
+    """
+    for table in _PARSER_TABLES:
+        if table.max_opset >= max_opset:
+            return f"{table.since[0]}.{table.since[1]}"
+    newest = _PARSER_TABLES[-1]
+    return f"{newest.since[0]}.{newest.since[1]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The check (needs the onnx package only)
+
+def _graphs(graph: Any) -> Iterator[Any]:
+    """`graph` and every subgraph (If/Loop/Scan bodies), depth first."""
+    import onnx
+
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _graphs(sub)
+
+
+def _examples(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@dataclass
+class _Constants:
+    """What the parser knows at build time.
+
+    onnx-tensorrt imports a Constant node's value as weights and passes weights through Identity,
+    so initializers, Constant outputs and Identity copies of either all count as initializers for
+    the operator table's restrictions.
+    """
+
+    tensors: dict[str, Any]  # initializers and Constant 'value' tensors, by name
+    names: set[str]  # every constant name: those, Constant value_* outputs and Identity copies
+    source: dict[str, str]  # Identity output -> the constant it copies
+
+    def tensor(self, name: str) -> Any | None:
+        return self.tensors.get(self.source.get(name, name))
+
+
+def _constants(graphs: Sequence[Any]) -> _Constants:
+    import onnx
+
+    tensors: dict[str, Any] = {}
+    names: set[str] = set()
+    for graph in graphs:
+        tensors.update({init.name: init for init in graph.initializer})
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and node.output:
+                names.add(node.output[0])
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        tensors[node.output[0]] = attr.t
+    names |= set(tensors)
+    source: dict[str, str] = {}
+    changed = True
+    while changed:  # Identity chains, in any node order
+        changed = False
+        for graph in graphs:
+            for node in graph.node:
+                if (node.op_type == "Identity" and node.input and node.input[0] in names
+                        and node.output and node.output[0] not in names):
+                    names.add(node.output[0])
+                    source[node.output[0]] = source.get(node.input[0], node.input[0])
+                    changed = True
+    return _Constants(tensors, names, source)
+
+
+def _pad_problem(node: Any, opset: int, constants: _Constants) -> str | None:
+    """TensorRT 8.0's Pad row: "Zero-padding on last 2 dimensions only"."""
+    from onnx import helper, numpy_helper
+
+    attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "constant":
+        return f"mode {mode!r} (only zero padding parses)"
+    if opset < 11:
+        pads = list(attrs.get("pads", []))
+        value = float(attrs.get("value", 0.0))
+    else:
+        pads_tensor = constants.tensor(node.input[1]) if len(node.input) > 1 else None
+        if pads_tensor is None:
+            return "its pads are computed in the graph (they must be an initializer)"
+        pads = numpy_helper.to_array(pads_tensor).astype(np.int64).tolist()
+        value = 0.0
+        if len(node.input) > 2 and node.input[2]:
+            value_tensor = constants.tensor(node.input[2])
+            if value_tensor is None:
+                return "its padding value is computed in the graph (it must be a constant 0)"
+            value = float(numpy_helper.to_array(value_tensor).reshape(-1)[0])
+        if len(node.input) > 3 and node.input[3]:
+            return "it pads selected axes (the opset-18 'axes' input), which this parser predates"
+    rank = len(pads) // 2
+    outer = [p for i, p in enumerate(pads) if i % rank < rank - 2]
+    if any(outer):
+        return f"it pads dimensions other than the last two (pads {pads})"
+    if value != 0.0:
+        return f"it pads with {value}, not zero"
+    return None
+
+
+def check_onnx_for_tensorrt(onnx_path: Path, *, max_opset: int, trt_version: str) -> list[str]:
+    """The reasons the TensorRT `trt_version` ONNX parser would refuse `onnx_path` (empty: none found).
+
+    Checks the default-domain opset (against `max_opset` and the parser's own limit), every node's
+    op against onnx-tensorrt's operator table for that release and its must-be-initializer inputs,
+    non-default domains, static input shapes, and that weights are float32 (integers only where a
+    shape, axis or index goes). Needs only the `onnx` package.
+    """
+    try:
+        import onnx
+    except ImportError as err:
+        raise missing("The ONNX check for TensorRT", err, "train") from err
+    from onnx import TensorProto
+
+    table = _table_for(trt_version)
+    path = Path(onnx_path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises OSError, DecodeError or its own errors for a bad file
+        return [f"{path} cannot be read as an ONNX model ({err}); export it again"]
+    problems: list[str] = []
+
+    opsets = {entry.domain: entry.version for entry in model.opset_import}
+    opset = opsets.get("", opsets.get("ai.onnx"))
+    limit = min(max_opset, table.max_opset)
+    if opset is None:
+        problems.append("the model imports no default-domain ONNX opset; export it with torch.onnx.export")
+        opset = limit
+    elif opset > limit:
+        why = (f"the profile's max_onnx_opset {max_opset}" if max_opset <= table.max_opset
+               else f"the TensorRT {trt_version} parser's limit {table.max_opset} ({table.source})")
+        problems.append(f"opset {opset} is above {why}: export with max_opset={limit} "
+                        "(gtnpipe.export.export_onnx(..., max_opset=...), the profile's runtime.max_onnx_opset)")
+
+    graphs = list(_graphs(model.graph))
+    nodes = [node for graph in graphs for node in graph.node]
+    foreign: dict[str, list[str]] = {}
+    unsupported: dict[str, list[str]] = {}
+    for node in nodes:
+        label = node.name or (node.output[0] if node.output else node.op_type)
+        if node.domain not in _DEFAULT_DOMAINS:
+            foreign.setdefault(f"{node.domain}::{node.op_type}", []).append(label)
+        elif node.op_type not in table.ops:
+            unsupported.setdefault(node.op_type, []).append(label)
+    for op, labels in sorted(foreign.items()):
+        problems.append(f"op {op} ({len(labels)} node(s): {_examples(labels)}) is outside the default ONNX domain: "
+                        "TensorRT parses custom-domain ops only through a plugin; export with standard ops only")
+    for op, labels in sorted(unsupported.items()):
+        hint = (" (an opset-14 op: below opset 14 torch's exporter writes it as HardSigmoid and Mul)"
+                if op == "HardSwish" else "")
+        problems.append(f"op {op} ({len(labels)} node(s): {_examples(labels)}) is not in {table.source}, the "
+                        f"operators TensorRT {trt_version} parses{hint}: export at a lower opset or replace the layer")
+
+    constants = _constants(graphs)
+    restricted: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.domain not in _DEFAULT_DOMAINS:
+            continue
+        label = node.name or node.op_type
+        for index in table.constant_inputs.get(node.op_type, ()):
+            if index < len(node.input) and node.input[index] and node.input[index] not in constants.names:
+                restricted.setdefault(f"{node.op_type} input {index} must be an initializer", []).append(label)
+        if node.op_type == "Pad" and table.pad_last_two_dims_only and (why := _pad_problem(node, opset, constants)):
+            restricted.setdefault(f"Pad parses zero padding of the last 2 dimensions only, but {why}", []).append(label)
+    for rule, labels in sorted(restricted.items()):
+        problems.append(f"{rule} ({len(labels)} node(s): {_examples(labels)}; {table.source}): fold constants at "
+                        "export (do_constant_folding=True) or change the layer")
+
+    initializer_names = {init.name for graph in graphs for init in graph.initializer}
+    for graph_input in model.graph.input:
+        if graph_input.name in initializer_names:
+            continue  # IR < 4 also lists weights as inputs
+        tensor_type = graph_input.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            problems.append(f"input {graph_input.name!r} has no shape: export with a static input shape")
+            continue
+        dims = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?") for dim in tensor_type.shape.dim]
+        dynamic = [str(d) for d in dims if not (isinstance(d, int) and d > 0)]
+        if dynamic:
+            problems.append(f"input {graph_input.name!r} has dynamic dimension(s) {', '.join(dynamic)} (shape {dims}): "
+                            "export with a static shape, the profile's batch_size included (no dynamic_axes); "
+                            "a dynamic engine would need an optimization profile")
+        if tensor_type.elem_type != TensorProto.FLOAT:
+            problems.append(f"input {graph_input.name!r} is {TensorProto.DataType.Name(tensor_type.elem_type)}, not "
+                            "FLOAT: the deployed model takes float32 images in [0, 1]")
+
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    for node in nodes:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, index))
+
+    copies: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.op_type == "Identity" and node.input and node.output:
+            copies.setdefault(node.input[0], []).append(node.output[0])
+
+    def index_only(name: str, depth: int = 0) -> bool:
+        """Whether every use of `name` (looking through Identity copies) is a shape/axis/index input."""
+        for op, index in consumers.get(name, []):
+            if op == "Identity":
+                if depth > len(nodes) or not all(index_only(out, depth + 1) for out in copies.get(name, [])):
+                    return False
+            elif index not in _INDEX_INPUTS.get(op, ()):
+                return False
+        return True
+
+    bad_weights: dict[str, list[str]] = {}
+    integer_types = (TensorProto.INT64, TensorProto.INT32)
+    for name, tensor in constants.tensors.items():
+        copied_as = [alias for alias, src in constants.source.items() if src == name]
+        if tensor.data_type == TensorProto.FLOAT or (
+                tensor.data_type in integer_types and all(index_only(n) for n in [name, *copied_as])):
+            continue
+        bad_weights.setdefault(TensorProto.DataType.Name(tensor.data_type), []).append(name)
+    for dtype, names in sorted(bad_weights.items()):
+        problems.append(f"{len(names)} weight(s) are {dtype} ({_examples(names)}), where float32 weights (and integer "
+                        "shape/axis/index constants) are expected: keep the model in float32 (no .double(), no "
+                        "integer arithmetic on weights) and export again")
+    return problems
+
+
+def require_onnx_for_tensorrt(onnx_path: Path, *, max_opset: int, trt_version: str) -> None:
+    """Raise a ConfigError listing every problem `check_onnx_for_tensorrt` finds, with what to do."""
+    problems = check_onnx_for_tensorrt(onnx_path, max_opset=max_opset, trt_version=trt_version)
+    if problems:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConfigError(f"{onnx_path} will not parse in TensorRT {trt_version} (max opset {max_opset}):\n{listed}\n"
+                          "Fix the export (gtnpipe.export.export_onnx with the profile's max_onnx_opset and batch "
+                          "size) or target another runtime in the device profile.")
+
+
+def summarize_onnx_check(onnx_path: Path, *, max_opset: int, trt_version: str) -> str:
+    """A few lines for a terminal: the model's opset and ops, then 'OK' or each problem."""
+    problems = check_onnx_for_tensorrt(onnx_path, max_opset=max_opset, trt_version=trt_version)
+    return _summary(onnx_path, problems, max_opset=max_opset, trt_version=trt_version)
+
+
+def _summary(onnx_path: Path, problems: list[str], *, max_opset: int, trt_version: str) -> str:
+    import onnx
+
+    head = f"{onnx_path}: TensorRT {trt_version} check (max opset {max_opset})"
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # unreadable: the problems say so
+        return "\n".join([head + f": {len(problems)} problem(s)", *(f"  - {p}" for p in problems)])
+    opset = {entry.domain: entry.version for entry in model.opset_import}.get("", "?")
+    ops = Counter(node.op_type for graph in _graphs(model.graph) for node in graph.node)
+    lines = [f"{head}: {'OK' if not problems else f'{len(problems)} problem(s)'}",
+             f"  opset {opset}, {sum(ops.values())} nodes: " + ", ".join(f"{op} x{n}" for op, n in ops.most_common())]
+    lines += [f"  - {problem}" for problem in problems]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorRT and CUDA, imported lazily: the host builds TensorRT-ready artifacts without either.
+
+def _tensorrt_missing(err: ImportError) -> BackendUnavailable:
+    return BackendUnavailable(f"{missing('TensorRT', err, None)}. {_GET_TENSORRT}")
+
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise _tensorrt_missing(err) from err
+    except OSError as err:  # a wheel whose libnvinfer is absent (PyPI's tensorrt stubs) fails to load, not to import
+        raise _tensorrt_missing(ImportError(str(err), name="tensorrt")) from err
+    return tensorrt
+
+
+def _optional_tensorrt() -> Any | None:
+    """The tensorrt module, or None where it is not usable here."""
+    try:
+        return _import_tensorrt()
+    except BackendUnavailable:
+        return None
+
+
+def _trtexec() -> str | None:
+    """trtexec's path: on PATH, or where JetPack and NVIDIA's packages put it (not on PATH by default)."""
+    found = shutil.which("trtexec")
+    if found:
+        return found
+    default = Path("/usr/src/tensorrt/bin/trtexec")
+    return str(default) if default.is_file() else None
+
+
+@cache
+def _logger(trt: Any) -> Any:
+    # one logger per process: TensorRT warns when builders and runtimes get different ones
+    return trt.Logger(trt.Logger.WARNING)
+
+
+class _CudaPython:
+    """Device buffers, copies and a stream through cuda-python's runtime API (CUDA 11+)."""
+
+    name = "cuda-python"
+
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
+        self.stream = self._call(runtime.cudaStreamCreate(), "cudaStreamCreate")[0]
+        self.stream_handle = int(self.stream)
+
+    def _call(self, result: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+        err = result[0]
+        if err != self.rt.cudaError_t.cudaSuccess:
+            name = self.rt.cudaGetErrorName(err)[1]
+            raise ConfigError(f"CUDA {what} failed ({name.decode() if isinstance(name, bytes) else name}): check that "
+                              "the GPU driver works (nvidia-smi, or tegrastats on a Jetson) and memory is free")
+        return result[1:]
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._call(self.rt.cudaMalloc(nbytes), "cudaMalloc")[0])
+
+    def free(self, pointer: int) -> None:
+        self.rt.cudaFree(pointer)
+
+    def host(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+    def to_device(self, pointer: int, array: np.ndarray) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._call(self.rt.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, kind, self.stream), "copy to GPU")
+
+    def to_host(self, array: np.ndarray, pointer: int) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._call(self.rt.cudaMemcpyAsync(array.ctypes.data, pointer, array.nbytes, kind, self.stream), "copy to host")
+
+    def synchronize(self) -> None:
+        self._call(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+
+class _PyCuda:
+    """The same through pycuda (JetPack 4.x has CUDA 10.2, which cuda-python does not support)."""
+
+    name = "pycuda"
+
+    def __init__(self) -> None:
+        import pycuda.autoinit  # noqa: F401  (creates and makes current a context on GPU 0, which TensorRT uses)
+        import pycuda.driver as driver
+
+        self.driver = driver
+        self.stream = driver.Stream()
+        self.stream_handle = int(self.stream.handle)
+        self._allocations: dict[int, Any] = {}
+
+    def malloc(self, nbytes: int) -> int:
+        allocation = self.driver.mem_alloc(nbytes)
+        self._allocations[int(allocation)] = allocation  # freed when the DeviceAllocation is released
+        return int(allocation)
+
+    def free(self, pointer: int) -> None:
+        allocation = self._allocations.pop(pointer, None)
+        if allocation is not None:
+            allocation.free()
+
+    def host(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        array: np.ndarray = self.driver.pagelocked_zeros(shape, dtype)  # async copies need page-locked memory
+        return array
+
+    def to_device(self, pointer: int, array: np.ndarray) -> None:
+        self.driver.memcpy_htod_async(pointer, array, self.stream)
+
+    def to_host(self, array: np.ndarray, pointer: int) -> None:
+        self.driver.memcpy_dtoh_async(array, pointer, self.stream)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
+def _cuda() -> _CudaPython | _PyCuda:
+    """GPU buffers for the runner and the INT8 calibrator: cuda-python if importable, else pycuda."""
+    try:
+        try:
+            from cuda.bindings import runtime  # cuda-python 12.6+ layout (the old one is gone in 13)
+        except ImportError:
+            from cuda import cudart as runtime  # cuda-python 11.x-12.5
+        return _CudaPython(runtime)
+    except ImportError as first:
+        try:
+            return _PyCuda()
+        except ImportError:
+            err = ImportError(str(first), name="cuda-python")
+            raise BackendUnavailable(
+                f"{missing('cuda-python (or pycuda), which the TensorRT runner uses for GPU buffers,', err, None)}"
+                "; or install it alone: 'pip install cuda-python' (CUDA 11 and later), or 'pip install pycuda' "
+                "(e.g. on JetPack 4.x, CUDA 10.2)") from first
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine builds: one function for the host's build() and the device's load()
+
+def engine_file_name(precision: str) -> str:
+    return f"model-{precision}.engine"
+
+
+def engine_build_command(precision: str, *, onnx_file: str = ONNX_FILE) -> list[str]:
+    """The trtexec command that builds the engine from the artifact's ONNX (run in the artifact folder).
+
+    INT8 reads the calibration cache that a calibrated build (`engine_for_onnx`, i.e. `load` or
+    `python -m gtnpipe.backends.tensorrt build`) writes: trtexec cannot calibrate from images, and
+    `--int8` without `--calib` uses placeholder scales, whose accuracy means nothing.
+    """
+    command = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine_file_name(precision)}"]
+    if precision == "fp16":
+        command.append("--fp16")
+    elif precision == "int8":
+        command += ["--int8", f"--calib={CALIBRATION_CACHE_FILE}"]
+    return command
+
+
+def _calibrator(trt: Any, images: np.ndarray, batch: int, cache_path: Path | None) -> Any:
+    """An IInt8EntropyCalibrator2 (TensorRT's default for CNNs) over `images` in batches of the engine's batch."""
+    if len(images) < batch:
+        raise ConfigError(f"INT8 calibration needs at least one batch of {batch} images, got {len(images)}: "
+                          f"ship more calibration images ({CALIBRATION_FILE}) or build fp16/fp32")
+    cuda = _cuda()
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)  # pybind11 trampolines need the base __init__ called
+            usable = len(images) // batch * batch
+            self.batches = [np.ascontiguousarray(images[i:i + batch], dtype=np.float32) for i in range(0, usable, batch)]
+            self.next = 0
+            self.pointer = cuda.malloc(self.batches[0].nbytes)
+
+        def get_batch_size(self) -> int:
+            return batch
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.next >= len(self.batches):
+                return None
+            cuda.to_device(self.pointer, self.batches[self.next])
+            cuda.synchronize()
+            self.next += 1
+            return [self.pointer]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else None
+
+        def write_calibration_cache(self, data: Any) -> None:
+            if cache_path is not None:
+                atomic_write_bytes(cache_path, bytes(data))
+
+        def release(self) -> None:
+            cuda.free(self.pointer)
+
+    return EntropyCalibrator()
+
+
+def build_engine(onnx_path: Path, engine_path: Path, *, precision: str, calibration: np.ndarray | None = None,
+                 calibration_cache: Path | None = None, workspace_bytes: int = WORKSPACE_BYTES) -> Path:
+    """Parse `onnx_path` with TensorRT's OnnxParser and write the serialized engine to `engine_path` (atomically).
+
+    fp16 sets the FP16 builder flag (TensorRT still picks FP32 kernels where faster or needed);
+    int8 sets INT8 (with FP16 as fallback) and calibrates with an entropy calibrator over
+    `calibration` (float32 NCHW images in [0, 1]), reusing and writing `calibration_cache`.
+    """
+    trt = _import_tensorrt()
+    if precision not in TensorRtBackend.precisions:
+        raise ConfigError(f"TensorRT builds {', '.join(TensorRtBackend.precisions)}, not {precision!r}")
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    major = _major_minor(trt.__version__)[0]
+    # ONNX models need an explicit-batch network in TensorRT 7-9; 10 has only those and deprecates the flag
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if major < 10 else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ConfigError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}. Run "
+                          f"'python -m gtnpipe.backends.tensorrt check {onnx_path} --trt-version {trt.__version__}' "
+                          "and export again at the profile's max_onnx_opset")
+    config = builder.create_builder_config()
+    if hasattr(config, "set_memory_pool_limit"):  # TensorRT 8.4+
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    else:  # 8.0-8.3 (removed in 10)
+        config.max_workspace_size = workspace_bytes
+    calibrator = None
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        if not getattr(builder, "platform_has_fast_int8", True):
+            raise ConfigError("this GPU has no fast INT8 path (e.g. the Jetson Nano's Maxwell GPU): TensorRT would "
+                              "run INT8 layers in FP32; remove 'int8' from the profile's precisions")
+        batch = int(network.get_input(0).shape[0])
+        images = calibration if calibration is not None else np.zeros((0,), np.float32)
+        if len(images) == 0 and not (calibration_cache is not None and calibration_cache.is_file()):
+            raise ConfigError(f"INT8 needs calibration images or a calibration cache; none given for {onnx_path}: "
+                              f"put {CALIBRATION_FILE} next to it (gtnpipe build writes it) or build fp16/fp32")
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)  # layers TensorRT keeps out of INT8 run in FP16, not FP32
+        # implicit quantization by calibration: deprecated from TensorRT 10.1 in favour of Q/DQ models, still working
+        calibrator = (_calibrator(trt, images, batch, calibration_cache) if len(images)
+                      else _cache_only_calibrator(trt, calibration_cache))
+        config.int8_calibrator = calibrator
+    try:
+        serialized = builder.build_serialized_network(network, config)  # TensorRT 8.0+
+    finally:
+        if calibrator is not None and hasattr(calibrator, "release"):
+            calibrator.release()
+    if serialized is None:
+        raise ConfigError(f"TensorRT {trt.__version__} could not build a {precision} engine from {onnx_path} (its log "
+                          "above says why); check that the GPU has free memory and try fp32 to narrow it down")
+    with atomic_write(Path(engine_path)) as handle:
+        handle.write(serialized)
+    return Path(engine_path)
+
+
+def _cache_only_calibrator(trt: Any, cache_path: Path | None) -> Any:
+    """A calibrator that only replays a calibration cache (TensorRT asks for no batches when the cache is valid)."""
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> None:
+            return None  # no images: a cache TensorRT rejects (another version) ends in a build error, not bad scales
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else None
+
+        def write_calibration_cache(self, data: Any) -> None:
+            return None
+
+    return CacheCalibrator()
+
+
+def engine_for_onnx(onnx_path: Path, precision: str, *, rebuild: bool = False) -> Path:
+    """The engine for an artifact's ONNX on this device: `model-<precision>.engine` beside it, built if missing.
+
+    Reused while it is newer than the ONNX (and, for int8, than `calibration.npy`); INT8 calibrates
+    from the `calibration.npy` beside the ONNX and leaves `calibration.cache` there for trtexec.
+    """
+    onnx_path = Path(onnx_path)
+    folder = onnx_path.parent
+    engine = folder / engine_file_name(precision)
+    calibration_file = folder / CALIBRATION_FILE
+    sources = [onnx_path] + ([calibration_file] if precision == "int8" and calibration_file.is_file() else [])
+    fresh = engine.is_file() and all(engine.stat().st_mtime_ns >= src.stat().st_mtime_ns for src in sources)
+    if fresh and not rebuild:
+        return engine
+    calibration = None
+    if precision == "int8" and calibration_file.is_file():
+        calibration = np.load(calibration_file).astype(np.float32, copy=False)
+    return build_engine(onnx_path, engine, precision=precision, calibration=calibration,
+                        calibration_cache=folder / CALIBRATION_CACHE_FILE if precision == "int8" else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running an engine
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    index: int  # binding index (bindings API) or I/O tensor index (tensor API)
+    is_input: bool
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class TrtRunner:
+    """Runs a deserialized engine on GPU 0: float32 NCHW batches in, logits out.
+
+    Supports TensorRT 8.5+'s tensor API (num_io_tensors / set_tensor_address / execute_async_v3, the
+    only one in 10.x) and 8.0-8.4's bindings API (get_binding_index / execute_async_v2), by feature.
+    """
+
+    def __init__(self, engine: Any, *, trt: Any, runtime: Any) -> None:
+        self._runtime = runtime  # TensorRT 8 requires the runtime to outlive its engines
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise ConfigError("TensorRT could not create an execution context (GPU memory is short): close other "
+                              "GPU processes and try again")
+        self.cuda = _cuda()
+        self.tensor_api = hasattr(engine, "num_io_tensors") and hasattr(self.context, "execute_async_v3")
+        tensors = self._tensors(trt)
+        dynamic = [t.name for t in tensors if any(d < 0 for d in t.shape)]
+        if dynamic:
+            raise ConfigError(f"the engine has dynamic tensors {dynamic}: build it from an ONNX with static shapes "
+                              "(gtnpipe exports the profile's batch size)")
+        inputs = [t for t in tensors if t.is_input]
+        outputs = [t for t in tensors if not t.is_input]
+        if len(inputs) != 1 or not outputs:
+            raise ConfigError(f"expected one input and an output, the engine has inputs {[t.name for t in inputs]} and "
+                              f"outputs {[t.name for t in outputs]}: build it from a gtnpipe export")
+        self.input = inputs[0]
+        self.output = next((t for t in outputs if t.name == "logits"), outputs[0])
+        self.pointers = {t.name: self.cuda.malloc(int(np.prod(t.shape)) * t.dtype.itemsize) for t in tensors}
+        self.host_input = self.cuda.host(self.input.shape, self.input.dtype)
+        self.host_output = self.cuda.host(self.output.shape, self.output.dtype)
+        if self.tensor_api:
+            for t in tensors:
+                self.context.set_tensor_address(t.name, self.pointers[t.name])
+        else:
+            self.bindings = [0] * len(tensors)
+            for t in tensors:
+                self.bindings[t.index] = self.pointers[t.name]
+
+    def _tensors(self, trt: Any) -> list[_Tensor]:
+        engine = self.engine
+        if self.tensor_api:
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            return [_Tensor(name, i, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                            tuple(engine.get_tensor_shape(name)), np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+                    for i, name in enumerate(names)]
+        tensors = []
+        for name in (engine.get_binding_name(i) for i in range(engine.num_bindings)):
+            i = engine.get_binding_index(name)
+            tensors.append(_Tensor(name, i, engine.binding_is_input(i), tuple(engine.get_binding_shape(i)),
+                                   np.dtype(trt.nptype(engine.get_binding_dtype(i)))))
+        return tensors
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits of `x` (N <= the engine's batch; a short last batch is zero-padded and cut back)."""
+        x = np.asarray(x)
+        batch = self.input.shape[0]
+        if x.shape[1:] != self.input.shape[1:] or not 0 < len(x) <= batch:
+            raise ConfigError(f"the engine takes batches of up to {batch} images shaped {self.input.shape[1:]}, got "
+                              f"{x.shape}: rebuild for this batch size (profile batch_size)")
+        self.host_input[:len(x)] = x
+        self.host_input[len(x):] = 0
+        self.cuda.to_device(self.pointers[self.input.name], self.host_input)
+        if self.tensor_api:
+            ok = self.context.execute_async_v3(self.cuda.stream_handle)
+        else:
+            ok = self.context.execute_async_v2(bindings=self.bindings, stream_handle=self.cuda.stream_handle)
+        if not ok:
+            raise ConfigError("TensorRT failed to run the engine (its log above says why)")
+        self.cuda.to_host(self.host_output, self.pointers[self.output.name])
+        self.cuda.synchronize()
+        return np.array(self.host_output[:len(x)], dtype=np.float32)
+
+    def close(self) -> None:
+        """Free the GPU buffers (also done when the runner is garbage collected)."""
+        for pointer in getattr(self, "pointers", {}).values():
+            self.cuda.free(pointer)
+        self.pointers = {}
+
+    def __del__(self) -> None:
+        # at interpreter shutdown CUDA may already be gone, and the process frees the memory anyway
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _deserialize(trt: Any, engine_path: Path) -> tuple[Any, Any]:
+    runtime = trt.Runtime(_logger(trt))
+    return runtime.deserialize_cuda_engine(Path(engine_path).read_bytes()), runtime
+
+
+class TensorRtBackend(Backend):
+    runtime = "tensorrt"
+    precisions = ("fp32", "fp16", "int8")
+
+    def version(self) -> str:
+        return str(_import_tensorrt().__version__)
+
+    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult:
+        """Check the export, ship it as model.onnx, and build the engine where TensorRT or trtexec is here."""
+        self.check_precision(precision)
+        trt = _optional_tensorrt()
+        trt_version = str(trt.__version__) if trt is not None else tensorrt_version_for_opset(inputs.max_onnx_opset)
+        require_onnx_for_tensorrt(inputs.onnx_path, max_opset=inputs.max_onnx_opset, trt_version=trt_version)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        onnx_file = out_dir / ONNX_FILE
+        atomic_write_bytes(onnx_file, Path(inputs.onnx_path).read_bytes())
+        files = [ONNX_FILE]
+        notes: dict[str, Any] = {"onnx_checked_for": f"TensorRT {trt_version}, opset <= {inputs.max_onnx_opset}"}
+        if precision == "int8":
+            count = min(CALIBRATION_IMAGES, len(inputs.calibration))
+            with atomic_write(out_dir / CALIBRATION_FILE) as handle:
+                np.save(handle, np.ascontiguousarray(inputs.calibration[:count], dtype=np.float32))
+            files.append(CALIBRATION_FILE)
+            notes["calibration_images"] = count
+            notes["calibration"] = (f"{CALIBRATION_FILE} holds {count} training images; the calibrated build writes "
+                                    f"{CALIBRATION_CACHE_FILE}, which '{shlex.join(engine_build_command('int8'))}' "
+                                    "reads. trtexec --int8 without --calib uses placeholder scales (accuracy not "
+                                    "representative), so it is never used")
+        engine_name = engine_file_name(precision)
+        if trt is not None:
+            cache_file = out_dir / CALIBRATION_CACHE_FILE if precision == "int8" else None
+            build_engine(onnx_file, out_dir / engine_name, precision=precision,
+                         calibration=inputs.calibration[:CALIBRATION_IMAGES] if precision == "int8" else None,
+                         calibration_cache=cache_file)
+            files.append(engine_name)
+            if cache_file is not None and cache_file.is_file():
+                files.append(CALIBRATION_CACHE_FILE)
+            notes.update(engine=f"built by TensorRT {trt.__version__} (Python API)", engine_builder="tensorrt",
+                         engine_portability=_PORTABILITY)
+            return BuildResult(engine_name, tuple(files), notes)
+        trtexec = _trtexec()
+        if trtexec is not None and precision != "int8":
+            command = [trtexec, *engine_build_command(precision)[1:]]
+            try:
+                done = subprocess.run(command, cwd=out_dir, capture_output=True, text=True, timeout=TRTEXEC_TIMEOUT_S)
+            except subprocess.TimeoutExpired as err:
+                raise ConfigError(f"'{shlex.join(command)}' ran over {TRTEXEC_TIMEOUT_S} s in {out_dir}: check the "
+                                  "GPU (nvidia-smi / tegrastats) and run it by hand to see where it stops") from err
+            if done.returncode != 0 or not (out_dir / engine_name).is_file():
+                tail = (done.stdout + done.stderr)[-2000:]
+                raise ConfigError(f"'{shlex.join(command)}' failed in {out_dir} (exit {done.returncode}):\n{tail}\n"
+                                  f"Check the model with 'python -m gtnpipe.backends.tensorrt check {onnx_file}'")
+            files.append(engine_name)
+            notes.update(engine=f"built by {trtexec}", engine_builder="trtexec",
+                         engine_build_command=shlex.join(engine_build_command(precision)),
+                         engine_portability=_PORTABILITY)
+            return BuildResult(engine_name, tuple(files), notes)
+        # No TensorRT here (or int8 with trtexec only, which cannot calibrate from images): the device builds
+        # the engine from model.onnx when `load` (gtnpipe bench) first runs it, or by the command below.
+        why = ("trtexec cannot calibrate INT8 from images" if trtexec is not None
+               else "TensorRT not installed here")
+        notes["engine"] = f"not built: {why}; gtnpipe bench builds it on the device"
+        notes["engine_file"] = engine_name
+        if precision == "int8":
+            notes["engine_build_command"] = shlex.join(
+                ["python", "-m", "gtnpipe.backends.tensorrt", "build", ONNX_FILE, "--precision", "int8"])
+        else:
+            notes["engine_build_command"] = shlex.join(engine_build_command(precision))
+        return BuildResult(ONNX_FILE, tuple(files), notes)
+
+    def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> TrtRunner:
+        """A runner for an `.engine`, or for an `.onnx` after building (or reusing) its engine beside it.
+
+        `threads` does not apply: the GPU runs the model, the CPU thread only copies and waits.
+        """
+        trt = _import_tensorrt()
+        model_path = Path(model_path)
+        if model_path.suffix == ".onnx":
+            self.check_precision(precision)
+            engine_path = engine_for_onnx(model_path, precision)
+            engine, runtime = _deserialize(trt, engine_path)
+            if engine is None:  # a cached engine from an older TensorRT (a JetPack upgrade): build it again
+                engine_path = engine_for_onnx(model_path, precision, rebuild=True)
+                engine, runtime = _deserialize(trt, engine_path)
+        else:
+            engine, runtime = _deserialize(trt, model_path)
+        if engine is None:
+            raise ConfigError(f"TensorRT {trt.__version__} cannot load {model_path}: engines run only on the GPU model "
+                              f"and TensorRT version that built them; load the artifact's {ONNX_FILE} instead, which "
+                              "builds an engine on this device")
+        return TrtRunner(engine, trt=trt, runtime=runtime)
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m gtnpipe.backends.tensorrt
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`check MODEL.onnx [--max-opset N] [--trt-version V]` or `build MODEL.onnx --precision P` (on the device)."""
+    parser = argparse.ArgumentParser(prog="python -m gtnpipe.backends.tensorrt",
+                                     description="Check an ONNX export for TensorRT, or build its engine on the device.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="will this ONNX parse in TensorRT? (needs only the onnx package)")
+    check.add_argument("onnx", type=Path)
+    check.add_argument("--max-opset", type=int, default=13, help="the profile's runtime.max_onnx_opset (default 13)")
+    check.add_argument("--trt-version", default=None,
+                       help="TensorRT version to check against (default: the oldest that reads --max-opset)")
+    build = commands.add_parser("build", help="build model-<precision>.engine beside the ONNX (needs TensorRT)")
+    build.add_argument("onnx", type=Path)
+    build.add_argument("--precision", choices=TensorRtBackend.precisions, default="fp16")
+    build.add_argument("--rebuild", action="store_true", help="build even if a newer engine is there")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            version = args.trt_version or tensorrt_version_for_opset(args.max_opset)
+            problems = check_onnx_for_tensorrt(args.onnx, max_opset=args.max_opset, trt_version=version)
+            print(_summary(args.onnx, problems, max_opset=args.max_opset, trt_version=version))
+            return 1 if problems else 0
+        print(engine_for_onnx(args.onnx, args.precision, rebuild=args.rebuild))
+        return 0
+    except (ConfigError, BackendUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Parity of a compiled model with the PyTorch student: the bars a build must pass to ship.
+
+- FP32: max abs logit difference <= 1e-4 and top-1 agreement >= 99.9% with torch;
+- FP16: top-1 agreement >= 99.5%;
+- FP16 and INT8: test top-1 at most the profile's `max_accuracy_drop_points` below torch's.
+
+numpy only: `gtnpipe bench` re-runs the same check on the device against the reference
+images and logits the artifact carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from gtnpipe.backends import Runner
+from gtnpipe.errors import ParityError
+
+__all__ = ["FP16_MIN_AGREEMENT_PCT", "FP32_MAX_ABS_DIFF", "FP32_MIN_AGREEMENT_PCT", "ParityReport", "compare", "run_batched"]
+
+FP32_MAX_ABS_DIFF = 1e-4
+FP32_MIN_AGREEMENT_PCT = 99.9
+FP16_MIN_AGREEMENT_PCT = 99.5
+
+
+def run_batched(runner: Runner, x: np.ndarray, *, batch_size: int) -> np.ndarray:
+    """Logits of every image in `x` through a runner compiled for a static batch (the last batch is padded)."""
+    outs = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+        outs.append(np.asarray(runner.run(np.ascontiguousarray(chunk)), dtype=np.float32)[:n])
+    return np.concatenate(outs)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    backend: str
+    precision: str
+    images: int
+    max_abs_diff: float
+    agreement_pct: float  # share of images where the artifact's top-1 class equals torch's
+    torch_top1: float
+    artifact_top1: float
+    max_drop_points: float
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def drop_points(self) -> float:
+        return self.torch_top1 - self.artifact_top1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "failures": list(self.failures), "passed": self.passed, "drop_points": self.drop_points}
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            raise ParityError(f"{self.backend} {self.precision} artifact fails parity with the PyTorch student on "
+                              f"{self.images} test images: {'; '.join(self.failures)}. The compiled model is wrong, "
+                              "not just imprecise: check the runtime version against the profile's, or report it")
+
+
+def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, *, backend: str, precision: str,
+            max_drop_points: float) -> ParityReport:
+    """Check `logits` (the artifact's) against `reference` (torch FP32's) on the same labelled images."""
+    if logits.shape != reference.shape:
+        raise ParityError(f"{backend} {precision} artifact returns logits of shape {logits.shape}, torch {reference.shape}")
+    max_abs = float(np.abs(logits.astype(np.float64) - reference).max())
+    agreement = float((logits.argmax(1) == reference.argmax(1)).mean() * 100)
+    torch_top1 = float((reference.argmax(1) == labels).mean() * 100)
+    top1 = float((logits.argmax(1) == labels).mean() * 100)
+    failures = []
+    if not np.isfinite(logits).all():
+        failures.append("non-finite logits")
+    if precision == "fp32":
+        if max_abs > FP32_MAX_ABS_DIFF:
+            failures.append(f"max abs logit difference {max_abs:.3g} > {FP32_MAX_ABS_DIFF:g}")
+        if agreement < FP32_MIN_AGREEMENT_PCT:
+            failures.append(f"top-1 agreement {agreement:.2f}% < {FP32_MIN_AGREEMENT_PCT}%")
+    else:
+        if precision == "fp16" and agreement < FP16_MIN_AGREEMENT_PCT:
+            failures.append(f"top-1 agreement {agreement:.2f}% < {FP16_MIN_AGREEMENT_PCT}%")
+        if torch_top1 - top1 > max_drop_points:
+            failures.append(f"top-1 {top1:.2f}% is {torch_top1 - top1:.2f} points below torch's {torch_top1:.2f}% "
+                            f"(the profile allows {max_drop_points:g}: budgets.max_accuracy_drop_points)")
+    return ParityReport(backend, precision, len(labels), max_abs, agreement, torch_top1, top1, max_drop_points,
+                        tuple(failures))

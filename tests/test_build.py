@@ -1,0 +1,214 @@
+"""`gtnpipe build` and `gtnpipe bench ARTIFACT` end to end, on the real runtimes installed here.
+
+One cache and one artifacts folder for the module: the first build trains the (tiny) generic
+teacher, the predictor and the student; the other devices reuse them, as CI's jobs do.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DEPLOY_RECIPE, block_imports_prelude
+from typer.testing import CliRunner
+
+from gtnpipe.bench import bench_artifact
+from gtnpipe.cache import Cache
+from gtnpipe.cli import app
+from gtnpipe.errors import ArtifactError, ParityError
+from gtnpipe.manifest import load_manifest, schema, verify_files
+from gtnpipe.pipeline import _choose_precision, build_device
+from gtnpipe.profiles import load_profile
+from gtnpipe.search import SearchConfig
+
+pytestmark = pytest.mark.slow
+SMALL_SEARCH = SearchConfig(population=16, iterations=4)
+ACCURACY_SAMPLES = 12
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("build")
+    return {"cache": root / "cache", "out": root / "artifacts"}
+
+
+def _build(device: str, ws: dict[str, Path], **kw):  # noqa: ANN202
+    return build_device(device, recipe=DEPLOY_RECIPE, out=ws["out"], cache_dir=ws["cache"], config=SMALL_SEARCH,
+                        accuracy_samples=ACCURACY_SAMPLES, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def host_build(workspace: dict[str, Path]):  # noqa: ANN201
+    return _build("host", workspace)
+
+
+def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, Path]) -> None:  # noqa: ANN001
+    folder = Path(host_build.folder)
+    assert folder == workspace["out"] / "host"
+    manifest = load_manifest(folder)  # schema-valid
+    verify_files(folder, manifest)
+    model = manifest["model"]
+    assert model["arch"] == host_build.arch and model["precision"] == host_build.precision
+    assert manifest["device"]["profile_sha256"] == load_profile("host").sha256()
+    assert set(manifest["files"]) >= {model["file"], "reference/inputs.npy", "reference/logits.npy", "reference/labels.npy",
+                                      "pareto.png", "report.md"}
+    assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every allowed precision of the profile was built and judged, one shipped, each with a reason
+    rows = {r["precision"]: r for r in manifest["precisions"]}
+    assert set(rows) == {"fp32", "int8"} and [r["status"] for r in rows.values()].count("shipped") == 1
+    assert all(r["reason"] and r["parity"]["images"] == 1000 for r in rows.values())
+    fp32 = rows["fp32"]["parity"]
+    assert fp32["passed"] and fp32["max_abs_diff"] <= 1e-4 and fp32["agreement_pct"] >= 99.9
+    shipped = rows[host_build.precision]
+    if rows["int8"]["status"] != "shipped" and rows["int8"]["parity"]["passed"]:
+        assert "slower here" in rows["int8"]["reason"]  # chosen by measured latency, not assumed
+    assert shipped["latency_ms_p50"] == min(r["latency_ms_p50"] for r in rows.values() if r["parity"]["passed"])
+    acc = manifest["accuracy"]
+    assert acc["torch_fp32_top1"] > 60 and abs(acc["torch_fp32_top1"] - acc["shipped_top1"]) <= 1.0
+    assert manifest["measured_on_build_machine"]["latency_ms_p90"] > 0
+    assert 30 < manifest["measured_on_build_machine"]["peak_memory_mb"] < 1000
+    ref = np.load(folder / "reference/inputs.npy")
+    assert ref.shape == (500, 1, 28, 28) and ref.dtype == np.float32 and 0 <= ref.min() and ref.max() <= 1
+    report = (folder / "report.md").read_text()
+    assert host_build.arch in report and "![Pareto front](pareto.png)" in report and "gtnpipe bench" in report
+
+
+def test_unchanged_rebuild_is_cache_hits(host_build, workspace: dict[str, Path]) -> None:  # noqa: ANN001
+    again = _build("host", workspace)
+    assert all(again.stages[s]["cached"] for s in ("search", "distill", "compile"))
+    assert (again.arch, again.precision, again.shipped_top1) == (host_build.arch, host_build.precision, host_build.shipped_top1)
+    assert again.stages["artifact"]["seconds"] < 30
+
+
+def test_bench_verifies_rechecks_and_writes_bench_json(host_build) -> None:  # noqa: ANN001
+    folder = Path(host_build.folder)
+    result = bench_artifact(folder, runs=30, warmup=5)
+    assert json.loads((folder / "bench.json").read_text()) == json.loads(json.dumps(result))
+    assert result["parity"]["passed"] and result["parity"]["images"] == 500
+    lat = result["latency"]
+    assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["throughput_per_s"] > 0
+    assert set(result["verdict"]["checks"]) == {"latency_ms_p90", "peak_memory_mb", "model_size_mb", "parity", "runtime_version"}
+    assert result["runtime"]["in_range"] and result["model_size_mb"] > 0
+
+
+def test_bench_runs_without_torch_or_nncf(host_build) -> None:  # noqa: ANN001
+    code = block_imports_prelude() + (
+        f"sys.argv = ['gtnpipe', 'bench', {host_build.folder!r}, '--runs', '20', '--warmup', '2', '--json']\n"
+        "from gtnpipe.cli import main\nmain()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 3), done.stderr  # 3: a budget missed on this machine, still a full run
+    assert json.loads(done.stdout)["parity"]["passed"]
+
+
+def test_tampered_file_is_refused_by_name(host_build, tmp_path: Path) -> None:  # noqa: ANN001
+    import shutil
+
+    folder = tmp_path / "host"
+    shutil.copytree(host_build.folder, folder)
+    model_file = load_manifest(folder)["model"]["file"]
+    data = bytearray((folder / model_file).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / model_file).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"{model_file} does not match its sha256"):
+        bench_artifact(folder, runs=10)
+    done = CliRunner().invoke(app, ["bench", str(folder), "--runs", "10"])
+    assert done.exit_code == 2 and model_file in done.output and not (folder / "bench.json").exists()
+    (folder / "reference/labels.npy").unlink()
+    with pytest.raises(ArtifactError, match="labels.npy is missing"):
+        verify_files(folder, load_manifest(folder))
+
+
+def test_manifest_schema_errors_name_the_field(host_build, tmp_path: Path) -> None:  # noqa: ANN001
+    import shutil
+
+    folder = tmp_path / "a"
+    shutil.copytree(host_build.folder, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["model"]["precision"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="field 'model'.*'precision' is a required property"):
+        load_manifest(folder)
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    with pytest.raises(ArtifactError, match="schema_version 99; this gtnpipe reads version 1"):
+        load_manifest(folder)
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_manifest(tmp_path)
+    assert schema()["properties"]["schema_version"] == {"const": 1}
+
+
+@pytest.mark.parametrize("device", ["intel-nuc", "raspberry-pi-4"])
+def test_cross_compiled_devices_reuse_the_teacher(device: str, host_build, workspace: dict[str, Path]) -> None:  # noqa: ANN001
+    outcome = _build(device, workspace)
+    assert outcome.stages["search"]["cached"] is False  # a new device searches ...
+    teacher_keys = {load_manifest(Path(b))["provenance"]["teacher_key"] for b in (outcome.folder, host_build.folder)}
+    assert len(teacher_keys) == 1  # ... with the same cached generic teacher
+    manifest = load_manifest(Path(outcome.folder))
+    profile = load_profile(device)
+    rows = {r["precision"]: r for r in manifest["precisions"]}
+    assert list(rows) == list(profile.precisions)
+    for r in rows.values():
+        if r["status"] != "not-built":
+            assert r["parity"] is not None and r["parity"]["images"] == 1000
+    assert rows[outcome.precision]["parity"]["passed"]
+    assert bench_artifact(Path(outcome.folder), runs=10, warmup=2, write=False)["parity"]["passed"]
+
+
+def test_tensorrt_artifact_carries_onnx_and_the_engine_command(host_build, workspace: dict[str, Path]) -> None:  # noqa: ANN001
+    pytest.importorskip("onnx")
+    outcome = _build("jetson-nano", workspace)
+    manifest = load_manifest(Path(outcome.folder))
+    assert manifest["model"]["file"] == "model.onnx" and outcome.shipped_top1 is None
+    assert outcome.precision == "fp16"  # the profile's first: nothing to measure here
+    assert "--fp16" in manifest["runtime"]["engine_build_command"]
+    shipped = next(r for r in manifest["precisions"] if r["status"] in ("shipped", "built-unchecked"))
+    assert "parity not checked here" in shipped["reason"]
+    import onnx
+
+    assert max(o.version for o in onnx.load(Path(outcome.folder) / "model.onnx").opset_import if o.domain in ("", "ai.onnx")) <= 13
+
+
+def _row(parity_passed: bool | None, latency: float | None, size: int = 1000) -> dict:
+    parity = None if parity_passed is None else {"passed": parity_passed, "failures": [] if parity_passed else ["drop 3 > 1"]}
+    return {"parity": parity, "latency": {"p50_ms": latency} if latency else None, "size_bytes": size,
+            "unchecked_reason": "TensorRT is not installed"}
+
+
+def test_precision_choice_is_measured_and_falls_back_with_reasons() -> None:
+    host = load_profile("host")  # precisions fp32, int8
+    chosen, rows = _choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(True, 0.35)})
+    assert chosen == "fp32" and "slower here: p50 0.350 ms vs 0.200 ms" in rows[1]["reason"]
+    chosen, rows = _choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(True, 0.10)})
+    assert chosen == "int8" and rows[1]["status"] == "shipped"
+    chosen, rows = _choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(False, 0.10)})
+    assert chosen == "fp32" and rows[1] == {**rows[1], "status": "rejected", "reason": "drop 3 > 1"}
+    chosen, rows = _choose_precision(host, {"fp32": _row(True, 0.2, size=10**7), "int8": _row(True, 0.3)})
+    assert chosen == "int8" and "model_size_mb" in rows[0]["reason"]
+    with pytest.raises(ParityError, match="no precision of device 'host' passes"):
+        _choose_precision(host, {"fp32": _row(False, 0.2), "int8": _row(False, 0.1)})
+    nano = load_profile("jetson-nano")  # fp16, fp32; nothing measurable here
+    chosen, rows = _choose_precision(nano, {"fp16": _row(None, None), "fp32": _row(None, None)})
+    assert chosen == "fp16" and rows[0]["status"] == "built-unchecked" and "not checked here" in rows[0]["reason"]
+
+
+def test_two_builds_at_once_share_one_cache(tmp_path: Path, workspace: dict[str, Path], host_build) -> None:  # noqa: ANN001
+    """Two `gtnpipe build` processes for different devices, one cache: both succeed, every entry stays valid."""
+    cmd = [sys.executable, "-m", "gtnpipe.cli", "build", "--recipe", str(DEPLOY_RECIPE), "--out", str(tmp_path / "art"),
+           "--cache-dir", str(workspace["cache"]), "--iterations", "3", "--accuracy-samples", str(ACCURACY_SAMPLES),
+           "--no-progress", "--json"]
+    procs = [subprocess.Popen([*cmd, "--device", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for d in ("host", "x86-server")]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs):
+        assert p.returncode in (0, 3), stderr
+    assert {json.loads(o)[0]["device"] for o, _ in outs} == {"host", "x86-server"}
+    cache = Cache(workspace["cache"])
+    for kind_dir in workspace["cache"].iterdir():
+        if kind_dir.name in ("locks", "tmp", "work", "quarantine"):
+            continue
+        for entry in kind_dir.iterdir():
+            cache.verify(kind_dir.name, entry.name)
+    assert not (workspace["cache"] / "quarantine").exists()

@@ -1,0 +1,71 @@
+"""Parity bars on constructed logits: each failure is named with its figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gtnpipe.check import compare, run_batched
+from gtnpipe.errors import ParityError
+
+RNG = np.random.default_rng(0)
+REF = RNG.standard_normal((1000, 10)).astype(np.float32)
+LABELS = REF.argmax(1)  # torch is 100% right on these labels
+
+
+def test_fp32_passes_within_1e_4_and_fails_beyond() -> None:
+    ok = compare(REF + 5e-5, REF, LABELS, backend="onnxruntime", precision="fp32", max_drop_points=1.0)
+    assert ok.passed and ok.max_abs_diff == pytest.approx(5e-5, rel=1e-2) and ok.agreement_pct == 100.0
+    bad = compare(REF + 3e-4, REF, LABELS, backend="onnxruntime", precision="fp32", max_drop_points=1.0)
+    assert not bad.passed and "max abs logit difference 0.0003 > 0.0001" in bad.failures[0]
+    with pytest.raises(ParityError, match="onnxruntime fp32 artifact fails parity .* 1000 test images"):
+        bad.raise_if_failed()
+
+
+def _flip(n: int) -> np.ndarray:
+    """REF with the top-1 of the first n images moved to another class."""
+    out = REF.copy()
+    out[np.arange(n), (LABELS[:n] + 1) % 10] += 100
+    return out
+
+
+def test_fp32_agreement_bar_is_99_9_percent() -> None:
+    assert compare(_flip(2), REF, LABELS, backend="x", precision="fp32", max_drop_points=1).failures[-1] == (
+        "top-1 agreement 99.80% < 99.9%")
+
+
+def test_fp16_agreement_and_drop() -> None:
+    assert compare(_flip(5), REF, LABELS, backend="openvino", precision="fp16", max_drop_points=1.0).passed  # 99.5%
+    fails = compare(_flip(6), REF, LABELS, backend="openvino", precision="fp16", max_drop_points=0.5).failures
+    assert fails[0] == "top-1 agreement 99.40% < 99.5%"
+    assert fails[1].startswith("top-1 99.40% is 0.60 points below torch's 100.00%")
+
+
+def test_int8_is_judged_by_accuracy_drop_only() -> None:
+    report = compare(_flip(9), REF, LABELS, backend="tflite", precision="int8", max_drop_points=1.0)
+    assert report.passed and report.drop_points == pytest.approx(0.9)
+    report = compare(_flip(11), REF, LABELS, backend="tflite", precision="int8", max_drop_points=1.0)
+    assert not report.passed and "budgets.max_accuracy_drop_points" in report.failures[0]
+
+
+def test_non_finite_and_shape_mismatch() -> None:
+    nan = REF.copy()
+    nan[0, 0] = np.nan
+    assert "non-finite logits" in compare(nan, REF, LABELS, backend="x", precision="int8", max_drop_points=5).failures
+    with pytest.raises(ParityError, match="shape"):
+        compare(REF[:, :5], REF, LABELS, backend="x", precision="fp32", max_drop_points=1)
+
+
+class _Doubler:
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        assert x.shape[0] == self.batch  # a static-batch model sees only full batches
+        return x.reshape(len(x), -1)[:, :3] * 2
+
+
+def test_run_batched_pads_the_last_batch() -> None:
+    x = RNG.random((10, 1, 2, 2), dtype=np.float32)
+    out = run_batched(_Doubler(4), x, batch_size=4)
+    np.testing.assert_array_equal(out, x.reshape(10, -1)[:, :3] * 2)
