@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,24 @@ CacheOpt = Annotated[
     typer.Option("--cache-dir", envvar="GTNPIPE_CACHE", help="Cache folder [default: ~/.cache/gtnpipe]."),
 ]
 SpaceOpt = Annotated[str, typer.Option("--space", help="Search space name.")]
+
+
+@contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """While active, whatever writes to file descriptor 1 (converters' progress bars, C++ logs) goes to stderr,
+    so that --json output on stdout stays parseable."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextmanager
@@ -292,7 +311,7 @@ def build(
         raise typer.Exit(2)
     say = (lambda m: None) if as_json else (lambda m: Console(stderr=True).print(m, highlight=False))
     results = []
-    with _handled():
+    with _handled(), _stdout_to_stderr(as_json):
         for name in devices:
             results.append(pipeline.build_device(
                 name, recipe=recipe, out=out_dir, teacher=teacher, cache_dir=cache_dir,

@@ -15,6 +15,7 @@ interrupt: `build_device` is the whole flow for one device.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -571,6 +572,11 @@ def _search_stage(ctx: _Context, profile: Any, *, cache_dir: Path | None, config
     return entry, {"cached": cached, "key": key}
 
 
+def _threads_here(profile: Any) -> int:
+    """The profile's threads, capped at this machine's cores: more threads than cores only measures contention."""
+    return min(profile.threads, os.cpu_count() or 1)
+
+
 def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str, exported: Callable[[], Any], *,
                    cache_dir: Path | None) -> tuple[Any, bool]:
     """One precision compiled for the device's runtime, parity-checked on the test split and timed here."""
@@ -591,13 +597,15 @@ def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str
             "calibration_seed": CALIBRATION_SEED}
     key = cache_key(spec)
 
+    threads = _threads_here(profile)
+
     def build(staging: Path, meta: dict[str, Any]) -> None:
         inputs, torch_logits = exported()
         result = backend.build(inputs, precision, staging)
         meta |= {"model_file": result.model_file, "files": list(result.files), "notes": result.notes, "runtime_version": version,
                  "size_bytes": sum((staging / f).stat().st_size for f in result.files if f != "calibration.npy")}
         try:
-            runner = backend.load(staging / result.model_file, threads=profile.threads, precision=precision)
+            runner = backend.load(staging / result.model_file, threads=threads, precision=precision)
         except BackendUnavailable as err:
             meta |= {"parity": None, "latency": None, "unchecked_reason": str(err)}
             return
@@ -606,7 +614,8 @@ def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str
         report = compare(logits, torch_logits, test.y, backend=profile.runtime.name, precision=precision,
                          max_drop_points=profile.budgets.max_accuracy_drop_points)
         x = to_unit_float(test.x[:profile.batch_size])
-        meta |= {"parity": report.to_dict(), "latency": measure_latency(runner, x, warmup=20, runs=_MEASURE_RUNS).to_dict()}
+        meta |= {"parity": report.to_dict(), "threads": threads,
+                 "latency": measure_latency(runner, x, warmup=20, runs=_MEASURE_RUNS).to_dict()}
 
     return _cached(_COMPILED, key, spec, build, cache_dir=cache_dir)
 
@@ -747,12 +756,12 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
     measured = None
     if shipped.get("latency"):
         shape = (profile.batch_size, ctx.task.in_channels, *ctx.task.image_hw)
-        peak_mb = measure_peak_rss_mb(profile.runtime.name, entry.file(shipped["model_file"]), threads=profile.threads,
+        peak_mb = measure_peak_rss_mb(profile.runtime.name, entry.file(shipped["model_file"]), threads=shipped["threads"],
                                       input_shape=shape, precision=chosen)
         lat = shipped["latency"]
         measured = {"latency_ms_p50": lat["p50_ms"], "latency_ms_p90": lat["p90_ms"], "latency_ms_p99": lat["p99_ms"],
                     "throughput_per_s": lat["throughput_per_s"], "peak_memory_mb": peak_mb,
-                    "model_size_mb": shipped["size_bytes"] / 1e6, "runs": lat["runs"]}
+                    "model_size_mb": shipped["size_bytes"] / 1e6, "runs": lat["runs"], "threads": shipped["threads"]}
     predicted = CostModel(profile, ctx.space, ctx.task, precision=chosen).estimate(student).to_dict()
     violations = []
     if shipped["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
