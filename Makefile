@@ -1,4 +1,4 @@
-# make demo   - the main job (trains the teacher and one student on the quick recipe)
+# make demo   - the main job: gtnpipe build for host and raspberry-pi-4 (quick recipe), then gtnpipe bench on host
 # make test   - the test suite
 # Both install what they need first (virtual env, pinned packages, the dataset), once.
 
@@ -29,10 +29,11 @@ dataset:
 test: setup
 	$(BIN)/python -m pytest
 
+# The main job: one host artifact (built, checked, benchmarked here) and one cross-compiled device.
 demo: setup
-	$(BIN)/gtnpipe pool info
-	$(BIN)/gtnpipe train --model teacher --recipe quick
-	$(BIN)/gtnpipe train --recipe quick --model "$$($(BIN)/gtnpipe pool sample -n 1 --seed 1 --json | $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)[0]["arch"])')"
+	$(BIN)/gtnpipe build --device host --recipe quick --no-progress
+	$(BIN)/gtnpipe build --device raspberry-pi-4 --recipe quick --no-progress
+	$(BIN)/gtnpipe bench artifacts/host
 
 bench: setup
 	$(BIN)/python bench/train_speed.py

@@ -97,7 +97,10 @@ def test_train_json_and_cache_hit(tmp_path: Path) -> None:
         (["pool", "info", "--space", "vit"], "unknown search space 'vit'"),
         (["data", "info", "--data", "/no/such/data.npz"], "not found"),
         (["devices", "show", "jetson-orin"], "unknown device 'jetson-orin'; known devices: android-pixel"),
-        (["bench"], "give --calibrate --device NAME"),
+        (["bench"], "give an artifact folder (gtnpipe bench artifacts/host) or --calibrate --device NAME"),
+        (["bench", "--calibrate"], "--calibrate needs --device NAME"),
+        (["bench", "no-such-folder"], "no-such-folder is not a folder"),
+        (["build"], "give --device NAME|PATH (repeatable) or --all"),
         (["bench", "--calibrate", "--device", "jetson-nano"], "can calibrate onnxruntime devices only"),
     ],
 )
@@ -139,3 +142,15 @@ def test_search_with_an_impossible_budget_says_how_far_to_relax(tmp_path: Path) 
     message = " ".join(result.stderr.split())
     assert "no student fits device 'tiny-mcu' at int8: model_size_mb = 0.1 but the lowest in the pool is 0.398" in message
     assert "Relax [budgets]" in message
+
+
+def test_core_dependencies_leave_out_the_training_stack() -> None:
+    """A device installs gtnpipe plus its runtime extra: the core must not pull torch, nncf or the converters."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    core = {d.split("==")[0] for d in project["dependencies"]}
+    assert not core & {"torch", "nncf", "onnx", "litert-torch", "ai-edge-quantizer", "onnxscript", "matplotlib"}
+    extras = project["optional-dependencies"]
+    assert "torch==2.13.0" in extras["train"]
+    assert all(not any(d.startswith("torch") for d in extras[runtime]) for runtime in ("onnx", "openvino", "tflite"))
