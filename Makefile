@@ -31,8 +31,8 @@ test: setup
 
 # The main job: one host artifact (built, checked, benchmarked here) and one cross-compiled device.
 demo: setup
-	$(BIN)/gtnpipe build --device host --recipe quick --no-progress
-	$(BIN)/gtnpipe build --device raspberry-pi-4 --recipe quick --no-progress
+	$(BIN)/gtnpipe build --device host --recipe quick
+	$(BIN)/gtnpipe build --device raspberry-pi-4 --recipe quick
 	$(BIN)/gtnpipe bench artifacts/host
 
 bench: setup

@@ -17,8 +17,10 @@ import numpy as np
 
 from gtnpipe.backends import Runner
 from gtnpipe.errors import ParityError
+from gtnpipe.profiles import DeviceProfile
 
-__all__ = ["FP16_MIN_AGREEMENT_PCT", "FP32_MAX_ABS_DIFF", "FP32_MIN_AGREEMENT_PCT", "ParityReport", "compare", "run_batched"]
+__all__ = ["FP16_MIN_AGREEMENT_PCT", "FP32_MAX_ABS_DIFF", "FP32_MIN_AGREEMENT_PCT", "ParityReport", "choose_precision",
+           "compare", "run_batched"]
 
 FP32_MAX_ABS_DIFF = 1e-4
 FP32_MIN_AGREEMENT_PCT = 99.9
@@ -92,3 +94,47 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, *, ba
                             f"(the profile allows {max_drop_points:g}: budgets.max_accuracy_drop_points)")
     return ParityReport(backend, precision, len(labels), max_abs, agreement, torch_top1, top1, max_drop_points,
                         tuple(failures))
+
+
+def choose_precision(profile: DeviceProfile, compiled: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The precision that ships: fastest measured among those within the accuracy limit and the size budget
+    (profile order where nothing could be measured here), and a row per precision saying why."""
+    rows: dict[str, dict[str, Any]] = {}
+    passing = []
+    for precision in profile.precisions:
+        m = compiled.get(precision)
+        if m is None or "error" in m:
+            rows[precision] = {"precision": precision, "status": "not-built", "reason": m["error"] if m else "the backend "
+                               f"does not build {precision}", "parity": None, "latency_ms_p50": None, "size_bytes": None}
+            continue
+        lat = m["latency"]["p50_ms"] if m.get("latency") else None
+        row = {"precision": precision, "parity": m["parity"], "latency_ms_p50": lat, "size_bytes": m["size_bytes"]}
+        rows[precision] = row
+        if m["parity"] is not None and not m["parity"]["passed"]:
+            rows[precision] |= {"status": "rejected", "reason": "; ".join(m["parity"]["failures"])}
+        elif m["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
+            rows[precision] |= {"status": "rejected", "reason": f"file {m['size_bytes'] / 1e6:.3f} MB > budget "
+                                f"model_size_mb {profile.budgets.model_size_mb:g}"}
+        else:
+            passing.append(precision)
+    if not passing:
+        raise ParityError(f"no precision of device {profile.name!r} passes its checks: "
+                          + "; ".join(f"{p}: {r['reason']}" for p, r in rows.items())
+                          + ". Allow another precision in the profile, or relax budgets.max_accuracy_drop_points")
+    timed = [p for p in passing if rows[p]["latency_ms_p50"] is not None]
+    if len(timed) == len(passing):
+        chosen = min(passing, key=lambda p: rows[p]["latency_ms_p50"])
+        why = "fastest measured here within the accuracy limit and size budget"
+    else:
+        chosen = passing[0]
+        why = "first of the profile's precisions that passed (latency not measurable here; gtnpipe bench on the device)"
+    for p in passing:
+        if p == chosen:
+            rows[p] |= {"status": "shipped" if rows[p]["parity"] is not None else "built-unchecked", "reason": why}
+        else:
+            rows[p] |= {"status": "rejected", "reason": f"slower here: p50 {rows[p]['latency_ms_p50']:.3f} ms vs "
+                        f"{rows[chosen]['latency_ms_p50']:.3f} ms" if p in timed and chosen in timed else
+                        f"{chosen} comes first in the profile's precisions"}
+    if rows[chosen]["parity"] is None:
+        rows[chosen]["reason"] += f" (parity not checked here: {compiled[chosen]['unchecked_reason']})"
+    return chosen, [rows[p] for p in profile.precisions]

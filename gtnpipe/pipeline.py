@@ -29,6 +29,7 @@ from gtnpipe import distributed
 from gtnpipe.accuracy import AccuracyPredictor, inherited_accuracy
 from gtnpipe.cache import Cache, cache_key
 from gtnpipe.calibrate import calibrate
+from gtnpipe.check import choose_precision
 from gtnpipe.cost import CostModel, table_path
 from gtnpipe.data import Dataset, load_dataset
 from gtnpipe.distill import distill, teacher_logits
@@ -65,6 +66,7 @@ __all__ = [
     "distill_student",
     "load_teacher",
     "load_data",
+    "load_distilled",
     "load_trained",
     "pool_info",
     "pool_sample",
@@ -620,48 +622,16 @@ def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str
     return _cached(_COMPILED, key, spec, build, cache_dir=cache_dir)
 
 
-def _choose_precision(profile: Any, compiled: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """The precision that ships: fastest measured among those within the accuracy limit and the size budget
-    (profile order where nothing could be measured here), and a row per precision saying why."""
-    rows: dict[str, dict[str, Any]] = {}
-    passing = []
-    for precision in profile.precisions:
-        m = compiled.get(precision)
-        if m is None or "error" in m:
-            rows[precision] = {"precision": precision, "status": "not-built", "reason": m["error"] if m else "the backend "
-                               f"does not build {precision}", "parity": None, "latency_ms_p50": None, "size_bytes": None}
-            continue
-        lat = m["latency"]["p50_ms"] if m.get("latency") else None
-        row = {"precision": precision, "parity": m["parity"], "latency_ms_p50": lat, "size_bytes": m["size_bytes"]}
-        rows[precision] = row
-        if m["parity"] is not None and not m["parity"]["passed"]:
-            rows[precision] |= {"status": "rejected", "reason": "; ".join(m["parity"]["failures"])}
-        elif m["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
-            rows[precision] |= {"status": "rejected", "reason": f"file {m['size_bytes'] / 1e6:.3f} MB > budget "
-                                f"model_size_mb {profile.budgets.model_size_mb:g}"}
-        else:
-            passing.append(precision)
-    if not passing:
-        raise ParityError(f"no precision of device {profile.name!r} passes its checks: "
-                          + "; ".join(f"{p}: {r['reason']}" for p, r in rows.items())
-                          + ". Allow another precision in the profile, or relax budgets.max_accuracy_drop_points")
-    timed = [p for p in passing if rows[p]["latency_ms_p50"] is not None]
-    if len(timed) == len(passing):
-        chosen = min(passing, key=lambda p: rows[p]["latency_ms_p50"])
-        why = "fastest measured here within the accuracy limit and size budget"
-    else:
-        chosen = passing[0]
-        why = "first of the profile's precisions that passed (latency not measurable here; gtnpipe bench on the device)"
-    for p in passing:
-        if p == chosen:
-            rows[p] |= {"status": "shipped" if rows[p]["parity"] is not None else "built-unchecked", "reason": why}
-        else:
-            rows[p] |= {"status": "rejected", "reason": f"slower here: p50 {rows[p]['latency_ms_p50']:.3f} ms vs "
-                        f"{rows[chosen]['latency_ms_p50']:.3f} ms" if p in timed and chosen in timed else
-                        f"{chosen} comes first in the profile's precisions"}
-    if rows[chosen]["parity"] is None:
-        rows[chosen]["reason"] += f" (parity not checked here: {compiled[chosen]['unchecked_reason']})"
-    return chosen, [rows[p] for p in profile.precisions]
+def load_distilled(arch: str, *, teacher: str = "gtn", recipe: str | Path = "quick",
+                   cache_dir: Path | None = None) -> tuple[Any, Dataset]:
+    """The distilled student (distilled first if not cached) as deployed: normalisation inside, eval mode;
+    and the recipe's dataset."""
+    from gtnpipe.export import Deployable
+
+    ctx = _context(recipe)
+    out = _distill_student(ctx, arch, teacher=teacher, seed=None, cache_dir=cache_dir, progress=False)
+    net = _load_weights(build_static(ctx.space.parse(out.arch), ctx.space, ctx.task), _STUDENTS, out.key, cache_dir=cache_dir)
+    return Deployable(net, ctx.data.mean, ctx.data.std).train(False), ctx.data
 
 
 def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path = Path("artifacts"),
@@ -748,7 +718,7 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
         raise ParityError(f"{profile.runtime.name} fp32 artifact fails parity with the PyTorch student: "
                           f"{'; '.join(fp32['parity']['failures'])}. The compiled model is wrong, not just imprecise: "
                           "check the runtime version against the profile's, or report it")
-    chosen, rows = _choose_precision(profile, compiled)
+    chosen, rows = choose_precision(profile, compiled)
     shipped = compiled[chosen]
     entry = entries[chosen]
     stage("check", {"cached": all_cached, "precision": chosen})

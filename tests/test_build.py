@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from gtnpipe.bench import bench_artifact
 from gtnpipe.cache import Cache
+from gtnpipe.check import choose_precision
 from gtnpipe.cli import app
 from gtnpipe.errors import ArtifactError, ParityError
 from gtnpipe.manifest import load_manifest, schema, verify_files
-from gtnpipe.pipeline import _choose_precision, build_device
+from gtnpipe.pipeline import build_device
 from gtnpipe.profiles import load_profile
 from gtnpipe.search import SearchConfig
 
@@ -195,18 +196,18 @@ def _row(parity_passed: bool | None, latency: float | None, size: int = 1000) ->
 
 def test_precision_choice_is_measured_and_falls_back_with_reasons() -> None:
     host = load_profile("host")  # precisions fp32, int8
-    chosen, rows = _choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(True, 0.35)})
+    chosen, rows = choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(True, 0.35)})
     assert chosen == "fp32" and "slower here: p50 0.350 ms vs 0.200 ms" in rows[1]["reason"]
-    chosen, rows = _choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(True, 0.10)})
+    chosen, rows = choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(True, 0.10)})
     assert chosen == "int8" and rows[1]["status"] == "shipped"
-    chosen, rows = _choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(False, 0.10)})
+    chosen, rows = choose_precision(host, {"fp32": _row(True, 0.20), "int8": _row(False, 0.10)})
     assert chosen == "fp32" and rows[1] == {**rows[1], "status": "rejected", "reason": "drop 3 > 1"}
-    chosen, rows = _choose_precision(host, {"fp32": _row(True, 0.2, size=10**7), "int8": _row(True, 0.3)})
+    chosen, rows = choose_precision(host, {"fp32": _row(True, 0.2, size=10**7), "int8": _row(True, 0.3)})
     assert chosen == "int8" and "model_size_mb" in rows[0]["reason"]
     with pytest.raises(ParityError, match="no precision of device 'host' passes"):
-        _choose_precision(host, {"fp32": _row(False, 0.2), "int8": _row(False, 0.1)})
+        choose_precision(host, {"fp32": _row(False, 0.2), "int8": _row(False, 0.1)})
     nano = load_profile("jetson-nano")  # fp16, fp32; nothing measurable here
-    chosen, rows = _choose_precision(nano, {"fp16": _row(None, None), "fp32": _row(None, None)})
+    chosen, rows = choose_precision(nano, {"fp16": _row(None, None), "fp32": _row(None, None)})
     assert chosen == "fp16" and rows[0]["status"] == "built-unchecked" and "not checked here" in rows[0]["reason"]
 
 
