@@ -20,14 +20,11 @@ from conftest import DeployCase, block_imports_prelude
 
 import gtnpipe.backends.tensorrt as trt_backend
 from gtnpipe.backends import CompileInputs, get_backend
-from gtnpipe.backends.tensorrt import (
-    CALIBRATION_FILE,
+from gtnpipe.backends.tensorrt import CALIBRATION_FILE, TensorRtBackend, engine_build_command, main
+from gtnpipe.backends.tensorrt_onnx import (
     TENSORRT_8_0_ONNX_OPS,
     TENSORRT_8_5_ONNX_OPS,
-    TensorRtBackend,
     check_onnx_for_tensorrt,
-    engine_build_command,
-    main,
     require_onnx_for_tensorrt,
     summarize_onnx_check,
     supported_onnx_ops,
