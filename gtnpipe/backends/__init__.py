@@ -32,7 +32,9 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BuildResult",
+    "CALIBRATION_IMAGES",
     "CompileInputs",
+    "calibration_batches",
     "Runner",
     "get_backend",
     "missing",
@@ -84,6 +86,20 @@ class Backend(ABC):
         if precision not in self.precisions:
             raise ConfigError(f"the {self.runtime} backend builds {', '.join(self.precisions)}, not {precision!r}; "
                               "remove it from the profile's 'precisions'")
+
+
+CALIBRATION_IMAGES = 300  # NNCF's default subset size; DEPS.md measured ~6 s of INT8 PTQ per small CNN with it
+
+
+def calibration_batches(inputs: CompileInputs, *, max_images: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+    """INT8 calibration data: whole batches of the device's batch size from `inputs.calibration`, up to
+    `max_images` images (at least one batch)."""
+    batch = inputs.input_shape[0]
+    n = min(len(inputs.calibration), max(max_images, batch)) // batch * batch
+    if n == 0:
+        raise ConfigError(f"INT8 calibration needs at least one batch of {batch} images, got {len(inputs.calibration)}; "
+                          "pass more calibration images or build int8 at a smaller batch")
+    return [inputs.calibration[i:i + batch] for i in range(0, n, batch)]
 
 
 # runtime name -> "module:Class" (imported on demand) and the pip extra that installs the runtime

@@ -8,12 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gtnpipe.backends import Backend, BuildResult, CompileInputs, missing
+from gtnpipe.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing
 
 __all__ = ["OnnxRuntimeBackend", "OrtRunner"]
-
-CALIBRATION_SUBSET = 300  # NNCF's default subset size; DEPS.md measured ~6 s per small CNN with it
-
 
 class OrtRunner:
     def __init__(self, model_path: Path, *, threads: int) -> None:
@@ -53,13 +50,11 @@ class OnnxRuntimeBackend(Backend):
 
         model = onnx.load(str(inputs.onnx_path))
         input_name = model.graph.input[0].name
-        batch = inputs.input_shape[0]
-        samples = [{input_name: inputs.calibration[i:i + batch]}
-                   for i in range(0, len(inputs.calibration) - batch + 1, batch)]
-        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=min(CALIBRATION_SUBSET, len(samples)))
+        samples = [{input_name: b} for b in calibration_batches(inputs)]
+        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
         atomic_write_bytes(target, quantized.SerializeToString())
         return BuildResult(target.name, (target.name,), {"quantizer": f"nncf {nncf.__version__} post-training",
-                                                         "calibration_images": min(CALIBRATION_SUBSET, len(samples)) * batch})
+                                                         "calibration_images": len(samples) * inputs.input_shape[0]})
 
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> OrtRunner:
         return OrtRunner(model_path, threads=threads)

@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from gtnpipe.backends import Backend, BuildResult, CompileInputs, missing
+from gtnpipe.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing
 from gtnpipe.errors import ConfigError
 
 __all__ = ["OpenVinoBackend", "OvRunner"]
 
-CALIBRATION_SUBSET = 300  # NNCF's default subset size; DEPS.md measured ~6 s per small CNN with it
 DEVICE = "CPU"  # the plugin the device profiles time; GPU/NPU plugins would need their own parity bars
 
 
@@ -116,17 +115,12 @@ class OpenVinoBackend(Backend):
         except ImportError as err:
             raise missing("INT8 quantization for OpenVINO", err, "build") from err
 
-        batch = inputs.input_shape[0]
-        samples = [inputs.calibration[i:i + batch] for i in range(0, len(inputs.calibration) - batch + 1, batch)]
-        if not samples:
-            raise ConfigError(f"INT8 calibration needs at least one batch of {batch} images, got "
-                              f"{len(inputs.calibration)}; give the build more calibration images")
-        subset = min(CALIBRATION_SUBSET, len(samples))
-        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=subset)
+        samples = calibration_batches(inputs)
+        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
         # FakeQuantize'd weights are stored as int8 whatever the flag; False keeps the non-quantized ones fp32
         files = _save_ir(quantized, out_dir, stem, compress_to_fp16=False)
         return BuildResult(files[0], files, {"quantizer": f"nncf {nncf.__version__} post-training",
-                                             "calibration_images": subset * batch, "weights": "int8",
+                                             "calibration_images": len(samples) * inputs.input_shape[0], "weights": "int8",
                                              "input_shape": list(inputs.input_shape)})
 
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> OvRunner:

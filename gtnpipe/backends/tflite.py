@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gtnpipe.backends import Backend, BuildResult, CompileInputs, missing
+from gtnpipe.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing
 from gtnpipe.errors import ConfigError
 
 try:
@@ -46,9 +46,8 @@ except ImportError as litert_err:
         raise ImportError(f"neither ai_edge_litert ({litert_err}) nor tflite_runtime ({runtime_err}) can be imported",
                           name="ai_edge_litert") from runtime_err
 
-__all__ = ["CALIBRATION_IMAGES", "INTERPRETER_PACKAGE", "TfliteBackend", "TfliteRunner"]
+__all__ = ["INTERPRETER_PACKAGE", "TfliteBackend", "TfliteRunner"]
 
-CALIBRATION_IMAGES = 300  # as many as the ONNX Runtime backend's NNCF subset; ~2 s of calibration for a small CNN here
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
@@ -123,7 +122,7 @@ class TfliteBackend(Backend):
         from gtnpipe.fsutil import atomic_write_bytes
 
         if precision == "int8":
-            self._calibration_images(inputs)  # too few fails here, before a conversion
+            calibration_batches(inputs)  # too few fails here, before a conversion
         with _quiet_converter():
             try:
                 import ai_edge_quantizer  # noqa: F401  (all three before any work: a missing one fails fast)
@@ -181,24 +180,12 @@ class TfliteBackend(Backend):
         return bytes(q.quantize(calib.get_model_qsvs(), enable_progress_report=False).quantized_model)
 
     @staticmethod
-    def _calibration_images(inputs: CompileInputs) -> int:
-        """How many calibration images to use: up to CALIBRATION_IMAGES, in whole batches of the device's batch."""
-        batch = inputs.input_shape[0]
-        n = min(len(inputs.calibration), max(CALIBRATION_IMAGES, batch)) // batch * batch
-        if n == 0:
-            raise ConfigError(f"INT8 calibration needs at least one batch of {batch} images, got "
-                              f"{len(inputs.calibration)}; pass more calibration images or build int8 at a smaller batch")
-        return n
-
-    @staticmethod
     def _calibration_samples(inputs: CompileInputs, fp32: bytes) -> dict[str, list[dict[str, np.ndarray]]]:
         """Calibration batches of the device's batch size, keyed by the converted model's signature and input names."""
-        batch = inputs.input_shape[0]
-        n = TfliteBackend._calibration_images(inputs)
         signatures = Interpreter(model_content=fp32).get_signature_list()  # {'serving_default': {'inputs': ['args_0'], ...}}
         key, signature = next(iter(signatures.items()))
         name = signature["inputs"][0]
-        return {key: [{name: inputs.calibration[i:i + batch]} for i in range(0, n, batch)]}
+        return {key: [{name: b} for b in calibration_batches(inputs)]}
 
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> TfliteRunner:
         return TfliteRunner(model_path, threads=threads)
