@@ -341,6 +341,12 @@ def bench(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Runtime threads [default: the profile's].")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure the device's per-block latency table instead.")] = False,
     device: Annotated[str | None, typer.Option("--device", "-d", help="With --calibrate: the device profile.")] = None,
+    kit: Annotated[Path | None, typer.Option("--kit", help="With --calibrate: time this calibration kit (made on the host by "
+                                             "'gtnpipe calibration-kit'); needs no torch.")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="With --calibrate: interleaved timing passes (median "
+                                        "kept).")] = 10,
+    tables_dir: Annotated[Path | None, typer.Option("--tables-dir", help="With --calibrate: write the table here "
+                                                    "[default: device_profiles/tables, where search reads it].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """On the device itself: benchmark an artifact folder, or (--calibrate --device NAME) measure the latency table.
@@ -350,11 +356,14 @@ def bench(
     bench.json is written beside the manifest. Needs only the artifact and the runtime (no torch).
     Exit 3 when a budget or the parity check fails.
     """
+    if kit is not None and not calibrate:
+        Console(stderr=True).print("[bold red]error:[/] --kit goes with --calibrate --device NAME")
+        raise typer.Exit(2)
     if calibrate:
         if device is None:
             Console(stderr=True).print("[bold red]error:[/] --calibrate needs --device NAME (e.g. --device host)")
             raise typer.Exit(2)
-        return _calibrate(device, runs=runs, as_json=as_json)
+        return _calibrate(device, runs=runs, rounds=rounds, kit=kit, tables_dir=tables_dir, as_json=as_json)
     if artifact is None:
         Console(stderr=True).print("[bold red]error:[/] give an artifact folder (gtnpipe bench artifacts/host) or "
                                    "--calibrate --device NAME")
@@ -386,17 +395,50 @@ def bench(
         raise typer.Exit(3)
 
 
-def _calibrate(device: str, *, runs: int, as_json: bool) -> None:
-    from gtnpipe import pipeline
+def _calibrate(device: str, *, runs: int, rounds: int, kit: Path | None, tables_dir: Path | None, as_json: bool) -> None:
+    def progress(message: str) -> None:
+        Console(stderr=True).print(message)
 
-    with _handled():
-        info = pipeline.calibrate_device(device, runs=runs, progress=lambda m: Console(stderr=True).print(m))
+    with _handled(), _stdout_to_stderr(as_json):
+        if kit is not None:  # on the device: torch-free, so not through pipeline (which imports torch)
+            from gtnpipe.calibrate_kit import calibrate_device_from_kit
+
+            info = calibrate_device_from_kit(kit, device, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=progress)
+        else:
+            from gtnpipe import pipeline
+
+            info = pipeline.calibrate_device(device, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=progress)
     if as_json:
         return _emit_json(info)
     out.print(f"[bold]{info['device']}[/]: {info['units']} units timed in {info['seconds']:.0f} s; whole network p50 = "
               f"{info['slope']:.3f} x sum(units) {info['per_unit_ms']:+.4f} ms x units {info['intercept_ms']:+.4f} ms; "
               "runtime overhead "
               f"{info['memory_overhead_mb']:.1f} MB; table written to {info['table']}")
+
+
+@app.command("calibration-kit")
+def calibration_kit(
+    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name or path.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Kit folder to write (an old kit there is replaced).")],
+    n_networks: Annotated[int, typer.Option("--networks", min=2, help="Random whole networks for the fit, besides the "
+                                            "smallest and the largest.")] = 30,
+    as_json: JsonOpt = False,
+) -> None:
+    """On the host: export and compile every unit and the calibration networks for a device, to time there.
+
+    Copy the folder to the device and run 'gtnpipe bench --calibrate --device NAME --kit DIR' there
+    (no torch needed); copy the table it writes back to device_profiles/tables/.
+    """
+    from gtnpipe import pipeline
+
+    with _handled(), _stdout_to_stderr(as_json):
+        info = pipeline.make_calibration_kit(device, out_dir, n_networks=n_networks,
+                                             progress=lambda m: Console(stderr=True).print(m))
+    if as_json:
+        return _emit_json(info)
+    out.print(f"[bold]{info['device']}[/]: calibration kit for {info['runtime']} in {info['kit']}: {info['units']} units and "
+              f"{info['networks']} networks, {info['files']} files, {info['size_mb']:.1f} MB, built in {info['seconds']:.0f} s. "
+              f"On the device: {info['device_command']}")
 
 
 @devices_app.command("list")

@@ -21,20 +21,20 @@ profile's overhead and a slope of 1 (`roofline-estimate`).
 Model size: weights after BN folding at the precision plus a per-layer allowance for the
 graph description (`formula`; bench/predictor.py checks it against real ONNX files).
 
-MB means 10^6 bytes everywhere.
+The table's format is gtnpipe.latency_table (torch-free, because the device writes it),
+re-exported here. MB means 10^6 bytes everywhere.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 from gtnpipe.errors import ConfigError
-from gtnpipe.fsutil import atomic_write_bytes
-from gtnpipe.profiles import Budgets, DeviceProfile, profiles_dir
+from gtnpipe.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, TableTask, table_path
+from gtnpipe.profiles import Budgets, DeviceProfile
 from gtnpipe.supernet.counting import count
 from gtnpipe.supernet.schedule import Layer, Unit, units
 from gtnpipe.supernet.space import ArchConfig, SearchSpace, TaskShape
@@ -45,6 +45,7 @@ __all__ = [
     "CostModel",
     "LatencyTable",
     "PrecisionTable",
+    "TableTask",
     "activation_peak_elems",
     "model_size_bytes",
     "roofline_ms",
@@ -52,7 +53,6 @@ __all__ = [
     "weight_bytes",
 ]
 
-TABLE_SCHEMA = 1
 MB = 1e6
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 GRAPH_BYTES_PER_LAYER = 160  # node, initializer names and attributes in an ONNX/TFLite graph (fit on ONNX exports)
@@ -91,69 +91,6 @@ def _layer_roofline_s(layer: Layer, profile: DeviceProfile, precision: str) -> f
 
 def roofline_ms(schedule: list[Unit], profile: DeviceProfile, precision: str) -> float:
     return 1e3 * sum(_layer_roofline_s(layer, profile, precision) for unit in schedule for layer in unit.layers)
-
-
-@dataclass(frozen=True)
-class PrecisionTable:
-    """What calibration measured for one precision on one device."""
-
-    units_ms: dict[str, float]  # p50 latency of each unit run alone, one batch
-    # whole-network p50 = slope * sum(units) + per_unit_ms * len(units) + intercept_ms: each unit timed alone
-    # also paid one runtime call's fixed cost, which the whole network pays once
-    slope: float
-    per_unit_ms: float
-    intercept_ms: float
-    p90_over_p50: float
-    memory_overhead_mb: float  # peak RSS = overhead + memory_slope * (weights + peak activations)
-    memory_slope: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class LatencyTable:
-    device: str
-    runtime: str
-    runtime_version: str
-    threads: int
-    batch_size: int
-    space: str
-    task: TaskShape
-    precisions: dict[str, PrecisionTable]
-    measured: dict[str, Any]  # provenance: when, the calibration networks, their measured and fitted figures
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "schema": TABLE_SCHEMA, "device": self.device, "runtime": self.runtime,
-            "runtime_version": self.runtime_version, "threads": self.threads, "batch_size": self.batch_size,
-            "space": self.space,
-            "task": {"in_channels": self.task.in_channels, "image_hw": list(self.task.image_hw),
-                     "num_classes": self.task.num_classes},
-            "precisions": {p: t.to_dict() for p, t in self.precisions.items()},
-            "measured": self.measured,
-        }, indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, *, where: str) -> LatencyTable:
-        try:
-            raw = json.loads(text)
-            if raw.get("schema") != TABLE_SCHEMA:
-                raise ConfigError(f"{where}: latency table schema {raw.get('schema')!r}, this gtnpipe reads "
-                                  f"{TABLE_SCHEMA}; re-run 'gtnpipe bench --calibrate --device {raw.get('device')}'")
-            task = raw["task"]
-            return cls(raw["device"], raw["runtime"], raw["runtime_version"], raw["threads"], raw["batch_size"],
-                       raw["space"], TaskShape(task["in_channels"], tuple(task["image_hw"]), task["num_classes"]),
-                       {p: PrecisionTable(**t) for p, t in raw["precisions"].items()}, raw["measured"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ConfigError(f"{where}: not a valid latency table ({err!r}); re-run 'gtnpipe bench --calibrate'") from err
-
-    def save(self, path: Path) -> None:
-        atomic_write_bytes(path, (self.to_json() + "\n").encode())
-
-
-def table_path(device: str, tables_dir: Path | None = None) -> Path:
-    return (tables_dir or profiles_dir() / "tables") / f"{device}.json"
 
 
 @cache
@@ -208,7 +145,7 @@ class CostModel:
             return None, f"no measured table at {path}; run 'gtnpipe bench --calibrate --device {self.profile.name}' there"
         table = _read_table(path, path.stat().st_mtime_ns)
         expected = (self.profile.name, self.profile.runtime.name, self.profile.threads, self.profile.batch_size,
-                    self.space.name, self.task)
+                    self.space.name, TableTask.of(self.task))
         found = (table.device, table.runtime, table.threads, table.batch_size, table.space, table.task)
         if found != expected:
             return None, f"{path} was measured for {found}, the profile needs {expected}; recalibrate"

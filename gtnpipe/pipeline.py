@@ -28,7 +28,8 @@ import torch
 from gtnpipe import distributed
 from gtnpipe.accuracy import AccuracyPredictor, inherited_accuracy
 from gtnpipe.cache import Cache, cache_key
-from gtnpipe.calibrate import calibrate
+from gtnpipe.calibrate import build_calibration_kit, calibrate
+from gtnpipe.calibrate_kit import table_summary
 from gtnpipe.check import choose_precision
 from gtnpipe.cost import CostModel, table_path
 from gtnpipe.data import Dataset, load_dataset
@@ -501,16 +502,17 @@ def search_device(device: str | Path, *, recipe: str | Path = "quick", cache_dir
 def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,
                      n_networks: int = 30, runs: int = 100, rounds: int = 10, tables_dir: Path | None = None,
                      progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Measure the device's latency table here (run this ON the device) and write it where search reads it."""
+    """Measure the device's latency table here (run this ON the device) and write it where search reads it.
+
+    A device without torch times a calibration kit instead (`make_calibration_kit` on the host, then
+    gtnpipe.calibrate_kit.calibrate_device_from_kit on the device).
+    """
     profile = load_profile(device)
     table = calibrate(profile, get_space(space), task, n_networks=n_networks, runs=runs, rounds=rounds,
                       progress=progress)
     path = table_path(profile.name, tables_dir)
     table.save(path)
-    fit = table.precisions["fp32"]
-    return {"device": profile.name, "table": str(path), "units": len(fit.units_ms), "slope": fit.slope,
-            "per_unit_ms": fit.per_unit_ms, "intercept_ms": fit.intercept_ms, "memory_overhead_mb": fit.memory_overhead_mb,
-            "seconds": table.measured["seconds"]}
+    return table_summary(table, path)
 
 
 # --- build: profile -> search -> distill -> export -> compile + parity -> measure -> artifact ----------
@@ -790,3 +792,15 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
     stage("artifact", {"cached": False, "folder": str(folder)})
     return BuildOutcome(profile.name, str(folder), student.id, profile.runtime.name, chosen, torch_top1,
                         manifest["accuracy"]["shipped_top1"], predicted, measured, violations, stages)
+
+
+def make_calibration_kit(device: str | Path, out: Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,
+                         n_networks: int = 30, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """On the host: export and compile the device's calibration models into `out` (the device times them)."""
+    profile = load_profile(device)
+    started = time.time()
+    kit = build_calibration_kit(profile, get_space(space), task, Path(out), n_networks=n_networks, progress=progress)
+    return {"device": profile.name, "kit": str(out), "runtime": kit["runtime"], "units": len(kit["units"]),
+            "networks": len(kit["networks"]), "files": len(kit["files"]),
+            "size_mb": sum(r["bytes"] for r in kit["files"].values()) / 1e6, "seconds": round(time.time() - started, 1),
+            "device_command": f"gtnpipe bench --calibrate --device {profile.name} --kit {out}"}

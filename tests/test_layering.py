@@ -10,9 +10,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gtnpipe"
 # Lowest first; a module may import only modules to its left (STYLE.md's order).
 ORDER = [
-    "errors", "fsutil", "distributed", "tomlconfig", "data", "recipes", "profiles", "manifest", "supernet", "teacher",
-    "cost", "search", "plots", "train", "gtn", "distill", "accuracy", "backends", "export", "check", "bench",
-    "calibrate", "cache", "artifacts", "pipeline", "cli",
+    "errors", "fsutil", "distributed", "tomlconfig", "data", "recipes", "profiles", "manifest", "latency_table", "supernet",
+    "teacher", "cost", "search", "plots", "train", "gtn", "distill", "accuracy", "backends", "export", "check", "bench",
+    "calibrate_kit", "calibrate", "cache", "artifacts", "pipeline", "cli",
 ]
 SDKS = {"onnxruntime", "openvino", "nncf", "tensorrt", "ai_edge_litert", "tflite_runtime", "litert_torch", "ai_edge_quantizer",
         "cuda", "pycuda"}
