@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from rich.console import Console
+from rich.progress import track
 
 from gtnpipe import distributed
 from gtnpipe.accuracy import AccuracyPredictor, inherited_accuracy
@@ -466,7 +468,9 @@ def _accuracy_predictor(ctx: _Context, *, cache_dir: Path | None, samples: int, 
         supernet = _load_weights(Supernet(space, task), _TEACHERS, gtn_key, cache_dir=cache_dir, file="supernet.pt")
         norm = Normalizer(data.mean, data.std)
         archs = [space.smallest(), space.largest(), *space.sample_many(samples - 2, seed=ACCURACY_SEED)]
-        top1 = [inherited_accuracy(supernet, a, data.train, data.val, norm) for a in archs]
+        top1 = [inherited_accuracy(supernet, a, data.train, data.val, norm)
+                for a in track(archs, description="accuracy predictor: students measured", disable=not progress,
+                               console=Console(stderr=True))]
         predictor = AccuracyPredictor.fit(space, archs, top1)
         predictor.save(staging / "predictor.json")
         meta |= {"measured": [{"arch": a.id, "val_top1": t} for a, t in zip(archs, top1)],
