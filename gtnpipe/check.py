@@ -112,7 +112,7 @@ def choose_precision(profile: DeviceProfile, compiled: dict[str, Any]) -> tuple[
         rows[precision] = row
         if m["parity"] is not None and not m["parity"]["passed"]:
             rows[precision] |= {"status": "rejected", "reason": "; ".join(m["parity"]["failures"])}
-        elif m["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
+        elif m["deployed_format"] and m["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
             rows[precision] |= {"status": "rejected", "reason": f"file {m['size_bytes'] / 1e6:.3f} MB > budget "
                                 f"model_size_mb {profile.budgets.model_size_mb:g}"}
         else:
@@ -120,7 +120,8 @@ def choose_precision(profile: DeviceProfile, compiled: dict[str, Any]) -> tuple[
     if not passing:
         raise ParityError(f"no precision of device {profile.name!r} passes its checks: "
                           + "; ".join(f"{p}: {r['reason']}" for p, r in rows.items())
-                          + ". Allow another precision in the profile, or relax budgets.max_accuracy_drop_points")
+                          + ". Allow another precision in the profile's 'precisions', or relax the [budgets] field named "
+                          "above (max_accuracy_drop_points, model_size_mb)")
     timed = [p for p in passing if rows[p]["latency_ms_p50"] is not None]
     if len(timed) == len(passing):
         chosen = min(passing, key=lambda p: rows[p]["latency_ms_p50"])

@@ -33,7 +33,7 @@ from gtnpipe.cache import Cache, cache_key
 from gtnpipe.calibrate import build_calibration_kit, calibrate
 from gtnpipe.calibrate_kit import table_summary
 from gtnpipe.check import choose_precision
-from gtnpipe.cost import CostModel, table_path
+from gtnpipe.cost import COST_MODEL_VERSION, CostModel, table_path
 from gtnpipe.data import Dataset, load_dataset
 from gtnpipe.distill import distill, teacher_logits
 from gtnpipe.errors import ConfigError, ParityError
@@ -527,6 +527,7 @@ REFERENCE_IMAGES = 500  # test images (and torch logits) an artifact carries for
 CALIBRATION_IMAGES = 300  # INT8 calibration images from the train split (NNCF's default subset size)
 CALIBRATION_SEED = 1234
 _MEASURE_RUNS = 200
+_COMPILED_VERSION = 2  # bump when a compiled entry's meta changes shape (2: deployed_format)
 
 
 @dataclass(frozen=True)
@@ -566,6 +567,7 @@ def _search_stage(ctx: _Context, profile: Any, *, cache_dir: Path | None, config
     acc = _accuracy_predictor(ctx, cache_dir=cache_dir, samples=accuracy_samples, progress=progress)
     table = table_path(profile.name)
     spec = {"kind": "search", "profile": profile.to_dict(), "predictor_key": acc.key, "config": asdict(config),
+            "cost_model_version": COST_MODEL_VERSION,
             "table_sha256": sha256_file(table) if table.exists() else None, **_base_spec(ctx.rec, ctx.space, ctx.data, ctx.task)}
     key = cache_key(spec)
 
@@ -602,7 +604,7 @@ def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str
     spec = {"kind": "compiled", "student_key": student_key, "runtime": as_dict(profile.runtime), "runtime_version": version,
             "precision": precision, "batch_size": profile.batch_size, "threads": profile.threads,
             "max_accuracy_drop_points": profile.budgets.max_accuracy_drop_points, "calibration_images": CALIBRATION_IMAGES,
-            "calibration_seed": CALIBRATION_SEED}
+            "calibration_seed": CALIBRATION_SEED, "entry_version": _COMPILED_VERSION}
     key = cache_key(spec)
 
     threads = _threads_here(profile)
@@ -611,6 +613,7 @@ def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str
         inputs, torch_logits = exported()
         result = backend.build(inputs, precision, staging)
         meta |= {"model_file": result.model_file, "files": list(result.files), "notes": result.notes, "runtime_version": version,
+                 "deployed_format": result.deployed_format,
                  "size_bytes": sum((staging / f).stat().st_size for f in result.files if f != "calibration.npy")}
         try:
             runner = backend.load(staging / result.model_file, threads=threads, precision=precision)
@@ -740,7 +743,7 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
                     "model_size_mb": shipped["size_bytes"] / 1e6, "runs": lat["runs"], "threads": shipped["threads"]}
     predicted = CostModel(profile, ctx.space, ctx.task, precision=chosen).estimate(student).to_dict()
     violations = []
-    if shipped["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
+    if shipped["deployed_format"] and shipped["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
         violations.append(f"model_size_mb: {shipped['size_bytes'] / 1e6:.3f} > {profile.budgets.model_size_mb:g}")
     if check_measured_budgets and measured is not None:
         for name, value in (("latency_ms_p90", measured["latency_ms_p90"]), ("peak_memory_mb", measured["peak_memory_mb"])):

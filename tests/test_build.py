@@ -191,7 +191,7 @@ def test_tensorrt_artifact_carries_onnx_and_the_engine_command(host_build, works
 def _row(parity_passed: bool | None, latency: float | None, size: int = 1000) -> dict:
     parity = None if parity_passed is None else {"passed": parity_passed, "failures": [] if parity_passed else ["drop 3 > 1"]}
     return {"parity": parity, "latency": {"p50_ms": latency} if latency else None, "size_bytes": size,
-            "unchecked_reason": "TensorRT is not installed"}
+            "deployed_format": parity is not None, "unchecked_reason": "TensorRT is not installed"}
 
 
 def test_precision_choice_is_measured_and_falls_back_with_reasons() -> None:
@@ -207,7 +207,8 @@ def test_precision_choice_is_measured_and_falls_back_with_reasons() -> None:
     with pytest.raises(ParityError, match="no precision of device 'host' passes"):
         choose_precision(host, {"fp32": _row(False, 0.2), "int8": _row(False, 0.1)})
     nano = load_profile("jetson-nano")  # fp16, fp32; nothing measurable here
-    chosen, rows = choose_precision(nano, {"fp16": _row(None, None), "fp32": _row(None, None)})
+    chosen, rows = choose_precision(nano, {"fp16": _row(None, None, size=10**8), "fp32": _row(None, None)})
+    # an ONNX the device compiles further: its size is not the engine's, so no size verdict here
     assert chosen == "fp16" and rows[0]["status"] == "built-unchecked" and "not checked here" in rows[0]["reason"]
 
 

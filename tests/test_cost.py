@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from gtnpipe.cost import (
+    INT8_SIZE_FACTOR,
+    MB,
     CostModel,
     LatencyTable,
     PrecisionTable,
@@ -125,3 +127,12 @@ def test_costs_grow_with_the_student(precision: str, tmp_path: Path) -> None:
         assert getattr(small, name) < getattr(large, name), name
     tight = dataclasses.replace(HOST.budgets, latency_ms_p90=small.latency_ms_p90 * 1.01)
     assert small.violations(tight) == [] and large.violations(tight)[0].startswith("latency_ms_p90: predicted")
+
+
+def test_int8_size_is_the_formula_times_the_runtimes_measured_factor() -> None:
+    schedule = units(SPACE.smallest(), SPACE, TASK)
+    plain = model_size_bytes(schedule, "int8")
+    assert model_size_bytes(schedule, "int8", runtime="tflite") == round(plain * INT8_SIZE_FACTOR["tflite"])
+    assert model_size_bytes(schedule, "fp32", runtime="tflite") == model_size_bytes(schedule, "fp32")
+    pi4 = CostModel(load_profile("raspberry-pi-4"), SPACE, TASK)  # plans for int8 in TFLite
+    assert pi4.estimate(SPACE.smallest()).model_size_mb * MB == pytest.approx(round(plain * INT8_SIZE_FACTOR["tflite"]))

@@ -67,6 +67,9 @@ class BuildResult:
     model_file: str
     files: tuple[str, ...]
     notes: dict[str, Any] = field(default_factory=dict)  # e.g. quantization settings, the engine build command
+    # False when the device compiles model_file further before running it (a TensorRT engine from ONNX): its
+    # size then says nothing about the size budget
+    deployed_format: bool = True
 
 
 class Backend(ABC):

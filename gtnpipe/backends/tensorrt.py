@@ -545,7 +545,7 @@ class TensorRtBackend(Backend):
                 ["python", "-m", "gtnpipe.backends.tensorrt", "build", ONNX_FILE, "--precision", "int8"])
         else:
             notes["engine_build_command"] = shlex.join(engine_build_command(precision))
-        return BuildResult(ONNX_FILE, tuple(files), notes)
+        return BuildResult(ONNX_FILE, tuple(files), notes, deployed_format=False)
 
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> TrtRunner:
         """A runner for an `.engine`, or for an `.onnx` after building (or reusing) its engine beside it.
