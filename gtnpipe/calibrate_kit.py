@@ -20,6 +20,8 @@ folder and runs the same code. Torch-free: a device needs the kit, numpy and its
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -126,6 +128,16 @@ def load_kit(kit_dir: Path, profile: DeviceProfile) -> dict[str, Any]:
     return kit
 
 
+def machine_description() -> str:
+    """The CPU the table was measured on: a table only predicts latency on the same kind of machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
 def calibrate_from_kit(kit_dir: Path, profile: DeviceProfile, *, runs: int = 100, rounds: int = 10,
                        progress: Callable[[str], None] = lambda _: None) -> LatencyTable:
     """Time a calibration kit's models here, in the device's runtime, and fit the device's latency table."""
@@ -150,6 +162,7 @@ def calibrate_from_kit(kit_dir: Path, profile: DeviceProfile, *, runs: int = 100
     measured = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1),
         "runs": runs, "rounds": rounds, "profile_sha256": profile.sha256(), "calibration_seed": kit["calibration_seed"],
+        "machine": machine_description(),
         "kit": {"made_at": kit["made_at"], "sha256": sha256_file(kit_dir / KIT_FILE)},
         "networks": [{"arch": n["arch"], "units_sum_ms": sum(units_ms[k] for k in n["units"]), "p50_ms": p50, "p90_ms": p90,
                       "model_mb": m, "peak_rss_mb": r} for n, (p50, p90), m, r in zip(networks, net_times, model_mb, rss)],

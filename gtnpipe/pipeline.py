@@ -14,6 +14,7 @@ interrupt: `build_device` is the whole flow for one device.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -661,7 +662,7 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
 
     profile = load_profile(device)
     ctx = _context(recipe)
-    get_backend(profile.runtime.name)  # a missing runtime SDK fails here, before any training
+    backend = get_backend(profile.runtime.name)  # a missing runtime SDK fails here, before any training
     stages: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
 
@@ -688,22 +689,18 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
     torch_top1 = float((torch_logits.argmax(1) == ctx.data.test.y).mean() * 100)
 
     with tempfile.TemporaryDirectory(prefix="gtnpipe-export-") as tmp:
-        export_memo: list[Any] = []
-
-        def exported() -> Any:
-            if not export_memo:
-                pick_rng = np.random.default_rng(CALIBRATION_SEED)
-                idx = np.sort(pick_rng.choice(len(ctx.data.train), size=min(CALIBRATION_IMAGES, len(ctx.data.train)),
-                                              replace=False))
-                export_memo.append((compile_inputs(model, ctx.task, Path(tmp), batch_size=profile.batch_size,
-                                                   max_opset=profile.runtime.max_onnx_opset,
-                                                   calibration_uint8=ctx.data.train.x[idx]), torch_logits))
-            return export_memo[0]
+        @functools.cache
+        def exported() -> tuple[Any, Any]:
+            """The ONNX export and calibration images, made once and only if some precision is not cached."""
+            idx = np.random.default_rng(CALIBRATION_SEED).choice(
+                len(ctx.data.train), size=min(CALIBRATION_IMAGES, len(ctx.data.train)), replace=False)
+            inputs = compile_inputs(model, ctx.task, Path(tmp), batch_size=profile.batch_size,
+                                    max_opset=profile.runtime.max_onnx_opset, calibration_uint8=ctx.data.train.x[np.sort(idx)])
+            return inputs, torch_logits
 
         compiled: dict[str, Any] = {}
         entries: dict[str, Any] = {}
         all_cached = True
-        backend = get_backend(profile.runtime.name)
         for precision in profile.precisions:
             if precision not in backend.precisions:
                 continue
