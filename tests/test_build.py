@@ -7,6 +7,7 @@ teacher, the predictor and the student; the other devices reuse them, as CI's jo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,10 @@ def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, 
     assert set(manifest["files"]) >= {model["file"], "reference/inputs.npy", "reference/logits.npy", "reference/labels.npy",
                                       "pareto.png", "report.md"}
     assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("manifest.json", "report.md", model["file"]):  # shippable: not mkstemp's private 0600
+        assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     # every allowed precision of the profile was built and judged, one shipped, each with a reason
     rows = {r["precision"]: r for r in manifest["precisions"]}
     assert set(rows) == {"fp32", "int8"} and [r["status"] for r in rows.values()].count("shipped") == 1
