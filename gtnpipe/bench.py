@@ -16,7 +16,7 @@ import numpy as np
 
 from gtnpipe.backends import Runner, get_backend
 from gtnpipe.backends.probe import measure_peak_rss_mb
-from gtnpipe.check import compare, run_batched
+from gtnpipe.check import compare_on_device, run_batched
 from gtnpipe.fsutil import atomic_write_json
 from gtnpipe.manifest import load_manifest, verify_files
 
@@ -90,9 +90,11 @@ def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: 
 
     ref = manifest["reference"]
     x_ref = np.load(folder / ref["inputs"])
-    parity = compare(run_batched(runner, x_ref, batch_size=model["input"]["shape"][0]), np.load(folder / ref["logits"]),
-                     np.load(folder / ref["labels"]), backend=runtime["name"], precision=model["precision"],
-                     max_drop_points=float(manifest["budgets"]["max_accuracy_drop_points"]))
+    built = np.load(folder / ref["artifact_logits"]) if "artifact_logits" in ref else None
+    parity = compare_on_device(run_batched(runner, x_ref, batch_size=model["input"]["shape"][0]),
+                               np.load(folder / ref["logits"]), np.load(folder / ref["labels"]), built,
+                               backend=runtime["name"], precision=model["precision"],
+                               max_drop_points=float(manifest["budgets"]["max_accuracy_drop_points"]))
     shape = tuple(model["input"]["shape"])
     x = np.resize(x_ref, shape).astype(np.float32)  # real images, repeated if the batch is larger than the reference
     latency = measure_latency(runner, x, warmup=warmup, runs=runs)

@@ -528,7 +528,8 @@ REFERENCE_IMAGES = 500  # test images (and torch logits) an artifact carries for
 CALIBRATION_IMAGES = 300  # INT8 calibration images from the train split (NNCF's default subset size)
 CALIBRATION_SEED = 1234
 _MEASURE_RUNS = 200
-_COMPILED_VERSION = 2  # bump when a compiled entry's meta changes shape (2: deployed_format)
+_COMPILED_VERSION = 3  # bump when a compiled entry's contents change (2: deployed_format, 3: artifact logits)
+_ARTIFACT_LOGITS = "artifact_logits.npy"
 
 
 @dataclass(frozen=True)
@@ -591,6 +592,8 @@ def _threads_here(profile: Any) -> int:
 def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str, exported: Callable[[], Any], *,
                    cache_dir: Path | None) -> tuple[Any, bool]:
     """One precision compiled for the device's runtime, parity-checked on the test split and timed here."""
+    import numpy as np
+
     from gtnpipe.backends import get_backend
     from gtnpipe.bench import measure_latency
     from gtnpipe.check import compare, run_batched
@@ -625,6 +628,7 @@ def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str
         logits = run_batched(runner, to_unit_float(test.x), batch_size=profile.batch_size)
         report = compare(logits, torch_logits, test.y, backend=profile.runtime.name, precision=precision,
                          max_drop_points=profile.budgets.max_accuracy_drop_points)
+        np.save(staging / _ARTIFACT_LOGITS, logits[:REFERENCE_IMAGES])  # what gtnpipe bench on the device compares with
         x = to_unit_float(test.x[:profile.batch_size])
         meta |= {"parity": report.to_dict(), "threads": threads,
                  "latency": measure_latency(runner, x, warmup=20, runs=_MEASURE_RUNS).to_dict()}
@@ -777,7 +781,7 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
         "budgets": as_dict(profile.budgets),
         "budget_violations": violations,
         "reference": {"inputs": "reference/inputs.npy", "logits": "reference/logits.npy", "labels": "reference/labels.npy",
-                      "images": n_ref},
+                      "images": n_ref, **({"artifact_logits": f"reference/{_ARTIFACT_LOGITS}"} if shipped.get("parity") else {})},
     }
 
     def fill(staging: Path) -> list[str]:
@@ -790,7 +794,11 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
         np.save(staging / "reference/logits.npy", torch_logits[:n_ref])
         np.save(staging / "reference/labels.npy", ctx.data.test.y[:n_ref].astype(np.int64))
         shutil.copyfile(search_entry.file("pareto.png"), staging / "pareto.png")
-        return [*shipped["files"], "reference/inputs.npy", "reference/logits.npy", "reference/labels.npy", "pareto.png"]
+        names = [*shipped["files"], "reference/inputs.npy", "reference/logits.npy", "reference/labels.npy", "pareto.png"]
+        if shipped.get("parity"):
+            shutil.copyfile(entry.file(_ARTIFACT_LOGITS), staging / "reference" / _ARTIFACT_LOGITS)
+            names.append(f"reference/{_ARTIFACT_LOGITS}")
+        return names
 
     folder = write_artifact(Path(out) / profile.name, manifest, fill)
     stage("artifact", {"cached": False, "folder": str(folder)})

@@ -57,7 +57,7 @@ def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, 
     assert model["arch"] == host_build.arch and model["precision"] == host_build.precision
     assert manifest["device"]["profile_sha256"] == load_profile("host").sha256()
     assert set(manifest["files"]) >= {model["file"], "reference/inputs.npy", "reference/logits.npy", "reference/labels.npy",
-                                      "pareto.png", "report.md"}
+                                      "reference/artifact_logits.npy", "pareto.png", "report.md"}
     assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     umask = os.umask(0)
     os.umask(umask)

@@ -69,3 +69,16 @@ def test_run_batched_pads_the_last_batch() -> None:
     x = RNG.random((10, 1, 2, 2), dtype=np.float32)
     out = run_batched(_Doubler(4), x, batch_size=4)
     np.testing.assert_array_equal(out, x.reshape(10, -1)[:, :3] * 2)
+
+
+def test_on_device_int8_is_judged_against_the_build_machines_outputs() -> None:
+    from gtnpipe.check import compare_on_device
+
+    built = _flip(30)  # the artifact as the build saw it: 3 points below torch on these images
+    same = compare_on_device(built.copy(), REF, LABELS, built, backend="openvino", precision="int8", max_drop_points=1.0)
+    assert same.passed and same.drop_points == pytest.approx(3.0)  # accuracy was judged on the whole test split
+    drifted = _flip(45)  # 15 more images changed on the device: 98.5% agreement with the build
+    report = compare_on_device(drifted, REF, LABELS, built, backend="openvino", precision="int8", max_drop_points=1.0)
+    assert report.failures == ("top-1 agreement with the same artifact on the build machine 98.50% < 99.0%",)
+    unchecked = compare_on_device(built, REF, LABELS, None, backend="tensorrt", precision="fp16", max_drop_points=1.0)
+    assert not unchecked.passed  # no build-machine outputs (an engine built on the device): judged against torch
