@@ -64,7 +64,7 @@ def nano_inputs(deploy_case: DeployCase, nano_onnx: Path) -> CompileInputs:
 def no_tensorrt_here(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make build() take the host path (no TensorRT Python API, no trtexec) whatever is installed."""
     monkeypatch.setattr(trt_backend, "_optional_tensorrt", lambda: None)
-    monkeypatch.setattr(trt_backend, "_trtexec", lambda: None)
+    monkeypatch.setattr(trt_backend, "_trtexec_path", lambda: None)
 
 
 def save_model(path: Path, nodes: list, inputs: list, outputs: list, *, initializers: list | None = None,
@@ -274,7 +274,7 @@ def test_build_with_trtexec(nano_inputs: CompileInputs, tmp_path: Path, monkeypa
                     "for a in \"$@\"; do case $a in --saveEngine=*) echo engine > \"${a#--saveEngine=}\";; esac; done\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setattr(trt_backend, "_optional_tensorrt", lambda: None)
-    monkeypatch.setattr(trt_backend, "_trtexec", lambda: str(fake))
+    monkeypatch.setattr(trt_backend, "_trtexec_path", lambda: str(fake))
     out = tmp_path / "out"
     result = TensorRtBackend().build(nano_inputs, "fp16", out)
     assert result.model_file == "model-fp16.engine" and set(result.files) == {"model.onnx", "model-fp16.engine"}
@@ -335,7 +335,7 @@ class TestTensorRt(BackendContract):
     def test_load_onnx_builds_and_reuses_the_engine(self, deploy_case: DeployCase, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(trt_backend, "_optional_tensorrt", lambda: None)  # ship the ONNX as a host without TensorRT
-        monkeypatch.setattr(trt_backend, "_trtexec", lambda: None)
+        monkeypatch.setattr(trt_backend, "_trtexec_path", lambda: None)
         backend = TensorRtBackend()
         result = backend.build(deploy_case.inputs, "fp32", tmp_path)
         assert result.model_file == "model.onnx"

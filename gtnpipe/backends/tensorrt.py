@@ -101,7 +101,7 @@ def _optional_tensorrt() -> Any | None:
         return None
 
 
-def _trtexec() -> str | None:
+def _trtexec_path() -> str | None:
     """trtexec's path: on PATH, or where JetPack and NVIDIA's packages put it (not on PATH by default)."""
     found = shutil.which("trtexec")
     if found:
@@ -517,7 +517,7 @@ class TensorRtBackend(Backend):
             notes.update(engine=f"built by TensorRT {trt.__version__} (Python API)", engine_builder="tensorrt",
                          engine_portability=_PORTABILITY)
             return BuildResult(engine_name, tuple(files), notes)
-        trtexec = _trtexec()
+        trtexec = _trtexec_path()
         if trtexec is not None and precision != "int8":
             command = [trtexec, *engine_build_command(precision)[1:]]
             try:
