@@ -74,6 +74,7 @@ def render_report(m: dict[str, Any]) -> str:
         f"{model['precision']} **{_fmt(acc['shipped_top1'], 2)}%**; search estimated {acc['estimated_top1']:.2f}% "
         "(inherited weights, before distillation)",
         "",
+        *[f"> warning: {w}\n" for w in m.get("warnings", [])],
         "## Predicted and measured",
         "",
         "| figure | budget | predicted (source) | measured on the build machine |",

@@ -329,6 +329,8 @@ def build(
                       f"{r.predicted['latency_ms_p90']:.3f} ms ({r.predicted['latency_source']}){measured}", highlight=False)
             for v in r.budget_violations:
                 out.print(f"  [bold red]over budget[/] {escape(v)}", highlight=False)
+            for w in r.warnings:
+                out.print(f"  [yellow]warning[/] {escape(w)}", highlight=False)
     if any(r.budget_violations for r in results):
         raise typer.Exit(3)
 

@@ -152,6 +152,7 @@ class CostModel:
         if self.precision not in profile.precisions:
             raise ConfigError(f"device {profile.name!r} does not allow precision {self.precision!r}; "
                               f"its precisions: {', '.join(profile.precisions)}")
+        self.table_machine: str | None = None  # the CPU a measured table was taken on, when it says
         self.table, self.table_note = self._find_table(tables_dir)
         self._memo: dict[ArchConfig, CostEstimate] = {}
 
@@ -167,6 +168,7 @@ class CostModel:
             return None, f"{path} was measured for {found}, the profile needs {expected}; recalibrate"
         if self.precision not in table.precisions:
             return None, f"{path} has no {self.precision} measurements (has {', '.join(table.precisions)})"
+        self.table_machine = table.measured.get("machine")
         return table.precisions[self.precision], f"measured table {path}"
 
     def estimate(self, arch: ArchConfig) -> CostEstimate:

@@ -32,7 +32,7 @@ from gtnpipe import distributed
 from gtnpipe.accuracy import AccuracyPredictor, inherited_accuracy
 from gtnpipe.cache import Cache, cache_key
 from gtnpipe.calibrate import build_calibration_kit, calibrate
-from gtnpipe.calibrate_kit import table_summary
+from gtnpipe.calibrate_kit import machine_description, table_summary
 from gtnpipe.check import choose_precision
 from gtnpipe.cost import COST_MODEL_VERSION, CostModel, table_path
 from gtnpipe.data import Dataset, load_dataset
@@ -544,6 +544,7 @@ class BuildOutcome:
     predicted: dict[str, Any]
     measured: dict[str, Any] | None  # on this machine, when its runtime is installed here
     budget_violations: list[str]  # measured size always; measured latency/memory with check_measured_budgets
+    warnings: list[str]  # e.g. a latency table measured on another CPU than this one
     stages: dict[str, dict[str, Any]]  # per stage: cached, seconds
 
 
@@ -742,7 +743,16 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
         measured = {"latency_ms_p50": lat["p50_ms"], "latency_ms_p90": lat["p90_ms"], "latency_ms_p99": lat["p99_ms"],
                     "throughput_per_s": lat["throughput_per_s"], "peak_memory_mb": peak_mb,
                     "model_size_mb": shipped["size_bytes"] / 1e6, "runs": lat["runs"], "threads": shipped["threads"]}
-    predicted = CostModel(profile, ctx.space, ctx.task, precision=chosen).estimate(student).to_dict()
+    cost_model = CostModel(profile, ctx.space, ctx.task, precision=chosen)
+    predicted = cost_model.estimate(student).to_dict()
+    warnings = []
+    here = machine_description()
+    if measured is not None and cost_model.table_machine not in (None, here):
+        warnings.append(f"the {profile.name} latency table was measured on '{cost_model.table_machine}', this build ran on "
+                        f"'{here}': predicted and measured-here latencies describe different machines; if this machine "
+                        f"is the device, run 'gtnpipe bench --calibrate --device {profile.name}' and rebuild")
+    for w in warnings:
+        say(f"warning: {w}")
     violations = []
     if shipped["deployed_format"] and shipped["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
         violations.append(f"model_size_mb: {shipped['size_bytes'] / 1e6:.3f} > {profile.budgets.model_size_mb:g}")
@@ -780,6 +790,7 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
         "measured_on_build_machine": measured,
         "budgets": as_dict(profile.budgets),
         "budget_violations": violations,
+        "warnings": warnings,
         "reference": {"inputs": "reference/inputs.npy", "logits": "reference/logits.npy", "labels": "reference/labels.npy",
                       "images": n_ref, **({"artifact_logits": f"reference/{_ARTIFACT_LOGITS}"} if shipped.get("parity") else {})},
     }
@@ -803,7 +814,7 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
     folder = write_artifact(Path(out) / profile.name, manifest, fill)
     stage("artifact", {"cached": False, "folder": str(folder)})
     return BuildOutcome(profile.name, str(folder), student.id, profile.runtime.name, chosen, torch_top1,
-                        manifest["accuracy"]["shipped_top1"], predicted, measured, violations, stages)
+                        manifest["accuracy"]["shipped_top1"], predicted, measured, violations, warnings, stages)
 
 
 def make_calibration_kit(device: str | Path, out: Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,

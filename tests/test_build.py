@@ -79,6 +79,14 @@ def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, 
     assert 30 < manifest["measured_on_build_machine"]["peak_memory_mb"] < 1000
     ref = np.load(folder / "reference/inputs.npy")
     assert ref.shape == (500, 1, 28, 28) and ref.dtype == np.float32 and ref.min() >= 0 and ref.max() <= 1
+    # the host table names the CPU it was measured on; a build elsewhere says the two differ
+    from gtnpipe.calibrate_kit import machine_description
+    from gtnpipe.cost import CostModel
+    from gtnpipe.supernet import TaskShape, get_space
+
+    table_machine = CostModel(load_profile("host"), get_space("mbv3-28"), TaskShape(1, (28, 28), 10)).table_machine
+    assert table_machine
+    assert bool(manifest["warnings"]) == (table_machine != machine_description()) == bool(host_build.warnings)
     report = (folder / "report.md").read_text()
     assert host_build.arch in report and "![Pareto front](pareto.png)" in report and "gtnpipe bench" in report
 
