@@ -36,6 +36,7 @@ from gtnpipe.bench import measure_latency
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file
 from gtnpipe.latency_table import LatencyTable, PrecisionTable, TableTask, table_path
+from gtnpipe.manifest import verify_file_hashes
 from gtnpipe.profiles import DeviceProfile, load_profile
 
 __all__ = [
@@ -86,12 +87,6 @@ def fit_precision_table(units_ms: dict[str, float], network_units: list[list[str
     )
 
 
-def _inside(kit_dir: Path, name: str) -> Path:
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ArtifactError(f"{kit_dir / KIT_FILE} lists {name!r}, a path outside the kit folder; refusing it")
-    return kit_dir / name
-
-
 def load_kit(kit_dir: Path, profile: DeviceProfile) -> dict[str, Any]:
     """The kit's kit.json, once it is shown to be made for `profile` and every file matches its sha256."""
     kit_dir = Path(kit_dir)
@@ -113,15 +108,8 @@ def load_kit(kit_dir: Path, profile: DeviceProfile) -> dict[str, Any]:
                           f"not for this {profile.name!r} profile (sha256 {profile.sha256()[:12]}…; fields that differ: "
                           f"{', '.join(differ) or 'none recorded'}); a table timed from it would describe other settings. "
                           f"{rebuild[0].upper()}{rebuild[1:]}")
-    for name, record in kit["files"].items():
-        file = _inside(kit_dir, name)
-        if not file.is_file():
-            raise ArtifactError(f"{file} is missing: the kit is incomplete; copy the whole kit folder again or {rebuild}")
-        digest = sha256_file(file)
-        if digest != record["sha256"]:
-            raise ArtifactError(f"{file} does not match its sha256 in {KIT_FILE} (expected {record['sha256'][:16]}…, "
-                                f"found {digest[:16]}…): the file was modified or damaged; refusing to time it. "
-                                f"Copy the kit folder again or {rebuild}")
+    verify_file_hashes(kit_dir, kit["files"], listing=KIT_FILE, purpose="time",
+                       fix=f"copy the whole kit folder again or {rebuild}")
     for entry in kit["units"] + kit["networks"]:
         if entry["model"] not in kit["files"]:
             raise ArtifactError(f"{path}: model {entry['model']!r} has no sha256 in 'files'; {rebuild}")

@@ -17,7 +17,8 @@ from typing import Any
 from gtnpipe.errors import ArtifactError
 from gtnpipe.fsutil import atomic_write_json, sha256_file
 
-__all__ = ["MANIFEST", "SCHEMA_VERSION", "file_records", "load_manifest", "schema", "verify_files", "write_manifest"]
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "file_records", "load_manifest", "schema", "verify_file_hashes", "verify_files",
+           "write_manifest"]
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -71,16 +72,23 @@ def load_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
-    """Every file the manifest lists exists with its recorded sha256; the first mismatch is an error naming it."""
-    for name, record in manifest["files"].items():
+def verify_file_hashes(folder: Path, files: dict[str, Any], *, listing: str, purpose: str, fix: str) -> None:
+    """Every file `files` lists (name -> {"sha256": ...}, names relative to `folder`) exists inside `folder` with its
+    recorded sha256; the first that does not is an ArtifactError naming it. `listing` is the JSON file that lists
+    them, `purpose` what a verified folder is used for, `fix` what to do."""
+    for name, record in files.items():
         path = Path(folder) / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ArtifactError(f"{folder}/{MANIFEST} lists {name!r}, a path outside the artifact folder; refusing it")
+            raise ArtifactError(f"{folder}/{listing} lists {name!r}, a path outside the folder; refusing it")
         if not path.is_file():
-            raise ArtifactError(f"{path} is missing: the artifact is incomplete; copy the whole folder again or rebuild it")
+            raise ArtifactError(f"{path} is missing: the folder is incomplete; {fix}")
         digest = sha256_file(path)
         if digest != record["sha256"]:
-            raise ArtifactError(f"{path} does not match its sha256 in {MANIFEST} (expected {record['sha256'][:16]}…, "
-                                f"found {digest[:16]}…): the file was modified or damaged; refusing to benchmark it. "
-                                "Copy the artifact folder again or rebuild it with 'gtnpipe build'")
+            raise ArtifactError(f"{path} does not match its sha256 in {listing} (expected {record['sha256'][:16]}…, "
+                                f"found {digest[:16]}…): the file was modified or damaged; refusing to {purpose} it. {fix}")
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists exists with its recorded sha256; the first mismatch is an error naming it."""
+    verify_file_hashes(folder, manifest["files"], listing=MANIFEST, purpose="benchmark",
+                       fix="copy the whole artifact folder again or rebuild it with 'gtnpipe build'")
