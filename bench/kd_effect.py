@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import statistics
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -56,12 +59,49 @@ def spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (max(values) - min(values)) / 2
 
 
+def _teacher_job(method: str, student: str | None, recipe: str, cache_dir: Path | None, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return asdict(pipeline.train_teacher(method, student=student, recipe=recipe, cache_dir=cache_dir, progress=False))
+
+
+def _student_job(arch: str, method: str, seed: int, recipe: str, cache_dir: Path | None, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return asdict(pipeline.distill_student(arch, teacher=method, recipe=recipe, seed=seed, cache_dir=cache_dir,
+                                           progress=False))
+
+
+def run_all(jobs: dict[str, tuple], deps: dict[str, list[str]], workers: int) -> dict[str, dict]:
+    """Run every job (name -> (fn, *args)) once its dependencies are done, `workers` at a time, in the
+    order given (teachers first: they are the critical path). Each job is cached, so a rerun resumes."""
+    done: dict[str, dict] = {}
+    pending = list(jobs)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: dict[Future, str] = {}
+        while pending or running:
+            for name in [n for n in pending if all(d in done for d in deps.get(n, []))]:
+                if len(running) >= workers:
+                    break
+                fn, *args = jobs[name]
+                running[pool.submit(fn, *args)] = name
+                pending.remove(name)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                done[name] = future.result()
+                print(f"[{time.strftime('%H:%M:%S')}] {name}: {done[name]['test_top1']:.2f}%", flush=True)
+    return done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="recipe kd-quick, 3 students, SFTN on 1")
     parser.add_argument("--recipe", help="override the recipe (default: kd, or kd-quick with --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="trainings run at once, each with cores/jobs threads (default: one per core; small "
+                             "CNNs use one thread each far better than two threads one)")
+    parser.add_argument("--name", help="results file stem (default kd_effect or kd_effect-quick)")
     parser.add_argument("--pick-students", action="store_true", help="rewrite bench/kd_students.json and exit")
     args = parser.parse_args()
 
@@ -80,30 +120,38 @@ def main() -> None:
     space = get_space(rec.space)
     task = pipeline.FASHION_MNIST_TASK
     started = time.perf_counter()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
 
-    teachers: dict[str, Any] = {}
-    for method in ("vanilla", "gtn"):
-        teachers[method] = asdict(pipeline.train_teacher(method, recipe=recipe, cache_dir=args.cache_dir))
-    for arch in sftn_students:
-        teachers[f"sftn:{arch}"] = asdict(pipeline.train_teacher("sftn", student=arch, recipe=recipe,
-                                                                 cache_dir=args.cache_dir))
-
-    runs = []
+    # every teacher first, then the students; a GTN/SFTN teacher fine-tuned from the vanilla one waits for it
+    warm = rec.gtn.teacher_init == "vanilla"
+    jobs: dict[str, tuple] = {"teacher vanilla": (_teacher_job, "vanilla", None, recipe, args.cache_dir, threads)}
+    deps: dict[str, list[str]] = {}
+    teacher_of = {"vanilla": "teacher vanilla", "gtn": "teacher gtn"}
+    for method, student in [("gtn", None)] + [("sftn", a) for a in sftn_students]:
+        name = f"teacher {method}" + (f":{student}" if student else "")
+        jobs[name] = (_teacher_job, method, student, recipe, args.cache_dir, threads)
+        deps[name] = ["teacher vanilla"] if warm else []
     for arch in students:
         for method in METHODS:
             if method == "sftn" and arch not in sftn_students:
                 continue
             for seed in args.seeds:
-                out = pipeline.distill_student(arch, teacher=method, recipe=recipe, seed=seed, cache_dir=args.cache_dir)
-                runs.append(asdict(out))
-                print(f"{arch} {method:8s} seed {seed}: {out.test_top1:.2f}%")
+                name = f"{method} {arch} seed {seed}"
+                jobs[name] = (_student_job, arch, method, seed, recipe, args.cache_dir, threads)
+                teacher = f"teacher sftn:{arch}" if method == "sftn" else teacher_of.get(method)
+                deps[name] = [teacher] if teacher else []
+    done = run_all(jobs, deps, args.jobs)
+    teachers = {name.removeprefix("teacher "): out for name, out in done.items() if name.startswith("teacher ")}
+    runs = [out for name, out in done.items() if not name.startswith("teacher ")]
 
     report = summarise(runs, teachers, students, args.seeds, recipe, rec, space, task)
     report["wall_seconds_this_invocation"] = time.perf_counter() - started
-    report["machine"] = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    report["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                         "jobs": args.jobs, "torch_threads_per_job": threads}
     report["command"] = "python bench/kd_effect.py" + (" --quick" if args.quick else "") + (
-        f" --recipe {args.recipe}" if args.recipe else "") + f" --seeds {' '.join(map(str, args.seeds))}"
-    name = "kd_effect-quick" if args.quick else "kd_effect"
+        f" --recipe {args.recipe}" if args.recipe else "") + f" --seeds {' '.join(map(str, args.seeds))}" + (
+        f" --jobs {args.jobs}") + (f" --name {args.name}" if args.name else "")
+    name = args.name or ("kd_effect-quick" if args.quick else "kd_effect")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(render(report) + "\n")
@@ -125,9 +173,12 @@ def summarise(runs: list[dict], teachers: dict[str, Any], students: list[str], s
     teacher_rows = {}
     for name, t in teachers.items():
         per_image = teacher_macs + (t["log"]["branch_macs_per_image_per_step"] if t.get("log") else 0.0)
+        init_epochs = t.get("init_epochs", 0)  # fine-tuned from the vanilla teacher: its training is part of the cost
         teacher_rows[name] = {
             "test_top1": t["test_top1"], "train_seconds": t["train_seconds"], "epochs": t["epochs"],
-            "training_flops": training_flops(per_image, n_train, t["epochs"]), "key": t["key"],
+            "init_epochs": init_epochs, "init_train_seconds": t.get("init_train_seconds", 0.0),
+            "training_flops": training_flops(per_image, n_train, t["epochs"])
+            + training_flops(teacher_macs, n_train, init_epochs), "key": t["key"],
         }
     vanilla = teacher_rows["vanilla"]
     gtn = teacher_rows["gtn"]
@@ -185,9 +236,13 @@ def render(report: dict[str, Any]) -> str:
     for row in report["table"]:
         lines.append(f"| `{row['arch']}` | {row['macs'] / 1e6:.2f} | " + " | ".join(
             cell(row, m) for m in METHODS) + " |")
-    lines += ["", "| teacher | own test top-1 | train wall-clock (s) | est. training FLOPs |", "|---|---:|---:|---:|"]
+    lines += ["", "| teacher | own test top-1 | epochs | train wall-clock (s) | est. training FLOPs |",
+              "|---|---:|---:|---:|---:|"]
     for name, t in report["teachers"].items():
-        lines.append(f"| {name} | {t['test_top1']:.2f} | {t['train_seconds']:.0f} | {t['training_flops']:.3g} |")
+        epochs = (f"{t['init_epochs']} vanilla + {t['epochs']} fine-tuning" if t.get("init_epochs")
+                  else str(t["epochs"]))
+        lines.append(f"| {name} | {t['test_top1']:.2f} | {epochs} | {t['train_seconds']:.0f} | "
+                     f"{t['training_flops']:.3g} |")
     c, g = report["cost"], report["gaps"]
     lines += [
         "",

@@ -184,6 +184,12 @@ class GenericTeacherTrainer(nn.Module):
         self.sampler = ArchSampler(space)
         self.log = GTNLog()
 
+    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The teacher at `teacher_lr_scale` x the recipe's learning rate, adapters and supernet at 1x
+        (read by `train.fit`'s optimizer)."""
+        branches = [*self.adapters.parameters(), *self.supernet.parameters()]
+        return [(list(self.teacher.parameters()), self.cfg.teacher_lr_scale), (branches, 1.0)]
+
     def _plan(self) -> tuple[list[tuple[str, ArchConfig]], list[int]]:
         """(kind, arch) of each branch this step, and its branch point."""
         space, cfg = self.supernet.space, self.cfg

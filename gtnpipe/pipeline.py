@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -252,11 +252,14 @@ class TeacherOutcome:
     key: str
     cached: bool
     test_top1: float
-    train_seconds: float  # wall-clock of the training epochs (on the machine that trained it)
-    epochs: int
+    train_seconds: float  # wall-clock of the training epochs (on the machine that trained it), init_from's included
+    epochs: int  # this teacher's own epochs (GTN fine-tuning: not counting init_from's)
     student: str | None  # the SFTN teacher's student
     entry_path: str
     log: dict[str, Any] | None = None  # GTN: sampler entropy and branch KL over training
+    init_from: str | None = None  # the vanilla teacher it was fine-tuned from (gtn.teacher_init = "vanilla")
+    init_epochs: int = 0
+    init_train_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -312,24 +315,38 @@ def _train_teacher(ctx: _Context, method: str, *, student: str | None, cache_dir
                               out.epochs, None, out.entry_path)
     rec, space, data, task = ctx
     arch, spec = _teacher_spec(method, student, rec, space, data, task)
+    init = None  # gtn.teacher_init = "vanilla": fine-tune the cached vanilla teacher with the branches
+    train_cfg = rec.train.teacher
+    if rec.gtn.teacher_init == "vanilla":
+        init = _train_model(ctx, "teacher", cache_dir=cache_dir, progress=progress)
+        spec["init_from"] = init.key
+        train_cfg = replace(train_cfg, epochs=rec.gtn.finetune_epochs,
+                            warmup_epochs=min(train_cfg.warmup_epochs, rec.gtn.finetune_epochs / 2))
     key = cache_key(spec)
 
     def build(staging: Path, meta: dict[str, Any]) -> None:
         seed_everything(rec.seed)
         teacher, supernet = build_teacher(rec.teacher, space, task), Supernet(space, task)
+        if init is not None:
+            _load_weights(teacher, _MODELS, init.key, cache_dir=cache_dir)
         result, trainer = train_generic_teacher(
-            teacher, supernet, data, rec.train.teacher, rec.gtn, seed=rec.seed, run_id=key,
+            teacher, supernet, data, train_cfg, rec.gtn, seed=rec.seed, run_id=key,
             checkpoint_dir=Cache(cache_dir).work_dir(_TEACHERS, key),
             fixed_arch=ArchConfig.from_id(arch) if arch else None, progress=progress)
         meta |= {"method": method, "student": arch, "test_top1": result.test_top1, "epochs": len(result.history),
-                 "train_seconds": sum(h.seconds for h in result.history), "log": trainer.log.summary()}
+                 "train_seconds": sum(h.seconds for h in result.history), "log": trainer.log.summary(),
+                 "init_from": init.key if init else None,
+                 "init_epochs": init.epochs if init else 0,
+                 "init_train_seconds": init.seconds_per_epoch * init.epochs if init else 0.0,
+                 "init_test_top1": init.test_top1 if init else None}
         torch.save(teacher.state_dict(), staging / _WEIGHTS)
         torch.save(supernet.state_dict(), staging / "supernet.pt")
 
     entry, cached = _cached(_TEACHERS, key, spec, build, cache_dir=cache_dir)
     m = entry.meta
-    return TeacherOutcome(method, key, cached, m["test_top1"], m["train_seconds"], m["epochs"], arch,
-                          str(entry.path), m["log"])
+    init_seconds = m.get("init_train_seconds", 0.0)
+    return TeacherOutcome(method, key, cached, m["test_top1"], m["train_seconds"] + init_seconds, m["epochs"], arch,
+                          str(entry.path), m["log"], m.get("init_from"), m.get("init_epochs", 0), init_seconds)
 
 
 def _cached(kind: str, key: str, spec: dict[str, Any], build: Any, *, cache_dir: Path | None) -> tuple[Any, bool]:

@@ -104,6 +104,14 @@ class GTNConfig:
     # true (SFTN): branch losses also train the teacher's stages 1..i through the adapters;
     # false: teacher features enter branches detached, the teacher is shaped only by the KL on its logits
     branch_grad_into_teacher: bool = True
+    # where the teacher starts. "scratch": teacher and branches train together for train.teacher's epochs.
+    # "vanilla": from the recipe's cached vanilla (CE-only) teacher, fine-tuned with the branches for
+    # finetune_epochs (train.teacher's other settings); the teacher's learning rate is scaled by
+    # teacher_lr_scale, the new adapters and supernet weights get the full one. The cost is the vanilla
+    # teacher's plus the fine-tuning's (both are reported).
+    teacher_init: Literal["scratch", "vanilla"] = "scratch"
+    finetune_epochs: int = 3
+    teacher_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("lambda_kl", "lambda_ce", "sampler_lr", "entropy_bonus"):
@@ -120,6 +128,10 @@ class GTNConfig:
             raise ValueError(f"'baseline_momentum' must be in [0, 1), got {self.baseline_momentum}")
         if not 0 < self.branch_batch_fraction <= 1:
             raise ValueError(f"'branch_batch_fraction' must be in (0, 1], got {self.branch_batch_fraction}")
+        if not self.finetune_epochs >= 1:
+            raise ValueError(f"'finetune_epochs' must be >= 1, got {self.finetune_epochs}")
+        if not (math.isfinite(self.teacher_lr_scale) and self.teacher_lr_scale > 0):
+            raise ValueError(f"'teacher_lr_scale' must be a finite number > 0, got {self.teacher_lr_scale}")
 
 
 @dataclass(frozen=True)

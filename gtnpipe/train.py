@@ -96,10 +96,20 @@ def evaluate(model: nn.Module, split: Split, norm: Normalizer, *, batch_size: in
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on BN and biases (1-D tensors), as timm and OFA train MobileNets.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # A model may give parts of itself a multiple of the learning rate through `lr_groups()` -> [(params, scale)]
+    # (GTN fine-tuning: a pretrained teacher beside new branches); every trainable parameter exactly once.
+    parts = model.lr_groups() if hasattr(model, "lr_groups") else [(list(model.parameters()), 1.0)]
+    listed = [id(p) for params, _ in parts for p in params if p.requires_grad]
+    if sorted(listed) != sorted(id(p) for p in model.parameters() if p.requires_grad):
+        raise TrainError(f"{type(model).__name__}.lr_groups() must list every trainable parameter exactly once")
+    groups = []
+    for params, scale in parts:
+        # No weight decay on BN and biases (1-D tensors), as timm and OFA train MobileNets.
+        for decayed in (True, False):
+            chosen = [p for p in params if p.requires_grad and (p.ndim > 1) == decayed]
+            if chosen:
+                groups.append({"params": chosen, "lr": cfg.lr * scale,
+                               "weight_decay": cfg.weight_decay if decayed else 0.0})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -144,3 +144,28 @@ def test_inherited_init_starts_from_the_gtn_supernet(tmp_path: Path) -> None:
     scratch = pipeline.distill_student("smallest", teacher="none", recipe=TINY_RECIPE, cache_dir=cache,
                                        progress=False)
     assert scratch.init == "scratch" and scratch.key != out.key
+
+
+def test_gtn_fine_tuned_from_the_vanilla_teacher(tmp_path: Path) -> None:
+    # teacher_init = "vanilla": the GTN run starts from the cached vanilla teacher, trains finetune_epochs with the
+    # teacher at teacher_lr_scale x the learning rate, and its cost counts the vanilla teacher's training
+    text = TINY_RECIPE.read_text().replace('name = "tiny"', 'name = "tinywarm"')
+    path = tmp_path / "tinywarm.toml"
+    path.write_text(text + '\n[gtn]\nteacher_init = "vanilla"\nfinetune_epochs = 1\nteacher_lr_scale = 1e-9\n')
+    cache = tmp_path / "cache"
+    gtn = pipeline.train_teacher("gtn", recipe=path, cache_dir=cache, progress=False)
+    vanilla = pipeline.train_teacher("vanilla", recipe=path, cache_dir=cache, progress=False)
+    assert vanilla.cached  # trained by the GTN call, as its starting point
+    assert gtn.init_from == vanilla.key and gtn.init_epochs == vanilla.epochs == 2 and gtn.epochs == 1
+    assert gtn.train_seconds == pytest.approx(gtn.init_train_seconds + json.loads(
+        (Path(gtn.entry_path) / "entry.json").read_text())["meta"]["train_seconds"])
+    assert gtn.init_train_seconds == pytest.approx(vanilla.train_seconds)
+    record = json.loads((Path(gtn.entry_path) / "entry.json").read_text())
+    assert record["spec"]["init_from"] == vanilla.key
+    # at a near-zero teacher learning rate the fine-tuned teacher keeps the vanilla weights (BN statistics aside)
+    warm_net, _ = pipeline.load_teacher("gtn", recipe=path, cache_dir=cache)
+    vanilla_net, _ = pipeline.load_teacher("vanilla", recipe=path, cache_dir=cache)
+    for (name, w), v in zip(warm_net.named_parameters(), vanilla_net.parameters()):
+        assert torch.allclose(w, v, atol=1e-6), name
+    scratch = pipeline.train_teacher("gtn", recipe=TINY_RECIPE, cache_dir=cache, progress=False)
+    assert scratch.init_from is None and scratch.init_train_seconds == 0.0 and scratch.key != gtn.key

@@ -162,6 +162,8 @@ def test_branch_grad_into_teacher_switch(into_teacher: bool) -> None:
     ("lambda_kl", -1.0, "'lambda_kl' must be a finite number >= 0"),
     ("archs_per_step", 2, "'archs_per_step' must be >= 3 \\(include_extremes = true\\)"),
     ("branch_points", (1, 1), "'branch_points' must be distinct"),
+    ("finetune_epochs", 0, "'finetune_epochs' must be >= 1"),
+    ("teacher_lr_scale", 0.0, "'teacher_lr_scale' must be a finite number > 0"),
 ])
 def test_invalid_gtn_config_names_the_field(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -212,3 +214,21 @@ def _stage_inputs(net, x, *, start):
         out.append((stage, x))
         x = stage(x)
     return out
+
+
+def test_optimizer_gives_the_teacher_its_own_learning_rate() -> None:
+    from gtnpipe.errors import TrainError
+    from gtnpipe.train import _optimizer
+
+    trainer = _trainer(GTNConfig(teacher_lr_scale=0.1))
+    optimizer = _optimizer(trainer, TrainConfig(epochs=1, lr=0.2))
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(lr_of) == sum(1 for _ in trainer.parameters())  # every parameter, once
+    assert all(lr_of[id(p)] == pytest.approx(0.02) for p in trainer.teacher.parameters())
+    assert {lr_of[id(p)] for p in [*trainer.adapters.parameters(), *trainer.supernet.parameters()]} == {0.2}
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(decay[id(p)] == (5e-4 if p.ndim > 1 else 0.0) for p in trainer.parameters())
+
+    trainer.lr_groups = lambda: [(list(trainer.teacher.parameters()), 1.0)]  # forgets the branches
+    with pytest.raises(TrainError, match="must list every trainable parameter exactly once"):
+        _optimizer(trainer, TrainConfig(epochs=1))
