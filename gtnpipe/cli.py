@@ -257,7 +257,8 @@ def search(
             from gtnpipe.profiles import load_profile
 
             profile = load_profile(device)
-            plot_pareto(result, plot, device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90)
+            plot_pareto(result, plot, device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90,
+                        latency_planned_ms=profile.budgets.planned_latency_ms_p90)
     if as_json:
         return _emit_json({**result.to_dict(), "accuracy_predictor": {"key": acc.key, "loo_rmse": acc.predictor.loo_rmse,
                                                                       "samples": acc.predictor.n_samples}})
@@ -458,7 +459,9 @@ def devices_list(as_json: JsonOpt = False) -> None:
     for p in profiles:
         b = p.budgets
         table.add_row(p.name, f"{p.runtime.name} {p.runtime.version}", ", ".join(p.precisions),
-                      f"{p.threads} x {p.batch_size}", f"{b.latency_ms_p90:g}", f"{b.peak_memory_mb:g}",
+                      f"{p.threads} x {p.batch_size}",
+                      f"{b.latency_ms_p90:g}" + (f" (plan -{b.latency_margin_pct:g}%)" if b.latency_margin_pct else ""),
+                      f"{b.peak_memory_mb:g}",
                       f"{b.model_size_mb:g}",
                       "measured table" if (tables / f"{p.name}.json").exists() else "roofline estimate")
     out.print(table)

@@ -129,10 +129,12 @@ class CostEstimate:
     size_source: Source
 
     def violations(self, budgets: Budgets) -> list[str]:
-        """Each budget this student exceeds, as 'field: predicted > budget'."""
+        """Each budget this student exceeds, as 'field: predicted > budget' (latency: the budget less its margin)."""
         out = []
-        for predicted, budget, name in ((self.latency_ms_p90, budgets.latency_ms_p90, "latency_ms_p90"),
-                                        (self.peak_memory_mb, budgets.peak_memory_mb, "peak_memory_mb"),
+        if self.latency_ms_p90 > budgets.planned_latency_ms_p90:
+            margin = f" less the {budgets.latency_margin_pct:g}% margin" if budgets.latency_margin_pct else ""
+            out.append(f"latency_ms_p90: predicted {self.latency_ms_p90:.3f} > budget {budgets.latency_ms_p90:g}{margin}")
+        for predicted, budget, name in ((self.peak_memory_mb, budgets.peak_memory_mb, "peak_memory_mb"),
                                         (self.model_size_mb, budgets.model_size_mb, "model_size_mb")):
             if predicted > budget:
                 out.append(f"{name}: predicted {predicted:.3f} > budget {budget:g}")

@@ -595,7 +595,9 @@ def _search_stage(ctx: _Context, profile: Any, *, cache_dir: Path | None, config
         from gtnpipe.plots import plot_pareto
 
         result = evolution_search(model, lambda a: acc.predictor.predict(ctx.space, a), config)
-        plot_pareto(result, staging / "pareto.png", device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90)
+        budgets = profile.budgets
+        plot_pareto(result, staging / "pareto.png", device=profile.name, latency_budget_ms=budgets.latency_ms_p90,
+                    latency_planned_ms=budgets.planned_latency_ms_p90)
         meta |= {"result": result.to_dict(), "table_note": model.table_note}
 
     entry, cached = _cached(_SEARCHES, key, spec, build, cache_dir=cache_dir)

@@ -12,8 +12,9 @@ __all__ = ["plot_pareto"]
 
 
 def plot_pareto(result: SearchResult, path: Path, *, device: str, latency_budget_ms: float,
-                others: list[tuple[float, float]] | None = None) -> Path:
-    """Estimated top-1 vs predicted p90 latency: the front, the pick, the budget line, memory as colour."""
+                latency_planned_ms: float | None = None, others: list[tuple[float, float]] | None = None) -> Path:
+    """Estimated top-1 vs predicted p90 latency: the front, the pick, the budget line (and the budget less its
+    margin, which search planned for), memory as colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,6 +33,9 @@ def plot_pareto(result: SearchResult, path: Path, *, device: str, latency_budget
     ax.scatter([pick.cost.latency_ms_p90], [pick.accuracy], marker="*", s=220, c="crimson", zorder=4,
                label=f"pick: {pick.cost.macs / 1e6:.1f}M MACs")
     ax.axvline(latency_budget_ms, color="crimson", ls="--", lw=1, label=f"budget {latency_budget_ms:g} ms (p90)")
+    if latency_planned_ms is not None and latency_planned_ms < latency_budget_ms:
+        ax.axvline(latency_planned_ms, color="crimson", ls=":", lw=1,
+                   label=f"planned {latency_planned_ms:.3g} ms (budget less margin)")
     ax.set_xlabel(f"predicted p90 latency (ms, {pick.cost.latency_source})")
     ax.set_ylabel("estimated top-1 (%)")
     ax.set_title(f"{device}: students within every budget, {pick.cost.precision}")

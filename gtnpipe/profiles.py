@@ -77,11 +77,21 @@ class Budgets:
     peak_memory_mb: float  # peak resident memory of the process running the model, runtime included
     model_size_mb: float  # serialised model file(s) at the shipped precision
     max_accuracy_drop_points: float = 1.0  # top-1 points an FP16/INT8 artifact may lose against FP32
+    # search plans for a predicted p90 of at most (100 - latency_margin_pct)% of latency_ms_p90, leaving room for
+    # the prediction's error and the device's run-to-run noise; measured latency is still judged against the budget
+    latency_margin_pct: float = 0.0
 
     def __post_init__(self) -> None:
         _require_positive(self, ("latency_ms_p90", "peak_memory_mb", "model_size_mb"))
         if not (math.isfinite(self.max_accuracy_drop_points) and self.max_accuracy_drop_points >= 0):
             raise ValueError(f"'max_accuracy_drop_points' must be a number >= 0, got {self.max_accuracy_drop_points!r}")
+        if not (math.isfinite(self.latency_margin_pct) and 0 <= self.latency_margin_pct < 100):
+            raise ValueError(f"'latency_margin_pct' must be a percentage in [0, 100), got {self.latency_margin_pct!r}")
+
+    @property
+    def planned_latency_ms_p90(self) -> float:
+        """The p90 latency search plans for: the budget less the margin."""
+        return self.latency_ms_p90 * (1 - self.latency_margin_pct / 100)
 
 
 @dataclass(frozen=True)

@@ -130,11 +130,15 @@ _SOURCE = {"latency_ms_p90": "latency_source", "peak_memory_mb": "memory_source"
 def check_feasible(model: CostModel) -> None:
     """Raise `InfeasibleBudget` when a budget is below the pool's lowest prediction for it."""
     budgets = model.profile.budgets
+    limits = {"latency_ms_p90": budgets.planned_latency_ms_p90, "peak_memory_mb": budgets.peak_memory_mb,
+              "model_size_mb": budgets.model_size_mb}
     problems = []
     for name, best in pool_minimums(model).items():
         reached = getattr(best, name)
-        if reached > getattr(budgets, name):
-            problems.append(f"{name} = {getattr(budgets, name):g} but the lowest in the pool is {reached:.3f} "
+        if reached > limits[name]:
+            margin = (f" (less the {budgets.latency_margin_pct:g}% latency_margin_pct: {limits[name]:.3f})"
+                      if name == "latency_ms_p90" and budgets.latency_margin_pct else "")
+            problems.append(f"{name} = {getattr(budgets, name):g}{margin} but the lowest in the pool is {reached:.3f} "
                             f"({getattr(best, _SOURCE[name])}), reached by {best.arch_id}")
     if problems:
         raise InfeasibleBudget(

@@ -69,6 +69,8 @@ def _replace(pattern: str, new: str) -> str:
     (_replace(r'^version = .*$', 'version = "newest"'), r"'version' = 'newest' is not a version range"),
     (_replace(r"^max_onnx_opset = .*$", "max_onnx_opset = 99"), r"'max_onnx_opset' must be an ONNX opset between 7 and 30"),
     (_replace(r"^\[budgets\]\n", "[budgets]\nlatency_ms_p50 = 1.0\n"), r"unknown key 'budgets.latency_ms_p50'"),
+    (_replace(r"^latency_margin_pct = .*$", "latency_margin_pct = 100.0"),
+     r"'latency_margin_pct' must be a percentage in \[0, 100\), got 100.0"),
     (_replace(r"^batch_size = .*\n", ""), r"missing required key 'batch_size'"),
     ("name = [", r"not valid TOML"),
 ])

@@ -46,7 +46,9 @@ def test_search_respects_every_budget(device: str, latency: float, memory: float
     low, high = _budget_range(device)
     budgets = {name: low[name] + frac * (high[name] - low[name]) + 1e-9
                for name, frac in (("latency_ms_p90", latency), ("peak_memory_mb", memory), ("model_size_mb", size))}
-    model = CostModel(_with_budgets(load_profile(device), **budgets), SPACE, TASK)
+    profile = load_profile(device)
+    budgets["latency_ms_p90"] /= 1 - profile.budgets.latency_margin_pct / 100  # what search plans for is in range
+    model = CostModel(_with_budgets(profile, **budgets), SPACE, TASK)
     try:
         result = evolution_search(model, macs_proxy, dataclasses.replace(SMALL_SEARCH, seed=seed))
     except InfeasibleBudget as err:  # each budget alone is reachable, so only the joint case may fail
@@ -54,6 +56,7 @@ def test_search_respects_every_budget(device: str, latency: float, memory: float
         return
     for cand in [result.pick, *result.front]:
         assert cand.cost.violations(model.profile.budgets) == []
+        assert cand.cost.latency_ms_p90 <= model.profile.budgets.planned_latency_ms_p90
         assert model.estimate(cand.arch) == cand.cost
     assert result.pick.accuracy == max(c.accuracy for c in result.front)
     lat = [c.cost.latency_ms_p90 for c in result.front]
@@ -71,6 +74,30 @@ def test_infeasible_latency_names_the_budget_the_minimum_and_the_arch() -> None:
     assert "latency_ms_p90 = " in message and f"{fastest.latency_ms_p90:.3f}" in message
     assert fastest.arch_id in message and "Relax [budgets]" in message
     assert "peak_memory_mb" not in message  # only the budget that is out of reach
+
+
+def test_latency_margin_plans_inside_the_budget() -> None:
+    base = _with_budgets(load_profile("host"), latency_margin_pct=0.0)
+    plain = evolution_search(CostModel(base, SPACE, TASK), macs_proxy, SMALL_SEARCH)
+    budget = plain.pick.cost.latency_ms_p90  # the margin-free pick sits right at this budget
+    at_edge = _with_budgets(base, latency_ms_p90=budget)
+    margined = _with_budgets(at_edge, latency_margin_pct=20.0)
+    assert margined.budgets.planned_latency_ms_p90 == pytest.approx(0.8 * budget)
+    result = evolution_search(CostModel(margined, SPACE, TASK), macs_proxy, SMALL_SEARCH)
+    assert all(c.cost.latency_ms_p90 <= 0.8 * budget for c in [result.pick, *result.front])
+    over = CostModel(margined, SPACE, TASK).estimate(plain.pick.arch)
+    assert over.violations(margined.budgets) == [
+        f"latency_ms_p90: predicted {over.latency_ms_p90:.3f} > budget {budget:g} less the 20% margin"]
+    assert over.violations(at_edge.budgets) == []
+
+
+def test_infeasible_margin_says_so() -> None:
+    base = CostModel(load_profile("raspberry-pi-4"), SPACE, TASK)
+    fastest = pool_minimums(base)["latency_ms_p90"].latency_ms_p90
+    # the fastest student fits the budget but not the budget less a 50% margin
+    model = CostModel(_with_budgets(base.profile, latency_ms_p90=1.5 * fastest, latency_margin_pct=50.0), SPACE, TASK)
+    with pytest.raises(InfeasibleBudget, match=r"less the 50% latency_margin_pct: .* but the lowest in the pool is"):
+        evolution_search(model, macs_proxy, SMALL_SEARCH)
 
 
 def test_pool_minimum_latency_is_not_beaten_by_sampled_students() -> None:
