@@ -34,8 +34,10 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 
 
-def rank_correlation(recipe: str, cache_dir: Path | None, acc: pipeline.AccuracyOutcome) -> dict | None:
-    """Estimates vs distilled top-1 of bench/kd_effect.py's students (GTN teacher, mean over seeds)."""
+def rank_correlation(recipe: str, accuracy_recipe: str, cache_dir: Path | None,
+                     acc: pipeline.AccuracyOutcome) -> dict | None:
+    """Estimates (from `accuracy_recipe`'s supernet) vs distilled top-1 of bench/kd_effect.py's students on
+    `recipe` (GTN teacher, mean over seeds)."""
     path = RESULTS / ("kd_effect.json" if recipe == "kd" else f"kd_effect-{recipe}.json")
     if not path.exists():
         return None
@@ -46,7 +48,7 @@ def rank_correlation(recipe: str, cache_dir: Path | None, acc: pipeline.Accuracy
     space = get_space(load_recipe(recipe).space)
     archs = [ArchConfig.from_id(r["arch"]) for r in rows]
     distilled = [r["gtn"]["mean"] for r in rows]
-    inherited = pipeline.inherited_accuracies([a.id for a in archs], recipe=recipe, cache_dir=cache_dir)
+    inherited = pipeline.inherited_accuracies([a.id for a in archs], recipe=accuracy_recipe, cache_dir=cache_dir)
     predicted = [acc.predictor.predict(space, a) for a in archs]
     return {"students": len(rows), "source": str(path.relative_to(HERE.parent)),
             "spearman_inherited_vs_distilled": spearman(inherited, distilled),
@@ -57,14 +59,17 @@ def rank_correlation(recipe: str, cache_dir: Path | None, acc: pipeline.Accuracy
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", default="kd")
+    parser.add_argument("--recipe", default="kd", help="the recipe of the distilled students (bench/kd_effect.py)")
+    parser.add_argument("--accuracy-recipe", help="the recipe whose GTN supernet and predictor estimate accuracy "
+                        "(default: --recipe; 'quick' is what gtnpipe build uses)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=500)
     args = parser.parse_args()
+    accuracy_recipe = args.accuracy_recipe or args.recipe
 
-    acc = pipeline.accuracy_predictor(recipe=args.recipe, cache_dir=args.cache_dir)
-    space, task = get_space(load_recipe(args.recipe).space), pipeline.FASHION_MNIST_TASK
+    acc = pipeline.accuracy_predictor(recipe=accuracy_recipe, cache_dir=args.cache_dir)
+    space, task = get_space(load_recipe(accuracy_recipe).space), pipeline.FASHION_MNIST_TASK
 
     def score(arch: ArchConfig) -> float:
         return acc.predictor.predict(space, arch)
@@ -83,19 +88,20 @@ def main() -> None:
                          "random_seconds": rand.seconds, "random_feasible": rand.feasible_seen})
             print(f"{device} seed {seed}: evolution {evolved.pick.accuracy:.2f} vs random {rand.pick.accuracy:.2f} "
                   f"({evolved.evaluations} evaluations)", flush=True)
-    ranks = rank_correlation(args.recipe, args.cache_dir, acc)
-    result = {"recipe": args.recipe, "accuracy_predictor": {"key": acc.key, "samples": acc.predictor.n_samples,
-                                                            "loo_rmse": acc.predictor.loo_rmse, "l2": acc.predictor.l2,
-                                                            "measure_seconds": acc.seconds},
+    ranks = rank_correlation(args.recipe, accuracy_recipe, args.cache_dir, acc)
+    result = {"recipe": args.recipe, "accuracy_recipe": accuracy_recipe,
+              "accuracy_predictor": {"key": acc.key, "samples": acc.predictor.n_samples, "loo_rmse": acc.predictor.loo_rmse,
+                                     "l2": acc.predictor.l2, "measure_seconds": acc.seconds},
               "rows": rows, "rank_correlation": ranks,
               "evolution_at_least_random_every_run": all(r["evolution"]["estimated_top1"] >= r["random"]["estimated_top1"]
                                                          for r in rows),
-              "command": f"python bench/search.py --recipe {args.recipe} --seeds {' '.join(map(str, args.seeds))}",
+              "command": f"python bench/search.py --recipe {args.recipe} --accuracy-recipe {accuracy_recipe} "
+                         f"--seeds {' '.join(map(str, args.seeds))} --iterations {args.iterations}",
               "at": time.strftime("%Y-%m-%d")}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "search.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"Command: `{result['command']}`. Accuracy estimate: ridge predictor on {acc.predictor.n_samples} "
-             f"inherited-weight val accuracies of the `{args.recipe}` GTN supernet (leave-one-out error "
+             f"inherited-weight val accuracies of the `{accuracy_recipe}` GTN supernet (leave-one-out error "
              f"{acc.predictor.loo_rmse:.2f} points).", "",
              "| device | precision | latency model | evaluations | evolution est. top-1 | random est. top-1 | "
              "evolution pick (MACs M, p90 ms) |", "|---|---|---|---:|---:|---:|---|"]

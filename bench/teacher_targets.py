@@ -80,7 +80,8 @@ def main() -> None:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         tr, te = r["train"], r["test"]
-        lines.append(f"| {r['recipe']} | {r['teacher']} | {r['temperature']:g} | {tr['top1']:.2f} | {te['top1']:.2f} | {tr['p_true']:.3f} | "
+        lines.append(f"| {r['recipe']} | {r['teacher']} | {r['temperature']:g} | {tr['top1']:.2f} | {te['top1']:.2f} | "
+                     f"{tr['p_true']:.3f} | "
                      f"{tr['entropy_nats']:.3f} | {tr['off_argmax_mass']:.3f} | {te['off_argmax_mass']:.3f} | "
                      f"{tr['logit_std']:.2f} |")
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
