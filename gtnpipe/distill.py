@@ -18,13 +18,18 @@ from gtnpipe.gtn import kd_kl
 from gtnpipe.recipes import DistillConfig, TrainConfig
 from gtnpipe.train import FitResult, LossFn, Normalizer, fit
 
-__all__ = ["distill", "kd_loss", "teacher_logits"]
+__all__ = ["distill", "kd_loss", "logit_scale", "teacher_logits"]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, *, alpha: float,
             temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
     ce = F.cross_entropy(student_logits, y, label_smoothing=label_smoothing)
     return (1 - alpha) * ce + alpha * kd_kl(teacher_logits, student_logits, temperature)
+
+
+def logit_scale(logits: torch.Tensor, target_std: float) -> float:
+    """The factor that makes the mean per-image standard deviation of `logits` equal `target_std`."""
+    return target_std / float(logits.std(dim=1).mean())
 
 
 @torch.no_grad()
@@ -70,6 +75,10 @@ def distill(
             raise ValueError(f"cached teacher logits cover {logits.shape[0]} images, the train split has {len(data.train)}")
     else:
         logits = None
+    scale = 1.0
+    if kd_cfg.teacher_logit_std:
+        train_logits = logits if logits is not None else teacher_logits(teacher, data.train, norm)
+        scale = logit_scale(train_logits, kd_cfg.teacher_logit_std)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if logits is not None:
@@ -78,7 +87,7 @@ def distill(
             with torch.no_grad():
                 t = teacher(x)
         s = model(x)
-        return kd_loss(s, t, y, alpha=kd_cfg.alpha, temperature=kd_cfg.temperature,
+        return kd_loss(s, t * scale, y, alpha=kd_cfg.alpha, temperature=kd_cfg.temperature,
                        label_smoothing=train_cfg.label_smoothing), s
 
     kd: LossFn = loss_fn

@@ -141,10 +141,16 @@ class DistillConfig:
     alpha: float = 0.9
     temperature: float = 4.0
     init: Literal["scratch", "inherited"] = "scratch"  # inherited: weights from the GTN run's supernet
+    # > 0: scale every teacher's logits so their mean per-image standard deviation on the train split is this
+    # value (a per-teacher temperature: teachers are compared by the shape of their targets, not their scale);
+    # 0: the logits as the teacher gives them
+    teacher_logit_std: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"'alpha' must be in [0, 1], got {self.alpha}")
+        if not (math.isfinite(self.teacher_logit_std) and self.teacher_logit_std >= 0):
+            raise ValueError(f"'teacher_logit_std' must be a finite number >= 0, got {self.teacher_logit_std}")
         if not self.temperature > 0:
             raise ValueError(f"'temperature' must be > 0, got {self.temperature}")
 

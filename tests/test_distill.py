@@ -169,3 +169,29 @@ def test_gtn_fine_tuned_from_the_vanilla_teacher(tmp_path: Path) -> None:
         assert torch.allclose(w, v, atol=1e-6), name
     scratch = pipeline.train_teacher("gtn", recipe=TINY_RECIPE, cache_dir=cache, progress=False)
     assert scratch.init_from is None and scratch.init_train_seconds == 0.0 and scratch.key != gtn.key
+
+
+def test_logit_scale_by_hand() -> None:
+    from gtnpipe.distill import logit_scale
+
+    logits = torch.tensor([[1.0, -1.0], [2.0, -2.0]])  # per-image (unbiased) std sqrt(2) and 2 sqrt(2)
+    assert logit_scale(logits, 1.0) == pytest.approx(1 / (1.5 * math.sqrt(2)))
+
+
+def test_teacher_logit_std_rescales_the_targets(fmnist_small: Dataset) -> None:
+    torch.manual_seed(0)
+    teacher = build_teacher(load_recipe(TINY_RECIPE).teacher, SPACE, TASK).eval()
+    logits = teacher_logits(teacher, fmnist_small.train, Normalizer(fmnist_small.mean, fmnist_small.std))
+    own_std = float(logits.std(dim=1).mean())
+    cfg = TrainConfig(epochs=1, batch_size=64, augment="none")
+    students = {}
+    for name, target in (("plain", 0.0), ("own", own_std), ("double", 2 * own_std)):
+        seed_everything(3)
+        student = build_static(SPACE.smallest(), SPACE, TASK)
+        distill(student, teacher, fmnist_small, cfg, DistillConfig(alpha=1.0, teacher_logit_std=target), seed=0,
+                run_id=name, cached_logits=logits, progress=False)
+        students[name] = torch.cat([p.detach().flatten() for p in student.parameters()])
+    assert torch.allclose(students["plain"], students["own"], atol=1e-5)  # already at that scale: unchanged
+    assert not torch.allclose(students["plain"], students["double"], atol=1e-3)
+    with pytest.raises(ValueError, match="'teacher_logit_std' must be a finite number >= 0"):
+        DistillConfig(teacher_logit_std=-1.0)
