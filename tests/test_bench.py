@@ -75,3 +75,11 @@ def test_summary_arithmetic() -> None:
     text = kd.render(report)
     assert "| `k3e3_k3e3_k3e3_k3e3` | 4.10 | 80.50 ± 0.50 | 81.50 ± 0.50 | 82.50 ± 0.50 | 83.00 ± 0.50 |" in text
     assert "gtn_within_0.3_of_sftn_every_seed: NOT met" in text
+
+
+@pytest.mark.parametrize("path", sorted((BENCH / "recipes").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_benchmark_variant_recipe_loads(path: Path) -> None:
+    # the recipes behind bench/results/kd_effect-attempts.md: each must still load, under its own name
+    from gtnpipe.recipes import load_recipe
+
+    assert load_recipe(path).name == path.stem
