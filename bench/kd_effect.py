@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="trainings run at once, each with cores/jobs threads (default: one per core; small "
                              "CNNs use one thread each far better than two threads one)")
+    parser.add_argument("--threads", type=int, help="torch threads per training (default: cores / jobs)")
     parser.add_argument("--name", help="results file stem (default kd_effect or kd_effect-quick)")
     parser.add_argument("--pick-students", action="store_true", help="rewrite bench/kd_students.json and exit")
     args = parser.parse_args()
@@ -120,7 +121,7 @@ def main() -> None:
     space = get_space(rec.space)
     task = pipeline.FASHION_MNIST_TASK
     started = time.perf_counter()
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
     # every teacher first, then the students; a GTN/SFTN teacher fine-tuned from the vanilla one waits for it
     warm = rec.gtn.teacher_init == "vanilla"

@@ -9,7 +9,8 @@ Also: how well does the accuracy estimate rank real students? Spearman correlati
 the inherited-weight accuracy and (b) the predictor against the test top-1 of the students
 distilled from the GTN teacher in bench/kd_effect.py (mean over seeds), when those exist.
 
-    .venv/bin/python bench/search.py [--recipe kd] [--cache-dir DIR] [--seeds 0 1 2]
+    .venv/bin/python bench/search.py [--recipe kd] [--accuracy-recipe quick] [--cache-dir DIR] [--seeds 0 1 2]
+    .venv/bin/python bench/search.py --ranks-only    # once bench/kd_effect.py has written its table
 
 Results: bench/results/search.json and search.md.
 """
@@ -36,8 +37,8 @@ RESULTS = HERE / "results"
 
 def rank_correlation(recipe: str, accuracy_recipe: str, cache_dir: Path | None,
                      acc: pipeline.AccuracyOutcome) -> dict | None:
-    """Estimates (from `accuracy_recipe`'s supernet) vs distilled top-1 of bench/kd_effect.py's students on
-    `recipe` (GTN teacher, mean over seeds)."""
+    """Estimates (from `accuracy_recipe`'s supernet) vs the distilled top-1 of bench/kd_effect.py's students on
+    `recipe` (mean over seeds): GTN-KD first, vanilla KD and no KD beside it."""
     path = RESULTS / ("kd_effect.json" if recipe == "kd" else f"kd_effect-{recipe}.json")
     if not path.exists():
         return None
@@ -45,16 +46,44 @@ def rank_correlation(recipe: str, accuracy_recipe: str, cache_dir: Path | None,
     rows = [r for r in report["table"] if "gtn" in r]
     if len(rows) < 4:
         return None
-    space = get_space(load_recipe(recipe).space)
+    space = get_space(load_recipe(accuracy_recipe).space)
     archs = [ArchConfig.from_id(r["arch"]) for r in rows]
-    distilled = [r["gtn"]["mean"] for r in rows]
     inherited = pipeline.inherited_accuracies([a.id for a in archs], recipe=accuracy_recipe, cache_dir=cache_dir)
     predicted = [acc.predictor.predict(space, a) for a in archs]
+    by_method = {m: [r[m]["mean"] for r in rows] for m in ("gtn", "vanilla", "none") if all(m in r for r in rows)}
     return {"students": len(rows), "source": str(path.relative_to(HERE.parent)),
-            "spearman_inherited_vs_distilled": spearman(inherited, distilled),
-            "spearman_predictor_vs_distilled": spearman(predicted, distilled),
+            "spearman_inherited_vs_distilled": spearman(inherited, by_method["gtn"]),
+            "spearman_predictor_vs_distilled": spearman(predicted, by_method["gtn"]),
+            "spearman_by_method": {m: {"inherited": spearman(inherited, v), "predictor": spearman(predicted, v)}
+                                   for m, v in by_method.items()},
             "rows": [{"arch": a.id, "distilled_top1": d, "inherited_top1": i, "predicted_top1": p}
-                     for a, d, i, p in zip(archs, distilled, inherited, predicted)]}
+                     for a, d, i, p in zip(archs, by_method["gtn"], inherited, predicted)]}
+
+
+def render(result: dict) -> str:
+    acc, rows, ranks = result["accuracy_predictor"], result["rows"], result["rank_correlation"]
+    lines = [f"Command: `{result['command']}`. Accuracy estimate: ridge predictor on {acc['samples']} "
+             f"inherited-weight val accuracies of the `{result['accuracy_recipe']}` GTN supernet (leave-one-out error "
+             f"{acc['loo_rmse']:.2f} points).", "",
+             "| device | precision | latency model | evaluations | evolution est. top-1 | random est. top-1 | "
+             "evolution pick (MACs M, p90 ms) |", "|---|---|---|---:|---:|---:|---|"]
+    for device in dict.fromkeys(r["device"] for r in rows):
+        mine = [r for r in rows if r["device"] == device]
+        evo = [r["evolution"]["estimated_top1"] for r in mine]
+        rnd = [r["random"]["estimated_top1"] for r in mine]
+        best = max(mine, key=lambda r: r["evolution"]["estimated_top1"])["evolution"]
+        lines.append(f"| {device} | {mine[0]['precision']} | {mine[0]['latency_source']} | {mine[0]['evaluations']} | "
+                     f"{statistics.fmean(evo):.2f} (min {min(evo):.2f}) | {statistics.fmean(rnd):.2f} (max {max(rnd):.2f}) | "
+                     f"{best['macs'] / 1e6:.2f}, {best['latency_ms_p90']:.3f} |")
+    lines += ["", f"Evolution's pick at least random's on every device and seed: "
+              f"{result['evolution_at_least_random_every_run']}."]
+    if ranks:
+        lines += ["", f"Rank correlation (Spearman) of the accuracy estimate with the distilled test top-1 of "
+                  f"{ranks['students']} benchmark students ({ranks['source']}, mean over seeds):", "",
+                  "| distilled with | inherited-weight accuracy | predictor |", "|---|---:|---:|"]
+        for method, rho in ranks.get("spearman_by_method", {}).items():
+            lines.append(f"| {method} | {rho['inherited']:.2f} | {rho['predictor']:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -65,8 +94,16 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--ranks-only", action="store_true",
+                        help="recompute only the rank correlation into the existing results/search.json (after "
+                             "bench/kd_effect.py has written its table)")
     args = parser.parse_args()
     accuracy_recipe = args.accuracy_recipe or args.recipe
+    if args.ranks_only:
+        result = json.loads((RESULTS / "search.json").read_text())
+        acc = pipeline.accuracy_predictor(recipe=result["accuracy_recipe"], cache_dir=args.cache_dir)
+        result["rank_correlation"] = rank_correlation(result["recipe"], result["accuracy_recipe"], args.cache_dir, acc)
+        return write(result)
 
     acc = pipeline.accuracy_predictor(recipe=accuracy_recipe, cache_dir=args.cache_dir)
     space, task = get_space(load_recipe(accuracy_recipe).space), pipeline.FASHION_MNIST_TASK
@@ -98,29 +135,14 @@ def main() -> None:
               "command": f"python bench/search.py --recipe {args.recipe} --accuracy-recipe {accuracy_recipe} "
                          f"--seeds {' '.join(map(str, args.seeds))} --iterations {args.iterations}",
               "at": time.strftime("%Y-%m-%d")}
+    write(result)
+
+
+def write(result: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "search.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"Command: `{result['command']}`. Accuracy estimate: ridge predictor on {acc.predictor.n_samples} "
-             f"inherited-weight val accuracies of the `{accuracy_recipe}` GTN supernet (leave-one-out error "
-             f"{acc.predictor.loo_rmse:.2f} points).", "",
-             "| device | precision | latency model | evaluations | evolution est. top-1 | random est. top-1 | "
-             "evolution pick (MACs M, p90 ms) |", "|---|---|---|---:|---:|---:|---|"]
-    for device in known_profiles():
-        mine = [r for r in rows if r["device"] == device]
-        evo = [r["evolution"]["estimated_top1"] for r in mine]
-        rnd = [r["random"]["estimated_top1"] for r in mine]
-        best = max(mine, key=lambda r: r["evolution"]["estimated_top1"])["evolution"]
-        lines.append(f"| {device} | {mine[0]['precision']} | {mine[0]['latency_source']} | {mine[0]['evaluations']} | "
-                     f"{statistics.fmean(evo):.2f} (min {min(evo):.2f}) | {statistics.fmean(rnd):.2f} (max {max(rnd):.2f}) | "
-                     f"{best['macs'] / 1e6:.2f}, {best['latency_ms_p90']:.3f} |")
-    lines += ["", f"Evolution's pick at least random's on every device and seed: "
-              f"{result['evolution_at_least_random_every_run']}."]
-    if ranks:
-        lines += ["", f"Rank correlation with the distilled GTN-KD test top-1 of {ranks['students']} benchmark students "
-                  f"({ranks['source']}): Spearman {ranks['spearman_inherited_vs_distilled']:.2f} for the inherited-weight "
-                  f"accuracy, {ranks['spearman_predictor_vs_distilled']:.2f} for the predictor."]
-    (RESULTS / "search.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (RESULTS / "search.md").write_text(render(result) + "\n")
+    print(render(result))
 
 
 if __name__ == "__main__":
