@@ -201,6 +201,9 @@ def summarise(runs: list[dict], teachers: dict[str, Any], students: list[str], s
             values = [r["test_top1"] for r in runs if r["arch"] == arch and r["teacher"] == method]
             if values:
                 row[method] = {"mean": spread(values)[0], "half_range": spread(values)[1], "n": len(values)}
+        top1 = {(r["teacher"], r["seed"]): r["test_top1"] for r in runs if r["arch"] == arch}
+        row["gtn_minus_vanilla_per_seed"] = {s: top1[("gtn", s)] - top1[("vanilla", s)] for s in seeds
+                                             if ("gtn", s) in top1 and ("vanilla", s) in top1}
         table.append(row)
 
     def per_seed_mean(method: str, seed: int, subset: list[str] | None = None) -> float:
@@ -233,10 +236,17 @@ def render(report: dict[str, Any]) -> str:
 
     lines = [f"Command: `{report['command']}`; recipe `{report['recipe']}`, seeds {report['seeds']}; "
              "top-1 (%) on the test split, mean ± half-range over seeds.", "",
-             "| student | MACs (M) | no KD | vanilla KD | GTN KD | SFTN KD |", "|---|---:|---:|---:|---:|---:|"]
+             "| student | MACs (M) | no KD | vanilla KD | GTN KD | SFTN KD | GTN − vanilla per seed |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for row in report["table"]:
+        gaps = " / ".join(f"{g:+.2f}" for g in row.get("gtn_minus_vanilla_per_seed", {}).values()) or "–"
         lines.append(f"| `{row['arch']}` | {row['macs'] / 1e6:.2f} | " + " | ".join(
-            cell(row, m) for m in METHODS) + " |")
+            cell(row, m) for m in METHODS) + f" | {gaps} |")
+    wins = [g for row in report["table"] for g in row.get("gtn_minus_vanilla_per_seed", {}).values()]
+    if wins:
+        lines += ["", f"GTN-KD above vanilla KD in {sum(g > 0 for g in wins)} of {len(wins)} (student, seed) pairs, "
+                      f"below in {sum(g < 0 for g in wins)}; mean {statistics.fmean(wins):+.2f}, "
+                      f"standard deviation {statistics.pstdev(wins):.2f} points."]
     lines += ["", "| teacher | own test top-1 | epochs | train wall-clock (s) | est. training FLOPs |",
               "|---|---:|---:|---:|---:|"]
     for name, t in report["teachers"].items():

@@ -75,6 +75,8 @@ def test_summary_arithmetic() -> None:
     text = kd.render(report)
     assert "| `k3e3_k3e3_k3e3_k3e3` | 4.10 | 80.50 ± 0.50 | 81.50 ± 0.50 | 82.50 ± 0.50 | 83.00 ± 0.50 |" in text
     assert "gtn_within_0.3_of_sftn_every_seed: NOT met" in text
+    assert "| 83.00 ± 0.50 | +1.00 / +1.00 |" in text  # per-seed GTN - vanilla of student a
+    assert "GTN-KD above vanilla KD in 4 of 4 (student, seed) pairs, below in 0; mean +0.60" in text
 
 
 @pytest.mark.parametrize("path", sorted((BENCH / "recipes").glob("*.toml")), ids=lambda p: p.stem)
