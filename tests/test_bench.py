@@ -79,6 +79,28 @@ def test_summary_arithmetic() -> None:
     assert "GTN-KD above vanilla KD in 4 of 4 (student, seed) pairs, below in 0; mean +0.60" in text
 
 
+def test_rerender_rebuilds_the_table_from_the_stored_runs(tmp_path: Path) -> None:
+    # a results file written by an older version (no per-seed column) gains it; timings stay as measured
+    runs = [_run("a", "vanilla", 0, 81.0), _run("a", "gtn", 0, 80.5), _run("a", "vanilla", 1, 82.0),
+            _run("a", "gtn", 1, 82.25)]
+    teacher = {"test_top1": 90.0, "train_seconds": 100.0, "epochs": 4, "training_flops": 1e12}
+    report = {"command": "python bench/kd_effect.py", "recipe": "kd", "seeds": [0, 1], "runs": runs,
+              "table": [{"arch": "a", "macs": 4e6}], "teachers": {"vanilla": teacher, "gtn": teacher},
+              "cost": {"gtn_over_vanilla_wall": 1.0, "gtn_over_vanilla_flops": 1.0, "break_even_students_wall": 1.0,
+                       "break_even_students_flops": 1.0},
+              "gaps": {"gtn_minus_vanilla_per_seed": {}, "gtn_minus_none_per_seed": {},
+                       "gtn_minus_sftn_per_seed_on_sftn_students": {}},
+              "targets_met": {}, "wall_seconds_this_invocation": 6000.0,
+              "machine": {"cores": 2, "jobs": 2, "torch_threads_per_job": 1}}
+    path = tmp_path / "kd_effect.json"
+    path.write_text(json.dumps(report))
+    kd.rerender(path)
+    assert json.loads(path.read_text())["table"][0]["gtn_minus_vanilla_per_seed"] == {"0": -0.5, "1": 0.25}
+    text = path.with_suffix(".md").read_text()
+    assert "| -0.50 / +0.25 |" in text and "GTN-KD above vanilla KD in 1 of 2" in text
+    assert "This invocation: 100 min on 2 cores" in text
+
+
 @pytest.mark.parametrize("path", sorted((BENCH / "recipes").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_benchmark_variant_recipe_loads(path: Path) -> None:
     # the recipes behind bench/results/kd_effect-attempts.md: each must still load, under its own name
