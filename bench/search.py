@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -51,10 +52,20 @@ def rank_correlation(recipe: str, accuracy_recipe: str, cache_dir: Path | None,
     inherited = pipeline.inherited_accuracies([a.id for a in archs], recipe=accuracy_recipe, cache_dir=cache_dir)
     predicted = [acc.predictor.predict(space, a) for a in archs]
     by_method = {m: [r[m]["mean"] for r in rows] for m in ("gtn", "vanilla", "none") if all(m in r for r in rows)}
+    macs = [r["macs"] for r in rows]
+    seeds = report["seeds"][:2]
+
+    def seed_vs_seed(method: str) -> float | None:
+        # the benchmark's own repeatability: no estimate can rank better than the distilled top-1 re-ranks itself
+        top1 = {(r["arch"], r["seed"]): r["test_top1"] for r in report["runs"] if r["teacher"] == method}
+        if len(seeds) < 2 or not all((a.id, s) in top1 for a in archs for s in seeds):
+            return None
+        return spearman([top1[(a.id, seeds[0])] for a in archs], [top1[(a.id, seeds[1])] for a in archs])
     return {"students": len(rows), "source": str(path.relative_to(HERE.parent)),
             "spearman_inherited_vs_distilled": spearman(inherited, by_method["gtn"]),
             "spearman_predictor_vs_distilled": spearman(predicted, by_method["gtn"]),
-            "spearman_by_method": {m: {"inherited": spearman(inherited, v), "predictor": spearman(predicted, v)}
+            "spearman_by_method": {m: {"inherited": spearman(inherited, v), "predictor": spearman(predicted, v),
+                                       "macs": spearman(macs, v), "seed_vs_seed": seed_vs_seed(m)}
                                    for m, v in by_method.items()},
             "rows": [{"arch": a.id, "distilled_top1": d, "inherited_top1": i, "predicted_top1": p}
                      for a, d, i, p in zip(archs, by_method["gtn"], inherited, predicted)]}
@@ -80,9 +91,20 @@ def render(result: dict) -> str:
     if ranks:
         lines += ["", f"Rank correlation (Spearman) of the accuracy estimate with the distilled test top-1 of "
                   f"{ranks['students']} benchmark students ({ranks['source']}, mean over seeds):", "",
-                  "| distilled with | inherited-weight accuracy | predictor |", "|---|---:|---:|"]
+                  "| distilled with | inherited-weight accuracy | predictor | MACs alone | seed vs seed |",
+                  "|---|---:|---:|---:|---:|"]
+
+        def fmt(value: float | None) -> str:
+            return "–" if value is None else f"{value:.2f}"
+
         for method, rho in ranks.get("spearman_by_method", {}).items():
-            lines.append(f"| {method} | {rho['inherited']:.2f} | {rho['predictor']:.2f} |")
+            lines.append(f"| {method} | {fmt(rho['inherited'])} | {fmt(rho['predictor'])} | {fmt(rho.get('macs'))} | "
+                         f"{fmt(rho.get('seed_vs_seed'))} |")
+        lines += ["", "Seed vs seed: the Spearman correlation of two seeds' distilled top-1 with each other, the "
+                      "benchmark's own repeatability r. Against the mean of two seeds, no estimate can be expected to "
+                      "exceed about sqrt(2r / (1 + r)) (Spearman-Brown): "
+                      + ", ".join(f"{m} {math.sqrt(2 * r / (1 + r)):.2f}" for m, rho in ranks["spearman_by_method"].items()
+                                  if (r := rho.get("seed_vs_seed")) is not None and r > 0) + "."]
     return "\n".join(lines)
 
 

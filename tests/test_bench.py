@@ -107,3 +107,17 @@ def test_every_benchmark_variant_recipe_loads(path: Path) -> None:
     from gtnpipe.recipes import load_recipe
 
     assert load_recipe(path).name == path.stem
+
+
+def test_search_table_shows_the_rank_correlation_and_its_ceiling() -> None:
+    search = _load("search")
+    row = {"device": "host", "precision": "fp32", "latency_source": "measured-table", "evaluations": 10,
+           "evolution": {"estimated_top1": 51.0, "macs": 5e6, "latency_ms_p90": 0.2}, "random": {"estimated_top1": 50.0}}
+    result = {"command": "python bench/search.py", "accuracy_recipe": "quick", "rows": [row],
+              "accuracy_predictor": {"samples": 150, "loo_rmse": 1.8}, "evolution_at_least_random_every_run": True,
+              "rank_correlation": {"students": 10, "source": "bench/results/kd_effect.json", "spearman_by_method": {
+                  "gtn": {"inherited": -0.29, "predictor": 0.37, "macs": 0.04, "seed_vs_seed": 0.5},
+                  "none": {"inherited": 0.1, "predictor": 0.2, "macs": 0.3, "seed_vs_seed": None}}}}
+    text = search.render(result)
+    assert "| gtn | -0.29 | 0.37 | 0.04 | 0.50 |" in text and "| none | 0.10 | 0.20 | 0.30 | – |" in text
+    assert "(Spearman-Brown): gtn 0.82." in text  # sqrt(2 * 0.5 / 1.5)
