@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per training (default: cores / jobs)")
     parser.add_argument("--name", help="results file stem (default kd_effect or kd_effect-quick)")
     parser.add_argument("--pick-students", action="store_true", help="rewrite bench/kd_students.json and exit")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="student methods to run (default all; e.g. leave out 'none' when only the KD "
+                             "settings changed: the no-KD runs do not depend on them)")
     parser.add_argument("--rerender", type=Path, metavar="JSON",
                         help="rewrite JSON's table and its .md with this version's summary, and exit (no training)")
     args = parser.parse_args()
@@ -135,12 +138,12 @@ def main() -> None:
     jobs: dict[str, tuple] = {"teacher vanilla": (_teacher_job, "vanilla", None, recipe, args.cache_dir, threads)}
     deps: dict[str, list[str]] = {}
     teacher_of = {"vanilla": "teacher vanilla", "gtn": "teacher gtn"}
-    for method, student in [("gtn", None)] + [("sftn", a) for a in sftn_students]:
+    for method, student in [("gtn", None)] + [("sftn", a) for a in sftn_students if "sftn" in args.methods]:
         name = f"teacher {method}" + (f":{student}" if student else "")
         jobs[name] = (_teacher_job, method, student, recipe, args.cache_dir, threads)
         deps[name] = ["teacher vanilla"] if warm else []
     for arch in students:
-        for method in METHODS:
+        for method in args.methods:
             if method == "sftn" and arch not in sftn_students:
                 continue
             for seed in args.seeds:
@@ -158,7 +161,8 @@ def main() -> None:
                          "jobs": args.jobs, "torch_threads_per_job": threads}
     report["command"] = "python bench/kd_effect.py" + (" --quick" if args.quick else "") + (
         f" --recipe {args.recipe}" if args.recipe else "") + f" --seeds {' '.join(map(str, args.seeds))}" + (
-        f" --jobs {args.jobs}") + (f" --name {args.name}" if args.name else "")
+        f" --jobs {args.jobs}") + (f" --name {args.name}" if args.name else "") + (
+        f" --methods {' '.join(args.methods)}" if tuple(args.methods) != METHODS else "")
     name = args.name or ("kd_effect-quick" if args.quick else "kd_effect")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -217,19 +221,24 @@ def summarise(runs: list[dict], teachers: dict[str, Any], students: list[str], s
         return statistics.fmean(vals)
 
     sftn_archs = [k.split(":", 1)[1] for k in teachers if k.startswith("sftn:")]
+    ran = {r["teacher"] for r in runs}  # a run may leave methods out (--methods)
+
+    def gap(other: str, subset: list[str] | None = None) -> dict[int, float]:
+        if other not in ran or "gtn" not in ran:
+            return {}
+        return {s: per_seed_mean("gtn", s, subset) - per_seed_mean(other, s, subset) for s in seeds}
+
     gaps = {
-        "gtn_minus_vanilla_per_seed": {s: per_seed_mean("gtn", s) - per_seed_mean("vanilla", s) for s in seeds},
-        "gtn_minus_none_per_seed": {s: per_seed_mean("gtn", s) - per_seed_mean("none", s) for s in seeds},
-        "gtn_minus_sftn_per_seed_on_sftn_students": {
-            s: per_seed_mean("gtn", s, sftn_archs) - per_seed_mean("sftn", s, sftn_archs) for s in seeds},
+        "gtn_minus_vanilla_per_seed": gap("vanilla"),
+        "gtn_minus_none_per_seed": gap("none"),
+        "gtn_minus_sftn_per_seed_on_sftn_students": gap("sftn", sftn_archs),
     }
     targets = {
-        "gtn_beats_vanilla_by_0.3_every_seed": all(g >= 0.3 for g in gaps["gtn_minus_vanilla_per_seed"].values()),
-        "gtn_beats_none_by_1_every_seed": all(g >= 1.0 for g in gaps["gtn_minus_none_per_seed"].values()),
-        "gtn_within_0.3_of_sftn_every_seed": all(
-            g >= -0.3 for g in gaps["gtn_minus_sftn_per_seed_on_sftn_students"].values()),
-        "gtn_cost_at_most_1.5x_vanilla": cost["gtn_over_vanilla_wall"] <= 1.5,
-    }
+        name: bool(gaps[key]) and all(g >= bound for g in gaps[key].values())
+        for name, key, bound in (("gtn_beats_vanilla_by_0.3_every_seed", "gtn_minus_vanilla_per_seed", 0.3),
+                                 ("gtn_beats_none_by_1_every_seed", "gtn_minus_none_per_seed", 1.0),
+                                 ("gtn_within_0.3_of_sftn_every_seed", "gtn_minus_sftn_per_seed_on_sftn_students", -0.3))
+    } | {"gtn_cost_at_most_1.5x_vanilla": cost["gtn_over_vanilla_wall"] <= 1.5}
     return {"recipe": recipe, "seeds": seeds, "teachers": teacher_rows, "cost": cost, "table": table, "gaps": gaps,
             "targets_met": targets, "runs": runs}
 
@@ -282,11 +291,11 @@ def render(report: dict[str, Any]) -> str:
         f"{c['gtn_over_vanilla_flops']:.2f}x FLOPs; break-even against SFTN at "
         f"{c['break_even_students_wall']:.2f} students (wall-clock), {c['break_even_students_flops']:.2f} (FLOPs).",
         "",
-        "Mean over students, per seed: GTN − vanilla: " + ", ".join(
-            f"seed {s}: {v:+.2f}" for s, v in g["gtn_minus_vanilla_per_seed"].items())
-        + "; GTN − no KD: " + ", ".join(f"seed {s}: {v:+.2f}" for s, v in g["gtn_minus_none_per_seed"].items())
-        + "; GTN − SFTN (SFTN students only): " + ", ".join(
-            f"seed {s}: {v:+.2f}" for s, v in g["gtn_minus_sftn_per_seed_on_sftn_students"].items()) + ".",
+        "Mean over students, per seed: " + "; ".join(
+            f"{label}: " + ", ".join(f"seed {s}: {v:+.2f}" for s, v in g[key].items())
+            for label, key in (("GTN − vanilla", "gtn_minus_vanilla_per_seed"), ("GTN − no KD", "gtn_minus_none_per_seed"),
+                               ("GTN − SFTN (SFTN students only)", "gtn_minus_sftn_per_seed_on_sftn_students"))
+            if g[key]) + ".",
         "",
         "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets_met"].items()) + ".",
     ]

@@ -424,8 +424,10 @@ def _distill_student(ctx: _Context, arch: str, *, teacher: str, seed: int | None
     init_key = None
     if rec.distill.init == "inherited":  # every method starts from the same GTN-trained supernet weights
         init_key = _train_teacher(ctx, "gtn", student=None, cache_dir=cache_dir, progress=progress).key
+    # the no-KD baseline trains on labels alone: alpha, tau and the logit scale must not re-key (and re-train) it
+    distill_cfg = as_dict(rec.distill) if teacher != "none" else {"init": rec.distill.init}
     spec = {"kind": "distilled", "arch": student.id, "teacher": teacher, "teacher_key": teacher_key,
-            "distill": as_dict(rec.distill), "train": as_dict(rec.train.student), "init_from": init_key, "seed": seed,
+            "distill": distill_cfg, "train": as_dict(rec.train.student), "init_from": init_key, "seed": seed,
             **_base_spec(rec, space, data, task)}
     key = cache_key(spec)
 

@@ -106,6 +106,12 @@ def test_teacher_and_distill_pipeline(tmp_path: Path) -> None:
     other_seed = pipeline.distill_student("smallest", teacher="gtn", recipe=recipe, seed=1, cache_dir=cache,
                                           progress=False)
     assert other_seed.key != hit.key and other_seed.seed == 1
+    # other KD hyperparameters re-key the KD runs only: the no-KD baseline never sees them
+    sharper = tmp_path / "tinysharp.toml"
+    sharper.write_text(recipe.read_text().replace("alpha = 0.9", "alpha = 0.5").replace("tinyplain", "tinysharp"))
+    assert pipeline.distill_student("smallest", teacher="none", recipe=sharper, cache_dir=cache, progress=False).cached
+    assert pipeline.distill_student("smallest", teacher="gtn", recipe=sharper, cache_dir=cache,
+                                    progress=False).key != hit.key
 
 
 def test_sftn_needs_its_student(tmp_path: Path) -> None:
