@@ -56,7 +56,7 @@ def rank_correlation(recipe: str, accuracy_recipe: str, cache_dir: Path | None,
     seeds = report["seeds"][:2]
 
     def seed_vs_seed(method: str) -> float | None:
-        # the benchmark's own repeatability: no estimate can rank better than the distilled top-1 re-ranks itself
+        # the benchmark's own repeatability r, which bounds what any estimate can reach (see render)
         top1 = {(r["arch"], r["seed"]): r["test_top1"] for r in report["runs"] if r["teacher"] == method}
         if len(seeds) < 2 or not all((a.id, s) in top1 for a in archs for s in seeds):
             return None
