@@ -256,9 +256,10 @@ def rerender(path: Path) -> str:
     report = json.loads(path.read_text())
     for row in report["table"]:
         row["gtn_minus_vanilla_per_seed"] = gtn_minus_vanilla(report["runs"], row["arch"], report["seeds"])
+    text = render(report)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    path.with_suffix(".md").write_text(render(report) + "\n")
-    return render(report)
+    path.with_suffix(".md").write_text(text + "\n")
+    return text
 
 
 def render(report: dict[str, Any]) -> str:
