@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from gtnpipe import pipeline
-from gtnpipe.backends import get_backend
-from gtnpipe.bench import measure_latency
-from gtnpipe.check import run_batched
+from gtnpipe.config.profiles import load_profile
+from gtnpipe.deploy.backends import get_backend
+from gtnpipe.deploy.bench import measure_latency
+from gtnpipe.deploy.export import compile_inputs, to_unit_float
+from gtnpipe.deploy.manifest import load_manifest
+from gtnpipe.deploy.parity import run_batched
 from gtnpipe.errors import BackendUnavailable
-from gtnpipe.export import compile_inputs, to_unit_float
-from gtnpipe.manifest import load_manifest
-from gtnpipe.profiles import load_profile
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

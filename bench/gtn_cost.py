@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from gtnpipe import pipeline
-from gtnpipe.gtn import GenericTeacherTrainer
-from gtnpipe.recipes import load_recipe
-from gtnpipe.supernet import Supernet, get_space
-from gtnpipe.teacher import build_teacher
+from gtnpipe.config.recipes import load_recipe
+from gtnpipe.models.supernet import Supernet
+from gtnpipe.models.teacher import build_teacher
+from gtnpipe.space.spaces import get_space
+from gtnpipe.training.gtn import GenericTeacherTrainer
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gtnpipe.backends import get_backend
-from gtnpipe.cost import INT8_SIZE_FACTOR, model_size_bytes
-from gtnpipe.export import Deployable, compile_inputs
-from gtnpipe.supernet import TaskShape, build_static, get_space
-from gtnpipe.supernet.schedule import units
+from gtnpipe.deploy.backends import get_backend
+from gtnpipe.deploy.export import Deployable, compile_inputs
+from gtnpipe.devices.cost import INT8_SIZE_FACTOR, model_size_bytes
+from gtnpipe.models.static import build_static
+from gtnpipe.space.schedule import units
+from gtnpipe.space.spaces import TaskShape, get_space
 
 RESULTS = Path(__file__).parent / "results"
 RUNTIMES = ("onnxruntime", "openvino", "tflite")

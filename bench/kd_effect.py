@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from gtnpipe import pipeline
-from gtnpipe.recipes import load_recipe
-from gtnpipe.supernet import count, get_space
+from gtnpipe.config.recipes import load_recipe
+from gtnpipe.space.counting import count
+from gtnpipe.space.spaces import get_space
 
 HERE = Path(__file__).parent
 STUDENTS_FILE = HERE / "kd_students.json"
@@ -179,8 +180,8 @@ def training_flops(macs_per_image: float, images: int, epochs: int) -> float:
 
 def summarise(runs: list[dict], teachers: dict[str, Any], students: list[str], seeds: list[int], recipe: str,
               rec: Any, space: Any, task: Any) -> dict[str, Any]:
-    from gtnpipe.supernet import count_module
-    from gtnpipe.teacher import build_teacher
+    from gtnpipe.models.counting import count_module
+    from gtnpipe.models.teacher import build_teacher
 
     teacher_macs = count_module(build_teacher(rec.teacher, space, task), task).macs
     n_train = rec.data.train_subset or 55000

@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from gtnpipe import pipeline
-from gtnpipe.backends import runtime_version
-from gtnpipe.backends.probe import measure_peak_rss_mb
-from gtnpipe.calibrate import calibration_archs, time_models
-from gtnpipe.cost import CostModel, roofline_ms, table_path
-from gtnpipe.export import export_onnx
-from gtnpipe.profiles import load_profile
-from gtnpipe.supernet import ArchConfig, build_static, get_space
-from gtnpipe.supernet.schedule import units
+from gtnpipe.config.profiles import load_profile
+from gtnpipe.deploy.backends import runtime_version
+from gtnpipe.deploy.backends.probe import measure_peak_rss_mb
+from gtnpipe.deploy.export import export_onnx
+from gtnpipe.devices.cost import CostModel, roofline_ms, table_path
+from gtnpipe.measure.host_table import calibration_archs, time_models
+from gtnpipe.models.static import build_static
+from gtnpipe.space.schedule import units
+from gtnpipe.space.spaces import ArchConfig, get_space
 
 RESULTS = Path(__file__).parent / "results"
 EVAL_SEED = 20261124

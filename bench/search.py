@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 from gtnpipe import pipeline
-from gtnpipe.accuracy import spearman
-from gtnpipe.cost import CostModel
-from gtnpipe.profiles import known_profiles, load_profile
-from gtnpipe.recipes import load_recipe
-from gtnpipe.search import SearchConfig, evolution_search, random_search
-from gtnpipe.supernet import ArchConfig, get_space
+from gtnpipe.config.profiles import known_profiles, load_profile
+from gtnpipe.config.recipes import load_recipe
+from gtnpipe.devices.cost import CostModel
+from gtnpipe.search.accuracy import spearman
+from gtnpipe.search.evolution import SearchConfig, evolution_search, random_search
+from gtnpipe.space.spaces import ArchConfig, get_space
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

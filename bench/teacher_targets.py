@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from gtnpipe import pipeline
-from gtnpipe.distill import teacher_logits
-from gtnpipe.recipes import load_recipe
-from gtnpipe.train import Normalizer
+from gtnpipe.config.recipes import load_recipe
+from gtnpipe.training.distill import teacher_logits
+from gtnpipe.training.train import Normalizer
 
 RESULTS = Path(__file__).parent / "results"
 

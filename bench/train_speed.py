@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-from gtnpipe.data import load_dataset
+from gtnpipe.config.recipes import load_recipe
+from gtnpipe.data.datasets import load_dataset
+from gtnpipe.models.counting import count_module
+from gtnpipe.models.static import build_static
+from gtnpipe.models.teacher import build_teacher
 from gtnpipe.pipeline import task_of
-from gtnpipe.recipes import load_recipe
-from gtnpipe.supernet import build_static, count_module, get_space
-from gtnpipe.teacher import build_teacher
-from gtnpipe.train import fit, seed_everything
+from gtnpipe.space.spaces import get_space
+from gtnpipe.training.train import fit, seed_everything
 
 RESULTS = Path(__file__).parent / "results"
 

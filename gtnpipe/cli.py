@@ -83,7 +83,7 @@ def _emit_json(obj: Any) -> None:
 
 def _report(result: Any, text: str, *, as_json: bool) -> None:
     """Print a pipeline outcome (a dataclass) as JSON or as `text`; only rank 0 under torchrun."""
-    from gtnpipe import distributed
+    from gtnpipe.training import distributed
 
     if not distributed.is_main():
         return
@@ -195,7 +195,8 @@ def teacher(
 
     Runs data-parallel under torchrun: torchrun --nproc-per-node 2 -m gtnpipe.cli teacher ...
     """
-    from gtnpipe import distributed, pipeline
+    from gtnpipe import pipeline
+    from gtnpipe.training import distributed
 
     distributed.init_from_env()
     with _handled():
@@ -219,7 +220,8 @@ def distill(
     as_json: JsonOpt = False,
 ) -> None:
     """Distill one pool student from a cached teacher (trained first if needed); print top-1 and key."""
-    from gtnpipe import distributed, pipeline
+    from gtnpipe import pipeline
+    from gtnpipe.training import distributed
 
     distributed.init_from_env()
     with _handled():
@@ -247,14 +249,14 @@ def search(
     latency, memory and size come from the device's measured table or the roofline estimate.
     """
     from gtnpipe import pipeline
-    from gtnpipe.search import SearchConfig
+    from gtnpipe.search.evolution import SearchConfig
 
     with _handled():
         result, acc = pipeline.search_device(device, recipe=recipe, cache_dir=cache_dir,
                                              config=SearchConfig(iterations=iterations), progress=progress and not as_json)
         if plot is not None:
-            from gtnpipe.plots import plot_pareto
-            from gtnpipe.profiles import load_profile
+            from gtnpipe.config.profiles import load_profile
+            from gtnpipe.search.plots import plot_pareto
 
             profile = load_profile(device)
             plot_pareto(result, plot, device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90,
@@ -302,8 +304,8 @@ def build(
     Exit 2 on bad input or a failed parity check, 3 when the artifact breaks a budget.
     """
     from gtnpipe import pipeline
-    from gtnpipe.profiles import known_profiles
-    from gtnpipe.search import SearchConfig
+    from gtnpipe.config.profiles import known_profiles
+    from gtnpipe.search.evolution import SearchConfig
 
     devices = known_profiles() if all_devices else list(device or [])
     if not devices:
@@ -371,7 +373,7 @@ def bench(
         Console(stderr=True).print("[bold red]error:[/] give an artifact folder (gtnpipe bench artifacts/host) or "
                                    "--calibrate --device NAME")
         raise typer.Exit(2)
-    from gtnpipe.bench import BENCH_FILE, bench_artifact
+    from gtnpipe.deploy.bench import BENCH_FILE, bench_artifact
 
     with _handled():
         result = bench_artifact(artifact, runs=runs, warmup=warmup, threads=threads)
@@ -404,7 +406,7 @@ def _calibrate(device: str, *, runs: int, rounds: int, kit: Path | None, tables_
 
     with _handled(), _stdout_to_stderr(as_json):
         if kit is not None:  # on the device: torch-free, so not through pipeline (which imports torch)
-            from gtnpipe.calibrate_kit import calibrate_device_from_kit
+            from gtnpipe.measure.kit import calibrate_device_from_kit
 
             info = calibrate_device_from_kit(kit, device, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=progress)
         else:
@@ -447,7 +449,7 @@ def calibration_kit(
 @devices_app.command("list")
 def devices_list(as_json: JsonOpt = False) -> None:
     """The shipped device profiles: runtime, precisions, budgets, and whether a measured latency table exists."""
-    from gtnpipe.profiles import known_profiles, load_profile, profiles_dir
+    from gtnpipe.config.profiles import known_profiles, load_profile, profiles_dir
 
     with _handled():
         profiles = [load_profile(name) for name in known_profiles()]
@@ -473,7 +475,7 @@ def devices_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Every field of one device profile."""
-    from gtnpipe.profiles import load_profile
+    from gtnpipe.config.profiles import load_profile
 
     with _handled():
         profile = load_profile(device)
@@ -491,8 +493,8 @@ def devices_show(
 @devices_app.command("validate")
 def devices_validate(paths: Annotated[list[Path], typer.Argument(help="Profile .toml files to check.")]) -> None:
     """Check profile files strictly; print one line per file; exit 2 if any is invalid."""
+    from gtnpipe.config.profiles import load_profile
     from gtnpipe.errors import ConfigError
-    from gtnpipe.profiles import load_profile
 
     failed = 0
     for path in paths:

@@ -28,35 +28,29 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from gtnpipe import distributed
-from gtnpipe.accuracy import AccuracyPredictor, inherited_accuracy
 from gtnpipe.cache import Cache, cache_key
-from gtnpipe.calibrate import build_calibration_kit, calibrate
-from gtnpipe.calibrate_kit import machine_description, table_summary
-from gtnpipe.check import choose_precision
-from gtnpipe.cost import COST_MODEL_VERSION, CostModel, table_path
-from gtnpipe.data import Dataset, load_dataset
-from gtnpipe.distill import distill, teacher_logits
+from gtnpipe.config.profiles import load_profile
+from gtnpipe.config.recipes import Recipe, load_recipe
+from gtnpipe.config.toml import as_dict
+from gtnpipe.data.datasets import Dataset, load_dataset
+from gtnpipe.deploy.parity import choose_precision
+from gtnpipe.devices.cost import COST_MODEL_VERSION, CostModel, table_path
 from gtnpipe.errors import ConfigError, ParityError
 from gtnpipe.fsutil import sha256_file
-from gtnpipe.gtn import train_generic_teacher
-from gtnpipe.profiles import load_profile
-from gtnpipe.recipes import Recipe, load_recipe
-from gtnpipe.search import SearchConfig, SearchResult, check_feasible, evolution_search
-from gtnpipe.supernet import (
-    ArchConfig,
-    SearchSpace,
-    StagedNet,
-    Supernet,
-    TaskShape,
-    build_static,
-    count,
-    count_module,
-    get_space,
-)
-from gtnpipe.teacher import build_teacher
-from gtnpipe.tomlconfig import as_dict
-from gtnpipe.train import Normalizer, fit, seed_everything
+from gtnpipe.measure.host_table import build_calibration_kit, calibrate
+from gtnpipe.measure.kit import machine_description, table_summary
+from gtnpipe.models.counting import count_module
+from gtnpipe.models.static import StagedNet, build_static
+from gtnpipe.models.supernet import Supernet
+from gtnpipe.models.teacher import build_teacher
+from gtnpipe.search.accuracy import AccuracyPredictor, inherited_accuracy
+from gtnpipe.search.evolution import SearchConfig, SearchResult, check_feasible, evolution_search
+from gtnpipe.space.counting import count
+from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape, get_space
+from gtnpipe.training import distributed
+from gtnpipe.training.distill import distill, teacher_logits
+from gtnpipe.training.gtn import train_generic_teacher
+from gtnpipe.training.train import Normalizer, fit, seed_everything
 
 __all__ = [
     "FASHION_MNIST_TASK",
@@ -529,7 +523,7 @@ def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskSh
     """Measure the device's latency table here (run this ON the device) and write it where search reads it.
 
     A device without torch times a calibration kit instead (`make_calibration_kit` on the host, then
-    gtnpipe.calibrate_kit.calibrate_device_from_kit on the device).
+    gtnpipe.measure.kit.calibrate_device_from_kit on the device).
     """
     profile = load_profile(device)
     table = calibrate(profile, get_space(space), task, n_networks=n_networks, runs=runs, rounds=rounds,
@@ -594,7 +588,7 @@ def _search_stage(ctx: _Context, profile: Any, *, cache_dir: Path | None, config
     key = cache_key(spec)
 
     def build(staging: Path, meta: dict[str, Any]) -> None:
-        from gtnpipe.plots import plot_pareto
+        from gtnpipe.search.plots import plot_pareto
 
         result = evolution_search(model, lambda a: acc.predictor.predict(ctx.space, a), config)
         budgets = profile.budgets
@@ -616,11 +610,11 @@ def _compile_stage(ctx: _Context, profile: Any, student_key: str, precision: str
     """One precision compiled for the device's runtime, parity-checked on the test split and timed here."""
     import numpy as np
 
-    from gtnpipe.backends import get_backend
-    from gtnpipe.bench import measure_latency
-    from gtnpipe.check import compare, run_batched
+    from gtnpipe.deploy.backends import get_backend
+    from gtnpipe.deploy.bench import measure_latency
+    from gtnpipe.deploy.export import to_unit_float
+    from gtnpipe.deploy.parity import compare, run_batched
     from gtnpipe.errors import BackendUnavailable
-    from gtnpipe.export import to_unit_float
 
     backend = get_backend(profile.runtime.name)
     try:
@@ -662,7 +656,7 @@ def load_distilled(arch: str, *, teacher: str = "gtn", recipe: str | Path = "qui
                    cache_dir: Path | None = None) -> tuple[Any, Dataset]:
     """The distilled student (distilled first if not cached) as deployed: normalisation inside, eval mode;
     and the recipe's dataset."""
-    from gtnpipe.export import Deployable
+    from gtnpipe.deploy.export import Deployable
 
     ctx = _context(recipe)
     out = _distill_student(ctx, arch, teacher=teacher, seed=None, cache_dir=cache_dir, progress=False)
@@ -681,10 +675,10 @@ def build_device(device: str | Path, *, recipe: str | Path = "quick", out: Path 
     """
     import numpy as np
 
-    from gtnpipe.artifacts import write_artifact
-    from gtnpipe.backends import get_backend
-    from gtnpipe.backends.probe import measure_peak_rss_mb
-    from gtnpipe.export import Deployable, compile_inputs, to_unit_float
+    from gtnpipe.deploy.artifacts import write_artifact
+    from gtnpipe.deploy.backends import get_backend
+    from gtnpipe.deploy.backends.probe import measure_peak_rss_mb
+    from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
 
     profile = load_profile(device)
     ctx = _context(recipe)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import DeployCase, block_imports_prelude
 
-from gtnpipe.backends import BACKENDS, Backend, BuildResult, get_backend
+from gtnpipe.deploy.backends import BACKENDS, Backend, BuildResult, get_backend
 
 FP32_MAX_ABS = 1e-4
 FP32_AGREEMENT = 99.9
@@ -92,7 +92,7 @@ class BackendContract:
         np.save(tmp_path / "x.npy", x)
         code = block_imports_prelude() + (
             "import json, numpy as np\n"
-            "from gtnpipe.backends import load_runner\n"
+            "from gtnpipe.deploy.backends import load_runner\n"
             f"r = load_runner({self.runtime!r}, __import__('pathlib').Path({str(tmp_path / result.model_file)!r}), threads=1)\n"
             f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
             "print(json.dumps(np.concatenate([r.run(x[i:i+1]) for i in range(len(x))]).tolist()))\n"

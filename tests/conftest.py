@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gtnpipe.data import Dataset, load_dataset
+from gtnpipe.data.datasets import Dataset, load_dataset
 
 TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS / "data" / "tiny.toml"
@@ -44,7 +44,7 @@ class DeployCase:
     def __init__(self, root: Path) -> None:
         import torch
 
-        from gtnpipe.export import Deployable, compile_inputs, to_unit_float
+        from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
         from gtnpipe.pipeline import _context, load_trained
 
         ctx = _context(DEPLOY_RECIPE)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from gtnpipe import distributed
-from gtnpipe.data import load_dataset
-from gtnpipe.recipes import TrainConfig
-from gtnpipe.supernet import Supernet, TaskShape, get_space
-from gtnpipe.train import fit, seed_everything
+from gtnpipe.config.recipes import TrainConfig
+from gtnpipe.data.datasets import load_dataset
+from gtnpipe.models.supernet import Supernet
+from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.training import distributed
+from gtnpipe.training.train import fit, seed_everything
 
 
 class _ArchView(torch.nn.Module):
@@ -40,7 +41,7 @@ def main(out: Path, model_kind: str) -> None:
             logits = model(x, archs[int(idx[0]) % len(archs)])
             return torch.nn.functional.cross_entropy(logits, y), logits
     else:
-        from gtnpipe.supernet import build_static
+        from gtnpipe.models.static import build_static
 
         net = build_static(space.smallest(), space, TaskShape(1, (28, 28), 10))
         loss_fn = None

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from gtnpipe.accuracy import AccuracyPredictor, inherited_accuracy, recalibrate_bn, spearman
-from gtnpipe.data import Dataset
-from gtnpipe.supernet import Supernet, TaskShape, get_space
-from gtnpipe.train import Normalizer
+from gtnpipe.data.datasets import Dataset
+from gtnpipe.models.supernet import Supernet
+from gtnpipe.search.accuracy import AccuracyPredictor, inherited_accuracy, recalibrate_bn, spearman
+from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.training.train import Normalizer
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)

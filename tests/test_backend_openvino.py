@@ -11,7 +11,7 @@ ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip inst
 from backend_template import BackendContract  # noqa: E402
 from conftest import DeployCase  # noqa: E402
 
-from gtnpipe.backends import Backend  # noqa: E402
+from gtnpipe.deploy.backends import Backend  # noqa: E402
 
 
 class TestOpenVino(BackendContract):

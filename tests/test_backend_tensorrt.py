@@ -18,10 +18,10 @@ import pytest
 from backend_template import FP32_MAX_ABS, BackendContract
 from conftest import DeployCase, block_imports_prelude
 
-import gtnpipe.backends.tensorrt as trt_backend
-from gtnpipe.backends import CompileInputs, get_backend
-from gtnpipe.backends.tensorrt import CALIBRATION_FILE, TensorRtBackend, engine_build_command, main
-from gtnpipe.backends.tensorrt_onnx import (
+import gtnpipe.deploy.backends.tensorrt as trt_backend
+from gtnpipe.deploy.backends import CompileInputs, get_backend
+from gtnpipe.deploy.backends.tensorrt import CALIBRATION_FILE, TensorRtBackend, engine_build_command, main
+from gtnpipe.deploy.backends.tensorrt_onnx import (
     TENSORRT_8_0_ONNX_OPS,
     TENSORRT_8_5_ONNX_OPS,
     check_onnx_for_tensorrt,
@@ -48,7 +48,7 @@ MOBILENET_OPS = {"Conv", "Relu", "Clip", "HardSigmoid", "Add", "Mul", "Div", "Su
 @pytest.fixture(scope="module")
 def nano_onnx(deploy_case: DeployCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The DeployCase student exported as for the Jetson Nano profile (max_onnx_opset 13)."""
-    from gtnpipe.export import export_onnx
+    from gtnpipe.deploy.export import export_onnx
 
     path = tmp_path_factory.mktemp("nano") / "model.onnx"
     return export_onnx(deploy_case.model, deploy_case.task, path, max_opset=13, input_shape=deploy_case.inputs.input_shape)
@@ -213,7 +213,7 @@ def test_cli_check(nano_onnx: Path, deploy_case: DeployCase, capsys: pytest.Capt
 
 def test_module_imports_without_tensorrt_or_torch() -> None:
     code = block_imports_prelude(("tensorrt", "torch", "onnx", "cuda", "pycuda")) + (
-        "from gtnpipe.backends import get_backend\n"
+        "from gtnpipe.deploy.backends import get_backend\n"
         "b = get_backend('tensorrt')\n"
         "print(b.runtime, ','.join(b.precisions))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -249,7 +249,7 @@ def test_build_fp32_and_int8_without_tensorrt(nano_inputs: CompileInputs, tmp_pa
     calibration = np.load(tmp_path / "int8" / CALIBRATION_FILE)
     assert calibration.dtype == np.float32 and calibration.shape == (len(nano_inputs.calibration), 1, 28, 28)
     np.testing.assert_array_equal(calibration, nano_inputs.calibration)
-    assert "gtnpipe.backends.tensorrt build model.onnx --precision int8" in int8.notes["engine_build_command"]
+    assert "gtnpipe.deploy.backends.tensorrt build model.onnx --precision int8" in int8.notes["engine_build_command"]
     assert "--int8 --calib=calibration.cache" in int8.notes["calibration"]
     assert "placeholder scales" in int8.notes["calibration"]
 

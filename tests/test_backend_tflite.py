@@ -16,7 +16,7 @@ from backend_template import BackendContract  # noqa: E402
 from conftest import DeployCase  # noqa: E402
 from packaging.version import Version  # noqa: E402
 
-from gtnpipe.backends import Backend, BuildResult, get_backend  # noqa: E402
+from gtnpipe.deploy.backends import Backend, BuildResult, get_backend  # noqa: E402
 from gtnpipe.errors import BackendUnavailable, ConfigError  # noqa: E402
 
 Builds = tuple[Path, dict[str, BuildResult]]

@@ -37,9 +37,9 @@ def _run(arch: str, teacher: str, seed: int, top1: float) -> dict:
 
 
 def test_summary_arithmetic() -> None:
+    from gtnpipe.config.recipes import load_recipe
     from gtnpipe.pipeline import FASHION_MNIST_TASK
-    from gtnpipe.recipes import load_recipe
-    from gtnpipe.supernet import get_space
+    from gtnpipe.space.spaces import get_space
 
     rec = load_recipe("kd-quick")
     a, b = "k3e3_k3e3_k3e3_k3e3", "k7e6_k7e6_k7e6_k7e6"
@@ -104,7 +104,7 @@ def test_rerender_rebuilds_the_table_from_the_stored_runs(tmp_path: Path) -> Non
 @pytest.mark.parametrize("path", sorted((BENCH / "recipes").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_benchmark_variant_recipe_loads(path: Path) -> None:
     # the recipes behind bench/results/kd_effect-attempts.md: each must still load, under its own name
-    from gtnpipe.recipes import load_recipe
+    from gtnpipe.config.recipes import load_recipe
 
     assert load_recipe(path).name == path.stem
 

@@ -17,15 +17,15 @@ import pytest
 from conftest import DEPLOY_RECIPE, TINY_RECIPE, block_imports_prelude
 from typer.testing import CliRunner
 
-from gtnpipe.bench import bench_artifact
 from gtnpipe.cache import Cache
-from gtnpipe.check import choose_precision
 from gtnpipe.cli import app
+from gtnpipe.config.profiles import load_profile
+from gtnpipe.deploy.bench import bench_artifact
+from gtnpipe.deploy.manifest import load_manifest, schema, verify_files
+from gtnpipe.deploy.parity import choose_precision
 from gtnpipe.errors import ArtifactError, ParityError
-from gtnpipe.manifest import load_manifest, schema, verify_files
 from gtnpipe.pipeline import build_device
-from gtnpipe.profiles import load_profile
-from gtnpipe.search import SearchConfig
+from gtnpipe.search.evolution import SearchConfig
 
 pytestmark = pytest.mark.slow
 SMALL_SEARCH = SearchConfig(population=16, iterations=4)
@@ -80,9 +80,9 @@ def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, 
     ref = np.load(folder / "reference/inputs.npy")
     assert ref.shape == (500, 1, 28, 28) and ref.dtype == np.float32 and ref.min() >= 0 and ref.max() <= 1
     # the host table names the CPU it was measured on; a build elsewhere says the two differ
-    from gtnpipe.calibrate_kit import machine_description
-    from gtnpipe.cost import CostModel
-    from gtnpipe.supernet import TaskShape, get_space
+    from gtnpipe.devices.cost import CostModel
+    from gtnpipe.measure.kit import machine_description
+    from gtnpipe.space.spaces import TaskShape, get_space
 
     table_machine = CostModel(load_profile("host"), get_space("mbv3-28"), TaskShape(1, (28, 28), 10)).table_machine
     assert table_machine

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from conftest import block_imports_prelude
 
-from gtnpipe.backends import get_backend
-from gtnpipe.calibrate import build_calibration_kit, calibrate, calibration_archs
-from gtnpipe.calibrate_kit import KIT_FILE, calibrate_from_kit, fit_precision_table
-from gtnpipe.cost import CostModel, LatencyTable, table_path
+from gtnpipe.config.profiles import load_profile
+from gtnpipe.deploy.backends import get_backend
+from gtnpipe.devices.cost import CostModel, LatencyTable, table_path
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file
-from gtnpipe.profiles import load_profile
-from gtnpipe.supernet import TaskShape, get_space
-from gtnpipe.supernet.schedule import all_units, units
+from gtnpipe.measure.host_table import build_calibration_kit, calibrate, calibration_archs
+from gtnpipe.measure.kit import KIT_FILE, calibrate_from_kit, fit_precision_table
+from gtnpipe.space.schedule import all_units, units
+from gtnpipe.space.spaces import TaskShape, get_space
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)

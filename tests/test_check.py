@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gtnpipe.check import compare, run_batched
+from gtnpipe.deploy.parity import compare, run_batched
 from gtnpipe.errors import ParityError
 
 RNG = np.random.default_rng(0)
@@ -72,7 +72,7 @@ def test_run_batched_pads_the_last_batch() -> None:
 
 
 def test_on_device_int8_is_judged_against_the_build_machines_outputs() -> None:
-    from gtnpipe.check import compare_on_device
+    from gtnpipe.deploy.parity import compare_on_device
 
     built = _flip(30)  # the artifact as the build saw it: 3 points below torch on these images
     same = compare_on_device(built.copy(), REF, LABELS, built, backend="openvino", precision="int8", max_drop_points=1.0)

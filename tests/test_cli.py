@@ -12,7 +12,7 @@ from conftest import TINY_RECIPE
 from typer.testing import CliRunner
 
 from gtnpipe.cli import app
-from gtnpipe.supernet import ArchConfig, get_space
+from gtnpipe.space.spaces import ArchConfig, get_space
 
 runner = CliRunner()
 
@@ -118,7 +118,7 @@ def test_missing_dataset_gives_the_install_command(tmp_path: Path, monkeypatch: 
 
 
 def test_devices_commands_run_without_torch(tmp_path: Path) -> None:
-    from gtnpipe.profiles import profiles_dir
+    from gtnpipe.config.profiles import profiles_dir
 
     listed = _run_blocked("sys.argv = ['gtnpipe', 'devices', 'list', '--json']\nfrom gtnpipe.cli import main\nmain()")
     assert listed.returncode == 0, listed.stderr
@@ -132,7 +132,7 @@ def test_devices_commands_run_without_torch(tmp_path: Path) -> None:
 
 
 def test_search_with_an_impossible_budget_says_how_far_to_relax(tmp_path: Path) -> None:
-    from gtnpipe.profiles import profiles_dir
+    from gtnpipe.config.profiles import profiles_dir
 
     profile = tmp_path / "tiny-mcu.toml"
     text = (profiles_dir() / "raspberry-pi-4.toml").read_text().replace('name = "raspberry-pi-4"', 'name = "tiny-mcu"')

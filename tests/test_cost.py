@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gtnpipe.cost import (
+from gtnpipe.config.profiles import load_profile
+from gtnpipe.deploy.export import export_onnx
+from gtnpipe.devices.cost import (
     INT8_SIZE_FACTOR,
     MB,
     CostModel,
@@ -21,10 +23,9 @@ from gtnpipe.cost import (
     weight_bytes,
 )
 from gtnpipe.errors import ConfigError
-from gtnpipe.export import export_onnx
-from gtnpipe.profiles import load_profile
-from gtnpipe.supernet import TaskShape, build_static, get_space
-from gtnpipe.supernet.schedule import all_units, units
+from gtnpipe.models.static import build_static
+from gtnpipe.space.schedule import all_units, units
+from gtnpipe.space.spaces import TaskShape, get_space
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)

@@ -1,4 +1,4 @@
-"""gtnpipe.data on real data: Fashion-MNIST as installed, and .npz / ImageFolder / IDX folders built from it."""
+"""gtnpipe.data.datasets on real data: Fashion-MNIST as installed, and .npz / ImageFolder / IDX folders built from it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gtnpipe.data import (
+from gtnpipe.data.datasets import (
     FASHION_MNIST,
     FASHION_MNIST_INSTALL,
     Dataset,

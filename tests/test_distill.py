@@ -14,13 +14,14 @@ from typer.testing import CliRunner
 
 from gtnpipe import pipeline
 from gtnpipe.cli import app
-from gtnpipe.data import Dataset
-from gtnpipe.distill import distill, kd_loss, teacher_logits
+from gtnpipe.config.recipes import DistillConfig, TrainConfig, load_recipe
+from gtnpipe.data.datasets import Dataset
 from gtnpipe.errors import ConfigError
-from gtnpipe.recipes import DistillConfig, TrainConfig, load_recipe
-from gtnpipe.supernet import TaskShape, build_static, get_space
-from gtnpipe.teacher import build_teacher
-from gtnpipe.train import Normalizer, seed_everything
+from gtnpipe.models.static import build_static
+from gtnpipe.models.teacher import build_teacher
+from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.training.distill import distill, kd_loss, teacher_logits
+from gtnpipe.training.train import Normalizer, seed_everything
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -178,7 +179,7 @@ def test_gtn_fine_tuned_from_the_vanilla_teacher(tmp_path: Path) -> None:
 
 
 def test_logit_scale_by_hand() -> None:
-    from gtnpipe.distill import logit_scale
+    from gtnpipe.training.distill import logit_scale
 
     logits = torch.tensor([[1.0, -1.0], [2.0, -2.0]])  # per-image (unbiased) std sqrt(2) and 2 sqrt(2)
     assert logit_scale(logits, 1.0) == pytest.approx(1 / (1.5 * math.sqrt(2)))

@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from gtnpipe.data import Dataset
-from gtnpipe.gtn import ArchSampler, GenericTeacherTrainer, kd_kl, train_generic_teacher
-from gtnpipe.recipes import GTNConfig, TeacherConfig, TrainConfig
-from gtnpipe.supernet import ArchConfig, Supernet, TaskShape, count, count_module, get_space
-from gtnpipe.teacher import build_teacher
+from gtnpipe.config.recipes import GTNConfig, TeacherConfig, TrainConfig
+from gtnpipe.data.datasets import Dataset
+from gtnpipe.models.counting import count_module
+from gtnpipe.models.supernet import Supernet
+from gtnpipe.models.teacher import build_teacher
+from gtnpipe.space.counting import count
+from gtnpipe.space.spaces import ArchConfig, TaskShape, get_space
+from gtnpipe.training.gtn import ArchSampler, GenericTeacherTrainer, kd_kl, train_generic_teacher
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -218,7 +221,7 @@ def _stage_inputs(net, x, *, start):
 
 def test_optimizer_gives_the_teacher_its_own_learning_rate() -> None:
     from gtnpipe.errors import TrainError
-    from gtnpipe.train import _optimizer
+    from gtnpipe.training.train import _optimizer
 
     trainer = _trainer(GTNConfig(teacher_lr_scale=0.1))
     optimizer = _optimizer(trainer, TrainConfig(epochs=1, lr=0.2))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gtnpipe.config.profiles import PRECISIONS, RUNTIMES, DeviceProfile, known_profiles, load_profile, profiles_dir
 from gtnpipe.errors import ConfigError
-from gtnpipe.profiles import PRECISIONS, RUNTIMES, DeviceProfile, known_profiles, load_profile, profiles_dir
 
 SHIPPED = known_profiles()
 HOST_TEXT = (profiles_dir() / "host.toml").read_text()

@@ -1,4 +1,4 @@
-"""gtnpipe.recipes and the strict TOML loading behind it: shipped recipes load, bad ones say exactly what is wrong."""
+"""gtnpipe.config.recipes and the strict TOML loading behind it: shipped recipes load, bad ones say exactly what is wrong."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any, get_type_hints
 
 import pytest
 
-from gtnpipe.errors import ConfigError
-from gtnpipe.recipes import (
+from gtnpipe.config.recipes import (
     DataConfig,
     Recipe,
     TeacherConfig,
@@ -19,6 +18,7 @@ from gtnpipe.recipes import (
     load_recipe,
     recipes_dir,
 )
+from gtnpipe.errors import ConfigError
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"
 

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gtnpipe.cost import CostModel
-from gtnpipe.profiles import DeviceProfile, known_profiles, load_profile
-from gtnpipe.search import InfeasibleBudget, SearchConfig, evolution_search, pool_minimums, random_search
-from gtnpipe.supernet import ArchConfig, TaskShape, count, get_space
+from gtnpipe.config.profiles import DeviceProfile, known_profiles, load_profile
+from gtnpipe.devices.cost import CostModel
+from gtnpipe.search.evolution import InfeasibleBudget, SearchConfig, evolution_search, pool_minimums, random_search
+from gtnpipe.space.counting import count
+from gtnpipe.space.spaces import ArchConfig, TaskShape, get_space
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -122,7 +123,7 @@ def test_search_config_is_validated() -> None:
 
 
 def test_pareto_plot_is_a_png(tmp_path: Path) -> None:
-    from gtnpipe.plots import plot_pareto
+    from gtnpipe.search.plots import plot_pareto
 
     model = CostModel(load_profile("host"), SPACE, TASK)
     result = evolution_search(model, macs_proxy, SMALL_SEARCH)

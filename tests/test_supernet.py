@@ -13,17 +13,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gtnpipe.errors import ArchError
-from gtnpipe.supernet import (
-    SPACES,
-    ArchConfig,
-    Block,
-    Supernet,
-    TaskShape,
-    build_static,
-    count,
-    count_module,
-    get_space,
-)
+from gtnpipe.models.counting import count_module
+from gtnpipe.models.static import build_static
+from gtnpipe.models.supernet import Supernet
+from gtnpipe.space.counting import count
+from gtnpipe.space.spaces import SPACES, ArchConfig, Block, TaskShape, get_space
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -218,7 +212,7 @@ def test_unknown_space_lists_the_known_ones() -> None:
 
 
 def test_part_costs_add_up_and_match_module_parts() -> None:
-    from gtnpipe.supernet import count_parts
+    from gtnpipe.space.counting import count_parts
 
     arch = SPACE.sample_many(1, seed=21)[0]
     parts = count_parts(arch, SPACE, TASK)

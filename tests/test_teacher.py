@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gtnpipe.config.recipes import TeacherConfig, load_recipe
 from gtnpipe.errors import ConfigError
-from gtnpipe.recipes import TeacherConfig, load_recipe
-from gtnpipe.supernet import Supernet, TaskShape, count, count_module, get_space
-from gtnpipe.teacher import build_teacher
+from gtnpipe.models.counting import count_module
+from gtnpipe.models.supernet import Supernet
+from gtnpipe.models.teacher import build_teacher
+from gtnpipe.space.counting import count
+from gtnpipe.space.spaces import TaskShape, get_space
 
 SPACE = get_space("mbv3-28")
 

@@ -19,11 +19,12 @@ from conftest import TINY_RECIPE
 from torch import nn
 
 from gtnpipe import pipeline
-from gtnpipe.data import Dataset, Split
+from gtnpipe.config.recipes import TrainConfig, load_recipe
+from gtnpipe.data.datasets import Dataset, Split
 from gtnpipe.errors import TrainError
-from gtnpipe.recipes import TrainConfig, load_recipe
-from gtnpipe.supernet import TaskShape, build_static, get_space
-from gtnpipe.train import Normalizer, _schedule, augment_batch, evaluate, fit, seed_everything
+from gtnpipe.models.static import build_static
+from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.training.train import Normalizer, _schedule, augment_batch, evaluate, fit, seed_everything
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)

@@ -1,0 +1,1 @@
+"""The files users write: strict TOML loading, recipes, device profiles (pure Python, no torch)."""

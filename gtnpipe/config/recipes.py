@@ -1,0 +1,187 @@
+"""Recipes: TOML files in recipes/ that fix data slicing, model sizes and training settings.
+
+A recipe is everything that determines a trained result besides the code: it feeds the
+cache keys, so editing one value retrains exactly what depends on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gtnpipe.config.toml import load_named
+
+__all__ = [
+    "DataConfig",
+    "DistillConfig",
+    "GTNConfig",
+    "Recipe",
+    "TeacherConfig",
+    "TrainConfig",
+    "TrainSection",
+    "known_recipes",
+    "load_recipe",
+    "recipes_dir",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "fashion-mnist"  # or a path: ImageFolder tree, IDX folder, or .npz
+    val_size: int = 5000  # carved from train by a seeded permutation
+    train_subset: int = 0  # 0 = every remaining training image
+    test_subset: int = 0  # 0 = the whole test split
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("val_size", "train_subset", "test_subset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"'{name}' must be >= 0 (0 means all), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """ResNet-like teacher: one stage per supernet stage, at the same strides."""
+
+    stem_width: int = 32
+    widths: tuple[int, ...] = (64, 128, 192, 256)
+    blocks: tuple[int, ...] = (2, 2, 2, 1)
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != len(self.blocks):
+            raise ValueError(f"'widths' and 'blocks' must have one entry per stage, got {self.widths} and {self.blocks}")
+        if min((self.stem_width, *self.widths, *self.blocks)) < 1:
+            raise ValueError("'stem_width', 'widths' and 'blocks' must all be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1  # peak learning rate, reached after warmup, then cosine to zero
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 0.0
+    augment: Literal["none", "crop-flip"] = "crop-flip"
+    crop_padding_px: int = 2
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"'{name}' must be > 0, got {value}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"'warmup_epochs' must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        for name in ("weight_decay", "momentum", "crop_padding_px", "warmup_epochs", "label_smoothing"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"'{name}' must be a finite number >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class GTNConfig:
+    """Generic-teacher training (DESIGN.md): loss weights, branches per step, the arch sampler."""
+
+    lambda_kl: float = 1.0  # weight of mean tau^2 KL(teacher || branch)
+    lambda_ce: float = 1.0  # weight of mean CE(branch)
+    temperature: float = 4.0
+    archs_per_step: int = 3  # student branches per step
+    include_extremes: bool = True  # the largest and smallest students are two of them
+    branch_points: tuple[int, ...] = (0, 1, 2, 3)  # i: teacher stages 1..i, adapter, student stages i+1..K
+    sampler_lr: float = 0.05  # REINFORCE step on the sampling distribution's logits
+    entropy_bonus: float = 0.02  # keeps the whole pool covered
+    baseline_momentum: float = 0.9  # EMA of rewards, subtracted to reduce variance
+    branch_batch_fraction: float = 1.0  # share of each batch the branches see (the teacher sees all): cost knob
+    # true (SFTN): branch losses also train the teacher's stages 1..i through the adapters;
+    # false: teacher features enter branches detached, the teacher is shaped only by the KL on its logits
+    branch_grad_into_teacher: bool = True
+    # where the teacher starts. "scratch": teacher and branches train together for train.teacher's epochs.
+    # "vanilla": from the recipe's cached vanilla (CE-only) teacher, fine-tuned with the branches for
+    # finetune_epochs (train.teacher's other settings); the teacher's learning rate is scaled by
+    # teacher_lr_scale, the new adapters and supernet weights get the full one. The cost is the vanilla
+    # teacher's plus the fine-tuning's (both are reported).
+    teacher_init: Literal["scratch", "vanilla"] = "scratch"
+    finetune_epochs: int = 3
+    teacher_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_kl", "lambda_ce", "sampler_lr", "entropy_bonus"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"'{name}' must be a finite number >= 0, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise ValueError(f"'temperature' must be > 0, got {self.temperature}")
+        if self.archs_per_step < (3 if self.include_extremes else 1):
+            raise ValueError(f"'archs_per_step' must be >= {3 if self.include_extremes else 1} "
+                             f"(include_extremes = {str(self.include_extremes).lower()}), got {self.archs_per_step}")
+        if not self.branch_points or len(set(self.branch_points)) != len(self.branch_points) or min(self.branch_points) < 0:
+            raise ValueError(f"'branch_points' must be distinct stage indices >= 0, got {list(self.branch_points)}")
+        if not 0 <= self.baseline_momentum < 1:
+            raise ValueError(f"'baseline_momentum' must be in [0, 1), got {self.baseline_momentum}")
+        if not 0 < self.branch_batch_fraction <= 1:
+            raise ValueError(f"'branch_batch_fraction' must be in (0, 1], got {self.branch_batch_fraction}")
+        if not self.finetune_epochs >= 1:
+            raise ValueError(f"'finetune_epochs' must be >= 1, got {self.finetune_epochs}")
+        if not (math.isfinite(self.teacher_lr_scale) and self.teacher_lr_scale > 0):
+            raise ValueError(f"'teacher_lr_scale' must be a finite number > 0, got {self.teacher_lr_scale}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Hinton KD of a student: (1 - alpha) CE + alpha tau^2 KL(teacher || student)."""
+
+    alpha: float = 0.9
+    temperature: float = 4.0
+    init: Literal["scratch", "inherited"] = "scratch"  # inherited: weights from the GTN run's supernet
+    # > 0: scale every teacher's logits so their mean per-image standard deviation on the train split is this
+    # value (a per-teacher temperature: teachers are compared by the shape of their targets, not their scale);
+    # 0: the logits as the teacher gives them
+    teacher_logit_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"'alpha' must be in [0, 1], got {self.alpha}")
+        if not (math.isfinite(self.teacher_logit_std) and self.teacher_logit_std >= 0):
+            raise ValueError(f"'teacher_logit_std' must be a finite number >= 0, got {self.teacher_logit_std}")
+        if not self.temperature > 0:
+            raise ValueError(f"'temperature' must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    teacher: TrainConfig
+    student: TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    train: TrainSection
+    description: str = ""
+    seed: int = 0
+    space: str = "mbv3-28"  # a name in gtnpipe.space.spaces.SPACES
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    gtn: GTNConfig = GTNConfig()
+    distill: DistillConfig = DistillConfig()
+
+
+def recipes_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def known_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.toml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A recipe by name (recipes/<name>.toml) or by path to a TOML file of the same form."""
+    return load_named(Recipe, name_or_path, recipes_dir(), kind="recipe")

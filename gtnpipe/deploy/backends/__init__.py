@@ -1,0 +1,141 @@
+"""Runtime backends: compile an exported model for a device's runtime, load it, run a batch.
+
+A backend is a class with three methods (STYLE.md's build / load / run protocol):
+
+- `build(inputs, precision, out_dir)` compiles the FP32 export (an ONNX file, and the torch
+  module for converters that read torch) to the runtime's format at one precision and
+  writes the model file(s) into `out_dir`. Runs on the host; may import torch and the
+  converters (nncf, litert-torch, ...) inside the method.
+- `load(model_path, threads=, precision=)` returns a `Runner` whose `run(x)` maps one batch
+  of float32 NCHW images in [0, 1] (the shape of `inputs.input_shape`) to logits. Runs on the
+  device: it must not need torch, nncf or any converter, only the runtime.
+- `version()` the installed runtime's version.
+
+`BACKENDS` maps a runtime name to "module:Class". Modules are imported on demand, so a
+device needs only its own runtime: a missing SDK is a `BackendUnavailable` naming the pip
+extra that installs it; an unknown runtime a `ConfigError` listing the known ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from gtnpipe.errors import BackendUnavailable, ConfigError
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BuildResult",
+    "CALIBRATION_IMAGES",
+    "CompileInputs",
+    "calibration_batches",
+    "Runner",
+    "get_backend",
+    "missing",
+    "load_runner",
+    "runtime_version",
+]
+
+
+class Runner(Protocol):
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits (float32, (N, classes)) of one batch of float32 (N, C, H, W) images in [0, 1]."""
+        ...
+
+
+@dataclass(frozen=True)
+class CompileInputs:
+    """What every backend compiles from (gtnpipe.deploy.export writes it)."""
+
+    onnx_path: Path  # FP32 ONNX: input 'input' float32 NCHW in [0, 1] (normalisation inside), output 'logits'
+    input_shape: tuple[int, ...]  # static (batch, C, H, W): the device's batch
+    calibration: np.ndarray  # float32 (N, C, H, W) training-split images in [0, 1], for INT8 calibration
+    max_onnx_opset: int  # the device runtime's limit (profile runtime.max_onnx_opset)
+    torch_module: Any = None  # the same model as an eval-mode torch nn.Module, for converters that read torch
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The files a build wrote into its out_dir (names relative to it); `model_file` is what `load` takes."""
+
+    model_file: str
+    files: tuple[str, ...]
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. quantization settings, the engine build command
+    # False when the device compiles model_file further before running it (a TensorRT engine from ONNX): its
+    # size then says nothing about the size budget
+    deployed_format: bool = True
+
+
+class Backend(ABC):
+    runtime: ClassVar[str]  # the device profiles' runtime name
+    precisions: ClassVar[tuple[str, ...]]  # what `build` can produce
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    @abstractmethod
+    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult: ...
+
+    @abstractmethod
+    def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> Runner: ...
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise ConfigError(f"the {self.runtime} backend builds {', '.join(self.precisions)}, not {precision!r}; "
+                              "remove it from the profile's 'precisions'")
+
+
+CALIBRATION_IMAGES = 300  # NNCF's default subset size; DEPS.md measured ~6 s of INT8 PTQ per small CNN with it
+
+
+def calibration_batches(inputs: CompileInputs, *, max_images: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+    """INT8 calibration data: whole batches of the device's batch size from `inputs.calibration`, up to
+    `max_images` images (at least one batch)."""
+    batch = inputs.input_shape[0]
+    n = min(len(inputs.calibration), max(max_images, batch)) // batch * batch
+    if n == 0:
+        raise ConfigError(f"INT8 calibration needs at least one batch of {batch} images, got {len(inputs.calibration)}; "
+                          "pass more calibration images or build int8 at a smaller batch")
+    return [inputs.calibration[i:i + batch] for i in range(0, n, batch)]
+
+
+# runtime name -> "module:Class" (imported on demand) and the pip extra that installs the runtime
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    "onnxruntime": ("gtnpipe.deploy.backends.onnxruntime:OnnxRuntimeBackend", "onnx"),
+    "openvino": ("gtnpipe.deploy.backends.openvino:OpenVinoBackend", "openvino"),
+    "tflite": ("gtnpipe.deploy.backends.tflite:TfliteBackend", "tflite"),
+    "tensorrt": ("gtnpipe.deploy.backends.tensorrt:TensorRtBackend", None),  # JetPack / NVIDIA's packages
+}
+
+
+def missing(what: str, err: ImportError, extra: str | None) -> BackendUnavailable:
+    """The error for a missing SDK: which module, and the extra that installs it (None: not from PyPI)."""
+    how = f"install it with \"pip install 'gtnpipe[{extra}]'\"" if extra else "it does not come from PyPI"
+    return BackendUnavailable(f"{what} is not installed ({err.name or err} missing); {how}")
+
+
+def get_backend(runtime: str) -> Backend:
+    if runtime not in BACKENDS:
+        raise ConfigError(f"no backend for runtime {runtime!r}; backends: {', '.join(sorted(BACKENDS))}")
+    target, extra = BACKENDS[runtime]
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise missing(f"runtime {runtime!r}", err, extra) from err
+    backend: Backend = getattr(module, class_name)()
+    return backend
+
+
+def load_runner(runtime: str, model_path: Path, *, threads: int, precision: str = "fp32") -> Runner:
+    return get_backend(runtime).load(model_path, threads=threads, precision=precision)
+
+
+def runtime_version(runtime: str) -> str:
+    return get_backend(runtime).version()

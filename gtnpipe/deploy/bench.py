@@ -1,0 +1,123 @@
+"""Timing compiled models, and `gtnpipe bench ARTIFACT_DIR`: the on-device benchmark of an artifact folder.
+
+Torch-free: a device needs the artifact folder, numpy and its runtime, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gtnpipe.deploy.backends import Runner, get_backend
+from gtnpipe.deploy.backends.probe import measure_peak_rss_mb
+from gtnpipe.deploy.manifest import load_manifest, verify_files
+from gtnpipe.deploy.parity import compare_on_device, run_batched
+from gtnpipe.fsutil import atomic_write_json
+
+__all__ = ["BENCH_FILE", "LatencyStats", "bench_artifact", "measure_latency"]
+
+BENCH_FILE = "bench.json"
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    batch_size: int
+
+    @property
+    def throughput_per_s(self) -> float:
+        return self.batch_size / (self.mean_ms / 1e3)
+
+    def to_dict(self) -> dict[str, float]:
+        return {**self.__dict__, "throughput_per_s": self.throughput_per_s}
+
+
+def measure_latency(runner: Runner, x: np.ndarray, *, warmup: int = 20, runs: int = 200) -> LatencyStats:
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    for _ in range(warmup):
+        runner.run(x)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        runner.run(x)
+        times[i] = (time.perf_counter_ns() - start) / 1e6
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return LatencyStats(float(p50), float(p90), float(p99), float(times.mean()), runs, int(x.shape[0]))
+
+
+def _verdict(budgets: dict[str, Any], latency: LatencyStats, peak_mb: float, size_mb: float,
+             parity_passed: bool, runtime_ok: bool) -> dict[str, Any]:
+    checks = {
+        "latency_ms_p90": {"measured": latency.p90_ms, "budget": budgets["latency_ms_p90"],
+                           "ok": latency.p90_ms <= budgets["latency_ms_p90"]},
+        "peak_memory_mb": {"measured": peak_mb, "budget": budgets["peak_memory_mb"], "ok": peak_mb <= budgets["peak_memory_mb"]},
+        "model_size_mb": {"measured": size_mb, "budget": budgets["model_size_mb"], "ok": size_mb <= budgets["model_size_mb"]},
+        "parity": {"ok": parity_passed},
+        "runtime_version": {"ok": runtime_ok},
+    }
+    return {"ok": all(c["ok"] for c in checks.values()), "checks": checks}
+
+
+def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: int | None = None,
+                   write: bool = True) -> dict[str, Any]:
+    """Verify, re-check parity, time and measure an artifact folder here; write bench.json beside its manifest.
+
+    The sha256 of every file is checked first: a modified or missing file is refused by name.
+    """
+    from packaging.specifiers import SpecifierSet
+
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    verify_files(folder, manifest)
+    model, runtime = manifest["model"], manifest["runtime"]
+    threads = threads or int(model["threads"])
+    backend = get_backend(runtime["name"])
+    version = backend.version()
+    runtime_ok = SpecifierSet(runtime["version_range"]).contains(version, prereleases=True)
+    model_path = folder / model["file"]
+    runner = backend.load(model_path, threads=threads, precision=model["precision"])
+
+    ref = manifest["reference"]
+    x_ref = np.load(folder / ref["inputs"])
+    built = np.load(folder / ref["artifact_logits"]) if "artifact_logits" in ref else None
+    parity = compare_on_device(run_batched(runner, x_ref, batch_size=model["input"]["shape"][0]),
+                               np.load(folder / ref["logits"]), np.load(folder / ref["labels"]), built,
+                               backend=runtime["name"], precision=model["precision"],
+                               max_drop_points=float(manifest["budgets"]["max_accuracy_drop_points"]))
+    shape = tuple(model["input"]["shape"])
+    x = np.resize(x_ref, shape).astype(np.float32)  # real images, repeated if the batch is larger than the reference
+    latency = measure_latency(runner, x, warmup=warmup, runs=runs)
+    peak_mb = measure_peak_rss_mb(runtime["name"], model_path, threads=threads, input_shape=shape,
+                                  precision=model["precision"])
+    size_mb = sum(manifest["files"][f]["bytes"] for f in model["files"]) / 1e6
+    result = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "device_profile": manifest["device"]["name"],
+        "runtime": {"name": runtime["name"], "version": version, "profile_range": runtime["version_range"],
+                    "in_range": runtime_ok},
+        "precision": model["precision"],
+        "threads": threads,
+        "warmup": warmup,
+        "latency": latency.to_dict(),
+        "peak_memory_mb": peak_mb,
+        "model_size_mb": size_mb,
+        "parity": parity.to_dict(),
+        "predicted": manifest["predicted"],
+        "verdict": _verdict(manifest["budgets"], latency, peak_mb, size_mb, parity.passed, runtime_ok),
+    }
+    if write:
+        atomic_write_json(folder / BENCH_FILE, result)
+    return result

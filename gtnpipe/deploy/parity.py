@@ -1,0 +1,174 @@
+"""Parity of a compiled model with the PyTorch student: the bars a build must pass to ship.
+
+- FP32: max abs logit difference <= 1e-4 and top-1 agreement >= 99.9% with torch;
+- FP16: top-1 agreement >= 99.5%;
+- FP16 and INT8: test top-1 at most the profile's `max_accuracy_drop_points` below torch's.
+
+numpy only: `gtnpipe bench` re-runs the same check on the device against the reference
+images and logits the artifact carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from gtnpipe.config.profiles import DeviceProfile
+from gtnpipe.deploy.backends import Runner
+from gtnpipe.errors import ParityError
+
+__all__ = [
+    "DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT",
+    "FP16_MIN_AGREEMENT_PCT",
+    "FP32_MAX_ABS_DIFF",
+    "FP32_MIN_AGREEMENT_PCT",
+    "ParityReport",
+    "choose_precision",
+    "compare",
+    "compare_on_device",
+    "run_batched",
+]
+
+FP32_MAX_ABS_DIFF = 1e-4
+FP32_MIN_AGREEMENT_PCT = 99.9
+FP16_MIN_AGREEMENT_PCT = 99.5
+# On the device, an FP16/INT8 artifact is compared with its own outputs on the build machine (whose accuracy
+# the build judged on the whole test split): another CPU's int8/fp16 kernels round a little differently.
+DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT = 99.0
+
+
+def run_batched(runner: Runner, x: np.ndarray, *, batch_size: int) -> np.ndarray:
+    """Logits of every image in `x` through a runner compiled for a static batch (the last batch is padded)."""
+    outs = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+        outs.append(np.asarray(runner.run(np.ascontiguousarray(chunk)), dtype=np.float32)[:n])
+    return np.concatenate(outs)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    backend: str
+    precision: str
+    images: int
+    max_abs_diff: float
+    agreement_pct: float  # share of images where the artifact's top-1 class equals torch's
+    torch_top1: float
+    artifact_top1: float
+    max_drop_points: float
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def drop_points(self) -> float:
+        return self.torch_top1 - self.artifact_top1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "failures": list(self.failures), "passed": self.passed, "drop_points": self.drop_points}
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            raise ParityError(f"{self.backend} {self.precision} artifact fails parity with the PyTorch student on "
+                              f"{self.images} test images: {'; '.join(self.failures)}. The compiled model is wrong, "
+                              "not just imprecise: check the runtime version against the profile's, or report it")
+
+
+def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, *, backend: str, precision: str,
+            max_drop_points: float) -> ParityReport:
+    """Check `logits` (the artifact's) against `reference` (torch FP32's) on the same labelled images."""
+    if logits.shape != reference.shape:
+        raise ParityError(f"{backend} {precision} artifact returns logits of shape {logits.shape}, torch {reference.shape}")
+    max_abs = float(np.abs(logits.astype(np.float64) - reference).max())
+    agreement = float((logits.argmax(1) == reference.argmax(1)).mean() * 100)
+    torch_top1 = float((reference.argmax(1) == labels).mean() * 100)
+    top1 = float((logits.argmax(1) == labels).mean() * 100)
+    failures = []
+    if not np.isfinite(logits).all():
+        failures.append("non-finite logits")
+    if precision == "fp32":
+        if max_abs > FP32_MAX_ABS_DIFF:
+            failures.append(f"max abs logit difference {max_abs:.3g} > {FP32_MAX_ABS_DIFF:g}")
+        if agreement < FP32_MIN_AGREEMENT_PCT:
+            failures.append(f"top-1 agreement {agreement:.2f}% < {FP32_MIN_AGREEMENT_PCT}%")
+    else:
+        if precision == "fp16" and agreement < FP16_MIN_AGREEMENT_PCT:
+            failures.append(f"top-1 agreement {agreement:.2f}% < {FP16_MIN_AGREEMENT_PCT}%")
+        if torch_top1 - top1 > max_drop_points:
+            failures.append(f"top-1 {top1:.2f}% is {torch_top1 - top1:.2f} points below torch's {torch_top1:.2f}% "
+                            f"(the profile allows {max_drop_points:g}: budgets.max_accuracy_drop_points)")
+    return ParityReport(backend, precision, len(labels), max_abs, agreement, torch_top1, top1, max_drop_points,
+                        tuple(failures))
+
+
+def compare_on_device(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, built: np.ndarray | None, *,
+                      backend: str, precision: str, max_drop_points: float) -> ParityReport:
+    """`gtnpipe bench`'s check on the few hundred reference images an artifact carries.
+
+    FP32 meets the build's bars against torch. FP16/INT8 were judged for accuracy on the whole test split at
+    build time; here they must reproduce the build machine's outputs (`built`), since a top-1 drop measured
+    on 500 images is too noisy to re-judge. Without `built` (an engine the build could not run), the
+    accuracy drop is judged here.
+    """
+    if precision == "fp32" or built is None:
+        return compare(logits, reference, labels, backend=backend, precision=precision, max_drop_points=max_drop_points)
+    report = compare(logits, reference, labels, backend=backend, precision=precision, max_drop_points=float("inf"))
+    failures = [f for f in report.failures if not f.startswith("top-1 agreement")]  # agreement with torch: judged at build
+    with_build = float((logits.argmax(1) == built.argmax(1)).mean() * 100)
+    if with_build < DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT:
+        failures.append(f"top-1 agreement with the same artifact on the build machine {with_build:.2f}% < "
+                        f"{DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT}%")
+    return dataclasses.replace(report, max_drop_points=max_drop_points, failures=tuple(failures))
+
+
+def choose_precision(profile: DeviceProfile, compiled: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The precision that ships: fastest measured among those within the accuracy limit and the size budget
+    (profile order where nothing could be measured here), and a row per precision saying why."""
+    rows: dict[str, dict[str, Any]] = {}
+    passing = []
+    for precision in profile.precisions:
+        m = compiled.get(precision)
+        if m is None or "error" in m:
+            rows[precision] = {"precision": precision, "status": "not-built", "reason": m["error"] if m else "the backend "
+                               f"does not build {precision}", "parity": None, "latency_ms_p50": None, "size_bytes": None}
+            continue
+        lat = m["latency"]["p50_ms"] if m.get("latency") else None
+        row = {"precision": precision, "parity": m["parity"], "latency_ms_p50": lat, "size_bytes": m["size_bytes"]}
+        rows[precision] = row
+        if m["parity"] is not None and not m["parity"]["passed"]:
+            rows[precision] |= {"status": "rejected", "reason": "; ".join(m["parity"]["failures"])}
+        elif m["deployed_format"] and m["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
+            rows[precision] |= {"status": "rejected", "reason": f"file {m['size_bytes'] / 1e6:.3f} MB > budget "
+                                f"model_size_mb {profile.budgets.model_size_mb:g}"}
+        else:
+            passing.append(precision)
+    if not passing:
+        raise ParityError(f"no precision of device {profile.name!r} passes its checks: "
+                          + "; ".join(f"{p}: {r['reason']}" for p, r in rows.items())
+                          + ". Allow another precision in the profile's 'precisions', or relax the [budgets] field named "
+                          "above (max_accuracy_drop_points, model_size_mb)")
+    timed = [p for p in passing if rows[p]["latency_ms_p50"] is not None]
+    if len(timed) == len(passing):
+        chosen = min(passing, key=lambda p: rows[p]["latency_ms_p50"])
+        why = "fastest measured here within the accuracy limit and size budget"
+    else:
+        chosen = passing[0]
+        why = "first of the profile's precisions that passed (latency not measurable here; gtnpipe bench on the device)"
+    for p in passing:
+        if p == chosen:
+            rows[p] |= {"status": "shipped" if rows[p]["parity"] is not None else "built-unchecked", "reason": why}
+        else:
+            rows[p] |= {"status": "rejected", "reason": f"slower here: p50 {rows[p]['latency_ms_p50']:.3f} ms vs "
+                        f"{rows[chosen]['latency_ms_p50']:.3f} ms" if p in timed and chosen in timed else
+                        f"{chosen} comes first in the profile's precisions"}
+    if rows[chosen]["parity"] is None:
+        rows[chosen]["reason"] += f" (parity not checked here: {compiled[chosen]['unchecked_reason']})"
+    return chosen, [rows[p] for p in profile.precisions]

@@ -1,0 +1,197 @@
+"""Cost models: a student's latency, peak memory and model size on a device, each with its source.
+
+Latency (nn-Meter's approach at block level instead of kernel level):
+- `measured-table`: the device's table (device_profiles/tables/<device>.json, written by
+  `gtnpipe bench --calibrate` in the device's runtime) gives the measured p50 latency of
+  every distinct unit of the space (stem, each block configuration, head). Their sum
+  misses whole-network effects (one session call instead of many, cache reuse), so the
+  table also holds a linear correction `p50 = slope * sum + per_unit * units + intercept`
+  fitted on a few dozen whole networks (a unit timed alone pays a runtime call's fixed cost
+  that a whole network pays once), and the measured p90/p50 ratio that turns p50 into the budget's p90.
+- `roofline-estimate`: without a table, per layer max(FLOPs / peak, bytes / bandwidth)
+  plus the profile's per-layer overhead, from spec-sheet numbers. Depthwise convolutions
+  run far below peak on real CPUs, so this is optimistic; bench/predictor.py shows by how much on host.
+
+Memory: the runtime's fixed overhead + weights at the precision + the peak of live
+activations in the arch's schedule (layer input and output, plus a block's input kept
+for its residual). With a table, overhead and a slope on the model bytes are fitted on
+the calibration networks' measured peak RSS (`measured-table`); without one, the
+profile's overhead and a slope of 1 (`roofline-estimate`).
+
+Model size: weights after BN folding at the precision plus a per-layer allowance for the
+graph description (`formula`; bench/predictor.py checks it against real ONNX files).
+
+The table's format is gtnpipe.devices.latency_table (torch-free, because the device writes it),
+re-exported here. MB means 10^6 bytes everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from gtnpipe.config.profiles import Budgets, DeviceProfile
+from gtnpipe.devices.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, TableTask, table_path
+from gtnpipe.errors import ConfigError
+from gtnpipe.space.counting import count
+from gtnpipe.space.schedule import Layer, Unit, units
+from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
+
+__all__ = [
+    "TABLE_SCHEMA",
+    "CostEstimate",
+    "CostModel",
+    "LatencyTable",
+    "PrecisionTable",
+    "TableTask",
+    "activation_peak_elems",
+    "COST_MODEL_VERSION",
+    "INT8_SIZE_FACTOR",
+    "model_size_bytes",
+    "roofline_ms",
+    "table_path",
+    "weight_bytes",
+]
+
+MB = 1e6
+BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+GRAPH_BYTES_PER_LAYER = 160  # node, initializer names and attributes in an ONNX/TFLite graph (fit on ONNX exports)
+GRAPH_BYTES_FIXED = 1500
+Source = Literal["measured-table", "roofline-estimate", "formula"]
+
+
+def weight_bytes(schedule: list[Unit], precision: str) -> int:
+    return sum(layer.deployed_params for unit in schedule for layer in unit.layers) * BYTES[precision]
+
+
+# Bump when a change here changes what the cost model predicts: cached searches keyed on it then miss.
+COST_MODEL_VERSION = 2  # 2: INT8 sizes per runtime
+
+# INT8 files hold more than one byte per weight: 32-bit biases, per-channel scales and zero points (TFLite
+# stores an int64 zero point per channel), quantize/dequantize nodes. The factor is the largest ratio of the
+# real INT8 file to the formula above over 8 students per runtime (bench/int8_size.py; bench/results/int8_size.md),
+# rounded up: a size budget is a hard limit, so this is meant as an upper bound (the ratio ranges 1.43-2.26 in
+# ONNX Runtime, 1.58-2.22 in OpenVINO, 1.25-1.39 in TFLite; an earlier sample of 8 others stayed within them).
+# TensorRT: the engine is built on the device and not measured here.
+INT8_SIZE_FACTOR = {"onnxruntime": 2.27, "openvino": 2.23, "tflite": 1.40, "tensorrt": 1.0}
+
+
+def model_size_bytes(schedule: list[Unit], precision: str, *, runtime: str | None = None) -> int:
+    """Serialised size: weights at `precision` plus graph bytes; for INT8 in a named runtime, times its INT8_SIZE_FACTOR."""
+    n_layers = sum(len(unit.layers) for unit in schedule)
+    size = weight_bytes(schedule, precision) + GRAPH_BYTES_PER_LAYER * n_layers + GRAPH_BYTES_FIXED
+    return round(size * INT8_SIZE_FACTOR[runtime]) if precision == "int8" and runtime is not None else size
+
+
+def activation_peak_elems(schedule: list[Unit]) -> int:
+    """Largest number of activation elements alive at once, per image, running units in order."""
+    peak = 0
+    for unit in schedule:
+        for i, layer in enumerate(unit.layers):
+            live = layer.in_elems + layer.out_elems
+            if unit.residual and i > 0:
+                live += unit.layers[0].in_elems
+            peak = max(peak, live)
+    return peak
+
+
+def _layer_roofline_s(layer: Layer, profile: DeviceProfile, precision: str) -> float:
+    hw = profile.hardware
+    batch = profile.batch_size
+    flops = 2.0 * layer.macs * batch
+    moved = (layer.in_elems + layer.out_elems) * batch * BYTES[precision] + layer.deployed_params * BYTES[precision]
+    return max(flops / (hw.peak_gflops(precision) * 1e9), moved / (hw.memory_gbps * 1e9)) + hw.layer_overhead_us * 1e-6
+
+
+def roofline_ms(schedule: list[Unit], profile: DeviceProfile, precision: str) -> float:
+    return 1e3 * sum(_layer_roofline_s(layer, profile, precision) for unit in schedule for layer in unit.layers)
+
+
+@cache
+def _read_table(path: Path, mtime_ns: int) -> LatencyTable:
+    return LatencyTable.from_json(path.read_text(), where=str(path))
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    arch_id: str
+    precision: str
+    macs: int
+    params: int
+    latency_ms_p50: float
+    latency_ms_p90: float
+    latency_source: Source
+    peak_memory_mb: float
+    memory_source: Source
+    model_size_mb: float
+    size_source: Source
+
+    def violations(self, budgets: Budgets) -> list[str]:
+        """Each budget this student exceeds, as 'field: predicted > budget' (latency: the budget less its margin)."""
+        out = []
+        if self.latency_ms_p90 > budgets.planned_latency_ms_p90:
+            margin = f" less the {budgets.latency_margin_pct:g}% margin" if budgets.latency_margin_pct else ""
+            out.append(f"latency_ms_p90: predicted {self.latency_ms_p90:.3f} > budget {budgets.latency_ms_p90:g}{margin}")
+        for predicted, budget, name in ((self.peak_memory_mb, budgets.peak_memory_mb, "peak_memory_mb"),
+                                        (self.model_size_mb, budgets.model_size_mb, "model_size_mb")):
+            if predicted > budget:
+                out.append(f"{name}: predicted {predicted:.3f} > budget {budget:g}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class CostModel:
+    """Predicts a student's cost on one device at one precision."""
+
+    def __init__(self, profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, precision: str | None = None,
+                 tables_dir: Path | None = None) -> None:
+        self.profile, self.space, self.task = profile, space, task
+        self.precision = precision or profile.precision
+        if self.precision not in profile.precisions:
+            raise ConfigError(f"device {profile.name!r} does not allow precision {self.precision!r}; "
+                              f"its precisions: {', '.join(profile.precisions)}")
+        self.table_machine: str | None = None  # the CPU a measured table was taken on, when it says
+        self.table, self.table_note = self._find_table(tables_dir)
+        self._memo: dict[ArchConfig, CostEstimate] = {}
+
+    def _find_table(self, tables_dir: Path | None) -> tuple[PrecisionTable | None, str]:
+        path = table_path(self.profile.name, tables_dir)
+        if not path.exists():
+            return None, f"no measured table at {path}; run 'gtnpipe bench --calibrate --device {self.profile.name}' there"
+        table = _read_table(path, path.stat().st_mtime_ns)
+        expected = (self.profile.name, self.profile.runtime.name, self.profile.threads, self.profile.batch_size,
+                    self.space.name, TableTask.of(self.task))
+        found = (table.device, table.runtime, table.threads, table.batch_size, table.space, table.task)
+        if found != expected:
+            return None, f"{path} was measured for {found}, the profile needs {expected}; recalibrate"
+        if self.precision not in table.precisions:
+            return None, f"{path} has no {self.precision} measurements (has {', '.join(table.precisions)})"
+        self.table_machine = table.measured.get("machine")
+        return table.precisions[self.precision], f"measured table {path}"
+
+    def estimate(self, arch: ArchConfig) -> CostEstimate:
+        if arch not in self._memo:
+            self._memo[arch] = self._estimate(arch)
+        return self._memo[arch]
+
+    def _estimate(self, arch: ArchConfig) -> CostEstimate:
+        schedule = units(arch, self.space, self.task)
+        net = count(arch, self.space, self.task)
+        model_bytes = (weight_bytes(schedule, self.precision)
+                       + activation_peak_elems(schedule) * self.profile.batch_size * BYTES[self.precision])
+        size_mb = model_size_bytes(schedule, self.precision, runtime=self.profile.runtime.name) / MB
+        if self.table is not None:
+            t = self.table
+            p50 = t.slope * sum(t.units_ms[u.key] for u in schedule) + t.per_unit_ms * len(schedule) + t.intercept_ms
+            return CostEstimate(arch.id, self.precision, net.macs, net.params, p50, p50 * t.p90_over_p50,
+                                "measured-table", t.memory_overhead_mb + t.memory_slope * model_bytes / MB,
+                                "measured-table", size_mb, "formula")
+        p50 = roofline_ms(schedule, self.profile, self.precision)
+        return CostEstimate(arch.id, self.precision, net.macs, net.params, p50, p50, "roofline-estimate",
+                            self.profile.hardware.runtime_overhead_mb + model_bytes / MB, "roofline-estimate",
+                            size_mb, "formula")
+

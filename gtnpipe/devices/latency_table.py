@@ -1,0 +1,106 @@
+"""The measured latency table's format: device_profiles/tables/<device>.json.
+
+`gtnpipe bench --calibrate` writes it (gtnpipe.measure.kit, on the device) and the cost model
+reads it (gtnpipe.devices.cost, on the host). It lives apart from the cost model because writing it must
+work where torch cannot be imported: gtnpipe.devices.cost needs gtnpipe.supernet, whose package imports
+torch. For the same reason the table keeps the task as its own `TableTask` (the fields of
+gtnpipe.supernet.TaskShape): any object with those fields is accepted and stored as one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gtnpipe.config.profiles import profiles_dir
+from gtnpipe.errors import ConfigError
+from gtnpipe.fsutil import atomic_write_bytes
+
+__all__ = ["TABLE_SCHEMA", "LatencyTable", "PrecisionTable", "TableTask", "table_path"]
+
+TABLE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class TableTask:
+    """What the data fixes about every network (gtnpipe.supernet.TaskShape's fields, without torch)."""
+
+    in_channels: int
+    image_hw: tuple[int, int]
+    num_classes: int
+
+    @classmethod
+    def of(cls, task: Any) -> TableTask:
+        """A TaskShape, a TableTask or the table's JSON dict as a TableTask."""
+        if isinstance(task, dict):
+            return cls(int(task["in_channels"]), (int(task["image_hw"][0]), int(task["image_hw"][1])),
+                       int(task["num_classes"]))
+        return cls(int(task.in_channels), (int(task.image_hw[0]), int(task.image_hw[1])), int(task.num_classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "image_hw": list(self.image_hw), "num_classes": self.num_classes}
+
+
+@dataclass(frozen=True)
+class PrecisionTable:
+    """What calibration measured for one precision on one device."""
+
+    units_ms: dict[str, float]  # p50 latency of each unit run alone, one batch
+    # whole-network p50 = slope * sum(units) + per_unit_ms * len(units) + intercept_ms: each unit timed alone
+    # also paid one runtime call's fixed cost, which the whole network pays once
+    slope: float
+    per_unit_ms: float
+    intercept_ms: float
+    p90_over_p50: float
+    memory_overhead_mb: float  # peak RSS = overhead + memory_slope * (weights + peak activations)
+    memory_slope: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    device: str
+    runtime: str
+    runtime_version: str
+    threads: int
+    batch_size: int
+    space: str
+    task: TableTask  # a TaskShape given here is stored as a TableTask
+    precisions: dict[str, PrecisionTable]
+    measured: dict[str, Any]  # provenance: when, the calibration networks, their measured and fitted figures
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", TableTask.of(self.task))
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "schema": TABLE_SCHEMA, "device": self.device, "runtime": self.runtime,
+            "runtime_version": self.runtime_version, "threads": self.threads, "batch_size": self.batch_size,
+            "space": self.space, "task": self.task.to_dict(),
+            "precisions": {p: t.to_dict() for p, t in self.precisions.items()},
+            "measured": self.measured,
+        }, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, where: str) -> LatencyTable:
+        try:
+            raw = json.loads(text)
+            if raw.get("schema") != TABLE_SCHEMA:
+                raise ConfigError(f"{where}: latency table schema {raw.get('schema')!r}, this gtnpipe reads "
+                                  f"{TABLE_SCHEMA}; re-run 'gtnpipe bench --calibrate --device {raw.get('device')}'")
+            return cls(raw["device"], raw["runtime"], raw["runtime_version"], raw["threads"], raw["batch_size"],
+                       raw["space"], TableTask.of(raw["task"]),
+                       {p: PrecisionTable(**t) for p, t in raw["precisions"].items()}, raw["measured"])
+        except (ValueError, KeyError, TypeError, IndexError) as err:  # ValueError includes JSONDecodeError
+            raise ConfigError(f"{where}: not a valid latency table ({err!r}); re-run 'gtnpipe bench --calibrate'") from err
+
+    def save(self, path: Path) -> None:
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
+
+
+def table_path(device: str, tables_dir: Path | None = None) -> Path:
+    return (tables_dir or profiles_dir() / "tables") / f"{device}.json"

@@ -1,0 +1,1 @@
+"""Torch models: the weight-sharing supernet, static students, teachers."""

@@ -1,0 +1,59 @@
+"""The teacher: a ResNet-like CNN whose stages match the supernet's stage resolutions.
+
+It has the same stem -> stages -> head layout as every student (`StagedNet`), so the GTN
+issue can run teacher stages 1..i, an adapter, then student stages i+1..K.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gtnpipe.config.recipes import TeacherConfig
+from gtnpipe.errors import ConfigError
+from gtnpipe.models.static import StagedNet, init_weights
+from gtnpipe.space.spaces import SearchSpace, TaskShape
+
+__all__ = ["BasicBlock", "build_teacher"]
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN, ReLU, identity or 1x1 projection shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (
+            nn.Identity() if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def build_teacher(config: TeacherConfig, space: SearchSpace, task: TaskShape) -> StagedNet:
+    if len(config.widths) != space.num_stages:
+        raise ConfigError(
+            f"teacher has {len(config.widths)} stages but space {space.name!r} has {space.num_stages}; "
+            "set [teacher] widths and blocks to one entry per stage"
+        )
+    stem = nn.Sequential(
+        nn.Conv2d(task.in_channels, config.stem_width, 3, space.stem_stride, 1, bias=False),
+        nn.BatchNorm2d(config.stem_width),
+        nn.ReLU(inplace=True),
+    )
+    stages, c_in = [], config.stem_width
+    for spec, width, n_blocks in zip(space.stages, config.widths, config.blocks):
+        stages.append(nn.Sequential(*(BasicBlock(c_in if i == 0 else width, width, spec.stride if i == 0 else 1)
+                                      for i in range(n_blocks))))
+        c_in = width
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, task.num_classes))
+    net = StagedNet(stem, stages, head)
+    init_weights(net)
+    return net

@@ -1,0 +1,1 @@
+"""Hardware-aware search: the accuracy predictor, evolution under the cost model, Pareto plots."""

@@ -1,0 +1,1 @@
+"""Search spaces, arch ids, layer schedules and exact MACs counting. Pure Python: no torch."""

@@ -1,0 +1,1 @@
+"""Training loops: plain CE, the generic teacher (GTN), knowledge distillation, torchrun/DDP."""

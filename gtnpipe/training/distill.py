@@ -1,0 +1,95 @@
+"""Student distillation: Hinton KD, (1 - alpha) CE + alpha tau^2 KL(p_T^tau || p_S^tau).
+
+The teacher is the costly part on a CPU. When the student trains without augmentation, the
+teacher sees exactly the same images every epoch, so its logits are computed once
+(`teacher_logits`) and looked up by index; with augmentation the teacher runs on each batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gtnpipe.config.recipes import DistillConfig, TrainConfig
+from gtnpipe.data.datasets import Dataset, Split
+from gtnpipe.training.gtn import kd_kl
+from gtnpipe.training.train import FitResult, LossFn, Normalizer, fit
+
+__all__ = ["distill", "kd_loss", "logit_scale", "teacher_logits"]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, *, alpha: float,
+            temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    ce = F.cross_entropy(student_logits, y, label_smoothing=label_smoothing)
+    return (1 - alpha) * ce + alpha * kd_kl(teacher_logits, student_logits, temperature)
+
+
+def logit_scale(logits: torch.Tensor, target_std: float) -> float:
+    """The factor that makes the mean per-image standard deviation of `logits` equal `target_std`."""
+    return target_std / float(logits.std(dim=1).mean())
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 1000) -> torch.Tensor:
+    """The teacher's logits (eval mode) for every image of `split`, in order."""
+    was_training = teacher.training
+    teacher.train(False)
+    x = torch.from_numpy(split.x)
+    out = torch.cat([teacher(norm(x[i : i + batch_size])) for i in range(0, len(split), batch_size)])
+    teacher.train(was_training)
+    return out
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    data: Dataset,
+    train_cfg: TrainConfig,
+    kd_cfg: DistillConfig,
+    *,
+    seed: int,
+    run_id: str,
+    checkpoint_dir: Path | None = None,
+    cached_logits: torch.Tensor | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train `student` in place by KD from `teacher` (None: plain CE, the no-KD baseline).
+
+    Args:
+        cached_logits: the teacher's logits on `data.train` (see `teacher_logits`); used, and
+            required to match, when the student trains without augmentation.
+    """
+    if teacher is None:
+        return fit(student, data, train_cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir,
+                   progress=progress, description="student (no KD)")
+    teacher.train(False)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    norm = Normalizer(data.mean, data.std)
+    if train_cfg.augment == "none":
+        logits = cached_logits if cached_logits is not None else teacher_logits(teacher, data.train, norm)
+        if logits.shape[0] != len(data.train):
+            raise ValueError(f"cached teacher logits cover {logits.shape[0]} images, the train split has {len(data.train)}")
+    else:
+        logits = None
+    scale = 1.0
+    if kd_cfg.teacher_logit_std:
+        train_logits = logits if logits is not None else teacher_logits(teacher, data.train, norm)
+        scale = logit_scale(train_logits, kd_cfg.teacher_logit_std)
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if logits is not None:
+            t = logits[idx]
+        else:
+            with torch.no_grad():
+                t = teacher(x)
+        s = model(x)
+        return kd_loss(s, t * scale, y, alpha=kd_cfg.alpha, temperature=kd_cfg.temperature,
+                       label_smoothing=train_cfg.label_smoothing), s
+
+    kd: LossFn = loss_fn
+    return fit(student, data, train_cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir, loss_fn=kd,
+               progress=progress, description="student (KD)")
