@@ -42,6 +42,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check gtnpipe tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ArchError",
     "ArtifactError",
+    "BackendBuildError",
     "BackendUnavailable",
     "CacheCorrupt",
     "CacheError",
@@ -51,6 +52,13 @@ class TrainError(GtnpipeError):
 
 class BackendUnavailable(GtnpipeError):
     """A runtime SDK is not installed; the message names the extra that provides it."""
+
+
+class BackendBuildError(GtnpipeError):
+    """A runtime's toolchain could not compile one precision (a converter or quantizer failed); the cause is chained.
+
+    `gtnpipe build` records such a precision as "build failed" and goes on with the others; any other exception
+    propagates (`--strict` turns a failed precision into a failed build)."""
 
 
 class ArtifactError(GtnpipeError):
