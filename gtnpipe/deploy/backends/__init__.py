@@ -72,9 +72,14 @@ class BuildResult:
     deployed_format: bool = True
 
 
+CALIBRATION_IMAGES = 300  # NNCF's default subset size; DEPS.md measured ~6 s of INT8 PTQ per small CNN with it
+
+
 class Backend(ABC):
     runtime: ClassVar[str]  # the device profiles' runtime name
     precisions: ClassVar[tuple[str, ...]]  # what `build` can produce
+    # training images the build is given for INT8 calibration (gtnpipe build passes exactly this many)
+    calibration_images: ClassVar[int] = CALIBRATION_IMAGES
 
     @abstractmethod
     def version(self) -> str: ...
@@ -89,9 +94,6 @@ class Backend(ABC):
         if precision not in self.precisions:
             raise ConfigError(f"the {self.runtime} backend builds {', '.join(self.precisions)}, not {precision!r}; "
                               "remove it from the profile's 'precisions'")
-
-
-CALIBRATION_IMAGES = 300  # NNCF's default subset size; DEPS.md measured ~6 s of INT8 PTQ per small CNN with it
 
 
 def calibration_batches(inputs: CompileInputs, *, max_images: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
