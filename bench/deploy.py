@@ -34,6 +34,7 @@ from gtnpipe.deploy.export import compile_inputs, to_unit_float
 from gtnpipe.deploy.manifest import load_manifest
 from gtnpipe.deploy.parity import run_batched
 from gtnpipe.errors import BackendUnavailable
+from gtnpipe.stages.workspace import Workspace
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -77,8 +78,8 @@ def main() -> None:
 
     manifest = load_manifest(args.artifact)
     arch, macs = manifest["model"]["arch"], manifest["model"]["macs"]
-    model, data = pipeline.load_distilled(arch, teacher=manifest["provenance"]["teacher"], recipe=args.recipe,
-                                          cache_dir=args.cache_dir)
+    ws = Workspace.open(args.recipe, cache_dir=args.cache_dir)
+    model, data = pipeline.load_distilled(ws, arch, teacher=manifest["provenance"]["teacher"]), ws.data
     x_test, y_test = to_unit_float(data.test.x), data.test.y
     profile = load_profile("host")
     peak = machine_peak_gflops(args.threads)
@@ -99,7 +100,7 @@ def main() -> None:
     skipped = {}
     with tempfile.TemporaryDirectory(prefix="gtnpipe-deploy-") as tmp:
         for batch in BATCHES:
-            inputs = compile_inputs(model, pipeline.task_of(data), Path(tmp) / f"b{batch}", batch_size=batch, max_opset=17,
+            inputs = compile_inputs(model, ws.task, Path(tmp) / f"b{batch}", batch_size=batch, max_opset=17,
                                     calibration_uint8=data.train.x[:320])
             for runtime in ("onnxruntime", "openvino", "tflite", "tensorrt"):
                 try:

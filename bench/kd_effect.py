@@ -34,6 +34,7 @@ from gtnpipe import pipeline
 from gtnpipe.config.recipes import load_recipe
 from gtnpipe.space.counting import count
 from gtnpipe.space.spaces import get_space
+from gtnpipe.stages.workspace import Workspace
 
 HERE = Path(__file__).parent
 STUDENTS_FILE = HERE / "kd_students.json"
@@ -63,13 +64,13 @@ def spread(values: list[float]) -> tuple[float, float]:
 
 def _teacher_job(method: str, student: str | None, recipe: str, cache_dir: Path | None, threads: int) -> dict:
     torch.set_num_threads(threads)
-    return asdict(pipeline.train_teacher(method, student=student, recipe=recipe, cache_dir=cache_dir, progress=False))
+    return asdict(pipeline.train_teacher(Workspace.open(recipe, cache_dir=cache_dir, progress=False), method, student=student))
 
 
 def _student_job(arch: str, method: str, seed: int, recipe: str, cache_dir: Path | None, threads: int) -> dict:
     torch.set_num_threads(threads)
-    return asdict(pipeline.distill_student(arch, teacher=method, recipe=recipe, seed=seed, cache_dir=cache_dir,
-                                           progress=False))
+    ws = Workspace.open(recipe, cache_dir=cache_dir, progress=False)
+    return asdict(pipeline.distill_student(ws, arch, teacher=method, seed=seed))
 
 
 def run_all(jobs: dict[str, tuple], deps: dict[str, list[str]], workers: int) -> dict[str, dict]:

@@ -31,13 +31,15 @@ from gtnpipe.devices.cost import CostModel
 from gtnpipe.search.accuracy import spearman
 from gtnpipe.search.evolution import SearchConfig, evolution_search, random_search
 from gtnpipe.space.spaces import ArchConfig, get_space
+from gtnpipe.stages.search import AccuracyOutcome
+from gtnpipe.stages.workspace import Workspace
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 
 
 def rank_correlation(recipe: str, accuracy_recipe: str, cache_dir: Path | None,
-                     acc: pipeline.AccuracyOutcome) -> dict | None:
+                     acc: AccuracyOutcome) -> dict | None:
     """Estimates (from `accuracy_recipe`'s supernet) vs the distilled top-1 of bench/kd_effect.py's students on
     `recipe` (mean over seeds): GTN-KD first, vanilla KD and no KD beside it."""
     path = RESULTS / ("kd_effect.json" if recipe == "kd" else f"kd_effect-{recipe}.json")
@@ -49,7 +51,7 @@ def rank_correlation(recipe: str, accuracy_recipe: str, cache_dir: Path | None,
         return None
     space = get_space(load_recipe(accuracy_recipe).space)
     archs = [ArchConfig.from_id(r["arch"]) for r in rows]
-    inherited = pipeline.inherited_accuracies([a.id for a in archs], recipe=accuracy_recipe, cache_dir=cache_dir)
+    inherited = pipeline.inherited_accuracies(Workspace.open(accuracy_recipe, cache_dir=cache_dir), [a.id for a in archs])
     predicted = [acc.predictor.predict(space, a) for a in archs]
     by_method = {m: [r[m]["mean"] for r in rows] for m in ("gtn", "vanilla", "none") if all(m in r for r in rows)}
     macs = [r["macs"] for r in rows]
@@ -123,11 +125,11 @@ def main() -> None:
     accuracy_recipe = args.accuracy_recipe or args.recipe
     if args.ranks_only:
         result = json.loads((RESULTS / "search.json").read_text())
-        acc = pipeline.accuracy_predictor(recipe=result["accuracy_recipe"], cache_dir=args.cache_dir)
+        acc = pipeline.accuracy_predictor(Workspace.open(result["accuracy_recipe"], cache_dir=args.cache_dir))
         result["rank_correlation"] = rank_correlation(result["recipe"], result["accuracy_recipe"], args.cache_dir, acc)
         return write(result)
 
-    acc = pipeline.accuracy_predictor(recipe=accuracy_recipe, cache_dir=args.cache_dir)
+    acc = pipeline.accuracy_predictor(Workspace.open(accuracy_recipe, cache_dir=args.cache_dir))
     space, task = get_space(load_recipe(accuracy_recipe).space), pipeline.FASHION_MNIST_TASK
 
     def score(arch: ArchConfig) -> float:

@@ -22,6 +22,7 @@ import torch
 
 from gtnpipe import pipeline
 from gtnpipe.config.recipes import load_recipe
+from gtnpipe.stages.workspace import Workspace
 from gtnpipe.training.distill import teacher_logits
 from gtnpipe.training.train import Normalizer
 
@@ -54,12 +55,13 @@ def main() -> None:
     seen = set()
     for recipe in args.recipe:
         rec = load_recipe(recipe)
-        data = pipeline.load_data(rec)
+        ws = Workspace.open(rec, cache_dir=args.cache_dir)
+        data = ws.data
         norm = Normalizer(data.mean, data.std)
         taus = [rec.distill.temperature, *args.temperature]
         wanted = [("vanilla", None), ("gtn", None)] + [("sftn", a) for a in args.sftn]
         for method, student in wanted:
-            net, outcome = pipeline.load_teacher(method, student=student, recipe=recipe, cache_dir=args.cache_dir)
+            net, outcome = pipeline.load_teacher(ws, method, student=student)
             if outcome.key in seen:
                 continue
             seen.add(outcome.key)

@@ -26,8 +26,8 @@ from gtnpipe.data.datasets import load_dataset
 from gtnpipe.models.counting import count_module
 from gtnpipe.models.static import build_static
 from gtnpipe.models.teacher import build_teacher
-from gtnpipe.pipeline import task_of
 from gtnpipe.space.spaces import get_space
+from gtnpipe.stages.workspace import task_of
 from gtnpipe.training.train import fit, seed_everything
 
 RESULTS = Path(__file__).parent / "results"

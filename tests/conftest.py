@@ -45,11 +45,11 @@ class DeployCase:
         import torch
 
         from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
-        from gtnpipe.pipeline import _context, load_trained
+        from gtnpipe.pipeline import Workspace, load_trained
 
-        ctx = _context(DEPLOY_RECIPE)
+        ctx = Workspace.open(DEPLOY_RECIPE, cache_dir=root / "cache", progress=False)
         self.arch = ctx.space.smallest().id
-        net = load_trained(self.arch, recipe=DEPLOY_RECIPE, cache_dir=root / "cache")
+        net = load_trained(ctx, self.arch)
         self.model = Deployable(net, ctx.data.mean, ctx.data.std).train(False)
         self.task = ctx.task
         self.inputs = compile_inputs(self.model, ctx.task, root / "export", batch_size=1, max_opset=17,

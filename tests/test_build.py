@@ -26,6 +26,7 @@ from gtnpipe.deploy.parity import choose_precision
 from gtnpipe.errors import ArtifactError, ParityError
 from gtnpipe.pipeline import build_device
 from gtnpipe.search.evolution import SearchConfig
+from gtnpipe.stages.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 SMALL_SEARCH = SearchConfig(population=16, iterations=4)
@@ -39,8 +40,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _build(device: str, ws: dict[str, Path], **kw):  # noqa: ANN202
-    return build_device(device, recipe=DEPLOY_RECIPE, out=ws["out"], cache_dir=ws["cache"], config=SMALL_SEARCH,
-                        accuracy_samples=ACCURACY_SAMPLES, progress=False, **kw)
+    return build_device(Workspace.open(DEPLOY_RECIPE, cache_dir=ws["cache"], progress=False), device, out=ws["out"],
+                        config=SMALL_SEARCH, accuracy_samples=ACCURACY_SAMPLES, **kw)
 
 
 @pytest.fixture(scope="module")

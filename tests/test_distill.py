@@ -20,6 +20,7 @@ from gtnpipe.errors import ConfigError
 from gtnpipe.models.static import build_static
 from gtnpipe.models.teacher import build_teacher
 from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.stages.workspace import Workspace
 from gtnpipe.training.distill import distill, kd_loss, teacher_logits
 from gtnpipe.training.train import Normalizer, seed_everything
 
@@ -85,16 +86,17 @@ def _recipe_no_augment(tmp_path: Path) -> Path:
 def test_teacher_and_distill_pipeline(tmp_path: Path) -> None:
     recipe = _recipe_no_augment(tmp_path)
     cache = tmp_path / "cache"
-    gtn = pipeline.train_teacher("gtn", recipe=recipe, cache_dir=cache, progress=False)
+    ws = Workspace.open(recipe, cache_dir=cache, progress=False)
+    gtn = pipeline.train_teacher(ws, "gtn")
     assert not gtn.cached and gtn.method == "gtn" and gtn.log is not None
     assert gtn.log["steps"] == 2 * 8  # tiny: 512 images, batch 64, 2 epochs
     t0 = time.perf_counter()
-    again = pipeline.train_teacher("gtn", recipe=recipe, cache_dir=cache, progress=False)
+    again = pipeline.train_teacher(ws, "gtn")
     assert again.cached and again.key == gtn.key and time.perf_counter() - t0 < 20
-    vanilla = pipeline.train_teacher("vanilla", recipe=recipe, cache_dir=cache, progress=False)
+    vanilla = pipeline.train_teacher(ws, "vanilla")
     assert vanilla.key != gtn.key
 
-    outcomes = {t: pipeline.distill_student("smallest", teacher=t, recipe=recipe, cache_dir=cache, progress=False)
+    outcomes = {t: pipeline.distill_student(ws, "smallest", teacher=t)
                 for t in ("none", "vanilla", "gtn")}
     assert len({o.key for o in outcomes.values()}) == 3
     assert outcomes["none"].teacher_key is None and outcomes["gtn"].teacher_key == gtn.key
@@ -102,24 +104,23 @@ def test_teacher_and_distill_pipeline(tmp_path: Path) -> None:
     for o in outcomes.values():
         assert 0 <= o.test_top1 <= 100 and o.macs == 4_100_040 and not o.cached
     assert len(list((cache / "teacher-logits").iterdir())) == 2  # computed once per teacher
-    hit = pipeline.distill_student("smallest", teacher="gtn", recipe=recipe, cache_dir=cache, progress=False)
+    hit = pipeline.distill_student(ws, "smallest", teacher="gtn")
     assert hit.cached and hit.test_top1 == outcomes["gtn"].test_top1
-    other_seed = pipeline.distill_student("smallest", teacher="gtn", recipe=recipe, seed=1, cache_dir=cache,
-                                          progress=False)
+    other_seed = pipeline.distill_student(ws, "smallest", teacher="gtn", seed=1)
     assert other_seed.key != hit.key and other_seed.seed == 1
     # other KD hyperparameters re-key the KD runs only: the no-KD baseline never sees them
     sharper = tmp_path / "tinysharp.toml"
     sharper.write_text(recipe.read_text().replace("alpha = 0.9", "alpha = 0.5").replace("tinyplain", "tinysharp"))
-    assert pipeline.distill_student("smallest", teacher="none", recipe=sharper, cache_dir=cache, progress=False).cached
-    assert pipeline.distill_student("smallest", teacher="gtn", recipe=sharper, cache_dir=cache,
-                                    progress=False).key != hit.key
+    sharp_ws = Workspace.open(sharper, cache_dir=cache, progress=False)
+    assert pipeline.distill_student(sharp_ws, "smallest", teacher="none").cached
+    assert pipeline.distill_student(sharp_ws, "smallest", teacher="gtn").key != hit.key
 
 
 def test_sftn_needs_its_student(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--student ARCH_ID is required with --method sftn"):
-        pipeline.train_teacher("sftn", recipe=TINY_RECIPE, cache_dir=tmp_path)
+        pipeline.train_teacher(Workspace.open(TINY_RECIPE, cache_dir=tmp_path), "sftn")
     with pytest.raises(ConfigError, match="unknown teacher method 'ofa'"):
-        pipeline.train_teacher("ofa", recipe=TINY_RECIPE, cache_dir=tmp_path)
+        pipeline.train_teacher(Workspace.open(TINY_RECIPE, cache_dir=tmp_path), "ofa")
 
 
 def test_cli_sftn_teacher_and_distill(tmp_path: Path) -> None:
@@ -143,13 +144,12 @@ def test_inherited_init_starts_from_the_gtn_supernet(tmp_path: Path) -> None:
     path = tmp_path / "tinyinherit.toml"
     path.write_text(text + '\n[distill]\ninit = "inherited"\n')
     cache = tmp_path / "cache"
-    gtn = pipeline.train_teacher("gtn", recipe=path, cache_dir=cache, progress=False)
-    out = pipeline.distill_student("smallest", teacher="none", recipe=path, cache_dir=cache, progress=False)
+    gtn = pipeline.train_teacher(Workspace.open(path, cache_dir=cache, progress=False), "gtn")
+    out = pipeline.distill_student(Workspace.open(path, cache_dir=cache, progress=False), "smallest", teacher="none")
     assert out.init == "inherited"
     record = json.loads((Path(out.entry_path) / "entry.json").read_text())
     assert record["spec"]["init_from"] == gtn.key
-    scratch = pipeline.distill_student("smallest", teacher="none", recipe=TINY_RECIPE, cache_dir=cache,
-                                       progress=False)
+    scratch = pipeline.distill_student(Workspace.open(TINY_RECIPE, cache_dir=cache, progress=False), "smallest", teacher="none")
     assert scratch.init == "scratch" and scratch.key != out.key
 
 
@@ -160,8 +160,8 @@ def test_gtn_fine_tuned_from_the_vanilla_teacher(tmp_path: Path) -> None:
     path = tmp_path / "tinywarm.toml"
     path.write_text(text + '\n[gtn]\nteacher_init = "vanilla"\nfinetune_epochs = 1\nteacher_lr_scale = 1e-9\n')
     cache = tmp_path / "cache"
-    gtn = pipeline.train_teacher("gtn", recipe=path, cache_dir=cache, progress=False)
-    vanilla = pipeline.train_teacher("vanilla", recipe=path, cache_dir=cache, progress=False)
+    gtn = pipeline.train_teacher(Workspace.open(path, cache_dir=cache, progress=False), "gtn")
+    vanilla = pipeline.train_teacher(Workspace.open(path, cache_dir=cache, progress=False), "vanilla")
     assert vanilla.cached  # trained by the GTN call, as its starting point
     assert gtn.init_from == vanilla.key and gtn.init_epochs == vanilla.epochs == 2 and gtn.epochs == 1
     assert gtn.train_seconds == pytest.approx(gtn.init_train_seconds + json.loads(
@@ -170,11 +170,11 @@ def test_gtn_fine_tuned_from_the_vanilla_teacher(tmp_path: Path) -> None:
     record = json.loads((Path(gtn.entry_path) / "entry.json").read_text())
     assert record["spec"]["init_from"] == vanilla.key
     # at a near-zero teacher learning rate the fine-tuned teacher keeps the vanilla weights (BN statistics aside)
-    warm_net, _ = pipeline.load_teacher("gtn", recipe=path, cache_dir=cache)
-    vanilla_net, _ = pipeline.load_teacher("vanilla", recipe=path, cache_dir=cache)
+    warm_net, _ = pipeline.load_teacher(Workspace.open(path, cache_dir=cache), "gtn")
+    vanilla_net, _ = pipeline.load_teacher(Workspace.open(path, cache_dir=cache), "vanilla")
     for (name, w), v in zip(warm_net.named_parameters(), vanilla_net.parameters()):
         assert torch.allclose(w, v, atol=1e-6), name
-    scratch = pipeline.train_teacher("gtn", recipe=TINY_RECIPE, cache_dir=cache, progress=False)
+    scratch = pipeline.train_teacher(Workspace.open(TINY_RECIPE, cache_dir=cache, progress=False), "gtn")
     assert scratch.init_from is None and scratch.init_train_seconds == 0.0 and scratch.key != gtn.key
 
 

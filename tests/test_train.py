@@ -24,6 +24,7 @@ from gtnpipe.data.datasets import Dataset, Split
 from gtnpipe.errors import TrainError
 from gtnpipe.models.static import build_static
 from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.stages.workspace import Workspace
 from gtnpipe.training.train import Normalizer, _schedule, augment_batch, evaluate, fit, seed_everything
 
 SPACE = get_space("mbv3-28")
@@ -137,24 +138,25 @@ def test_loss_fn_receives_train_indices(fmnist_small: Dataset) -> None:
 
 
 def test_train_model_caches(tmp_path: Path) -> None:
-    first = pipeline.train_model("smallest", recipe=TINY_RECIPE, cache_dir=tmp_path, progress=False)
+    first = pipeline.train_model(Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False), "smallest")
     assert not first.cached and first.epochs == 2
     assert (first.macs, first.params) == (4_100_040, 395_066)  # the smallest student, as `count` gives
     t0 = time.perf_counter()
-    second = pipeline.train_model("smallest", recipe=TINY_RECIPE, cache_dir=tmp_path, progress=False)
+    second = pipeline.train_model(Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False), "smallest")
     assert second.cached and second.key == first.key and second.test_top1 == first.test_top1
     assert time.perf_counter() - t0 < 20  # dataset load + hash check, no training
     assert not (tmp_path / "work" / "models" / first.key).exists()  # checkpoints cleaned up
-    net = pipeline.load_trained("smallest", recipe=TINY_RECIPE, cache_dir=tmp_path)
-    data = pipeline.load_data(load_recipe(TINY_RECIPE))
+    ws = Workspace.open(TINY_RECIPE, cache_dir=tmp_path)
+    net = pipeline.load_trained(ws, "smallest")
+    data = ws.data
     assert evaluate(net, data.test, Normalizer(data.mean, data.std)) == pytest.approx(first.test_top1)
 
 
 def test_corrupt_cached_model_is_retrained(tmp_path: Path) -> None:
-    first = pipeline.train_model("smallest", recipe=TINY_RECIPE, cache_dir=tmp_path, progress=False)
+    first = pipeline.train_model(Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False), "smallest")
     weights = Path(first.entry_path) / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:-10])
-    again = pipeline.train_model("smallest", recipe=TINY_RECIPE, cache_dir=tmp_path, progress=False)
+    again = pipeline.train_model(Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False), "smallest")
     assert not again.cached and again.test_top1 == first.test_top1
     assert len(list((tmp_path / "quarantine").iterdir())) == 1
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from gtnpipe.devices.cost import CostEstimate, CostModel
 from gtnpipe.errors import GtnpipeError
@@ -64,6 +65,11 @@ class Candidate:
     def to_dict(self) -> dict[str, object]:
         return {"arch": self.arch.id, "estimated_top1": self.accuracy, **self.cost.to_dict()}
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Candidate:
+        cost = CostEstimate(**{f.name: raw[f.name] for f in fields(CostEstimate)})
+        return cls(ArchConfig.from_id(raw["arch"]), float(raw["estimated_top1"]), cost)
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -79,6 +85,12 @@ class SearchResult:
         return {"method": self.method, "pick": self.pick.to_dict(), "front": [c.to_dict() for c in self.front],
                 "evaluations": self.evaluations, "feasible_seen": self.feasible_seen, "seconds": self.seconds,
                 "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SearchResult:
+        """The result `to_dict` wrote (a cached search)."""
+        return cls(raw["method"], Candidate.from_dict(raw["pick"]), [Candidate.from_dict(c) for c in raw["front"]],
+                   raw["evaluations"], raw["feasible_seen"], raw["seconds"], list(raw["notes"]))
 
 
 class _Evaluator:

@@ -48,7 +48,7 @@ def distill(
     teacher: nn.Module | None,
     data: Dataset,
     train_cfg: TrainConfig,
-    kd_cfg: DistillConfig,
+    kd_cfg: DistillConfig | None,
     *,
     seed: int,
     run_id: str,
@@ -65,6 +65,8 @@ def distill(
     if teacher is None:
         return fit(student, data, train_cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir,
                    progress=progress, description="student (no KD)")
+    if kd_cfg is None:
+        raise ValueError("distillation from a teacher needs its [distill] settings (kd_cfg)")
     teacher.train(False)
     for p in teacher.parameters():
         p.requires_grad_(False)

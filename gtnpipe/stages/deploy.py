@@ -1,0 +1,159 @@
+"""Deploy stages: one precision compiled for a runtime and parity-checked (machine-independent), and its
+latency and peak memory measured on this machine (machine-dependent: keyed by the machine's fingerprint)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gtnpipe.config.profiles import DeviceProfile, RuntimeSpec
+from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
+from gtnpipe.deploy.export import to_unit_float
+from gtnpipe.deploy.parity import compare, run_batched
+from gtnpipe.deploy.timing import Machine, measure_fresh
+from gtnpipe.errors import BackendUnavailable
+from gtnpipe.stages.keys import Stage
+from gtnpipe.stages.training import DistillInput
+from gtnpipe.stages.workspace import Workspace, run_stage
+
+__all__ = ["ARTIFACT_LOGITS", "CompileInput", "Compiled", "MeasureInput", "Measured", "compile_input", "compile_precision",
+           "measure_input", "measure_precision", "threads_here"]
+
+ARTIFACT_LOGITS = "artifact_logits.npy"  # the compiled model's logits on the reference images, for gtnpipe bench
+REFERENCE_IMAGES = 500  # test images (and torch logits) an artifact carries for the on-device parity check
+CALIBRATION_SEED = 1234
+MEASURE_WARMUP = 20
+MEASURE_RUNS = 200
+_BACKEND_CODE = ("gtnpipe.deploy.backends", "gtnpipe.deploy.backends.onnxruntime", "gtnpipe.deploy.backends.openvino",
+                 "gtnpipe.deploy.backends.tflite", "gtnpipe.deploy.backends.tensorrt",
+                 "gtnpipe.deploy.backends.tensorrt_onnx")
+_TOOLCHAIN = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "litert-torch", "ai-edge-quantizer",
+              "ai-edge-litert", "tensorrt", "polygraphy")
+
+
+@dataclass(frozen=True)
+class CompileInput(Stage):
+    """The distilled student compiled for the device's runtime at one precision, parity-checked on the test split."""
+
+    STAGE = "compiled"
+    CODE = ("gtnpipe.deploy.export", "gtnpipe.deploy.parity", *_BACKEND_CODE)
+    PACKAGES = _TOOLCHAIN
+
+    student: DistillInput
+    runtime: RuntimeSpec
+    runtime_version: str | None  # None: the runtime is not installed here (TensorRT on a CPU host)
+    precision: str
+    batch_size: int
+    max_accuracy_drop_points: float
+    calibration_images: int  # INT8/FP16 calibration images from the train split, as many as the backend asks for
+    calibration_seed: int
+    reference_images: int
+
+
+@dataclass(frozen=True)
+class MeasureInput(Stage):
+    """Latency and peak memory of a compiled precision on this machine, in a fresh process holding one session."""
+
+    STAGE = "measured"
+    CODE = ("gtnpipe.deploy.timing", "gtnpipe.deploy.bench", "gtnpipe.deploy.backends.probe", *_BACKEND_CODE)
+    PACKAGES = ("numpy",)
+
+    compiled: CompileInput
+    machine: Machine
+    threads: int
+    warmup: int
+    runs: int
+
+
+@dataclass(frozen=True)
+class Compiled:
+    inp: CompileInput
+    cached: bool
+    meta: dict[str, Any]  # model_file, files, notes, deployed_format, size_bytes, parity (None when unchecked)
+    entry_dir: str
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.entry_dir, name)
+
+
+@dataclass(frozen=True)
+class Measured:
+    inp: MeasureInput
+    cached: bool
+    latency: dict[str, float]  # LatencyStats.to_dict()
+    peak_memory_mb: float
+
+
+def threads_here(profile: DeviceProfile) -> int:
+    """The profile's threads, capped at this machine's cores: more threads than cores only measures contention."""
+    return min(profile.threads, os.cpu_count() or 1)
+
+
+def runtime_version_here(backend: Backend) -> str | None:
+    try:
+        return backend.version()
+    except BackendUnavailable:
+        return None  # TensorRT on a machine without it: the artifact carries ONNX and the engine build command
+
+
+def compile_input(profile: DeviceProfile, student: DistillInput, precision: str, backend: Backend) -> CompileInput:
+    return CompileInput(student, profile.runtime, runtime_version_here(backend), precision, profile.batch_size,
+                        profile.budgets.max_accuracy_drop_points, backend.calibration_images, CALIBRATION_SEED,
+                        REFERENCE_IMAGES)
+
+
+def calibration_indices(inp: CompileInput, n_train: int) -> np.ndarray:
+    """Which train images calibrate `inp` (sorted, seeded)."""
+    rng = np.random.default_rng(inp.calibration_seed)
+    return np.sort(rng.choice(n_train, size=min(inp.calibration_images, n_train), replace=False))
+
+
+def compile_precision(ws: Workspace, inp: CompileInput, exported: Callable[[], tuple[CompileInputs, np.ndarray]]) -> Compiled:
+    """One precision compiled, parity-checked against torch on the whole test split (cached; machine-independent).
+
+    `exported()` gives the ONNX export with its calibration images, and torch's test logits; it is called only
+    when the entry is not cached. A toolchain failure raises BackendBuildError (from the backend)."""
+    backend = get_backend(inp.runtime.name)
+
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        inputs, torch_logits = exported()
+        result = backend.build(inputs, inp.precision, staging)
+        meta |= {"model_file": result.model_file, "files": list(result.files), "notes": result.notes,
+                 "runtime_version": inp.runtime_version, "deployed_format": result.deployed_format,
+                 "size_bytes": sum((staging / f).stat().st_size for f in result.files if f != "calibration.npy")}
+        try:
+            runner = backend.load(staging / result.model_file, threads=1, precision=inp.precision)
+        except BackendUnavailable as err:
+            meta |= {"parity": None, "unchecked_reason": str(err)}
+            return
+        test = ws.data.test
+        logits = run_batched(runner, to_unit_float(test.x), batch_size=inp.batch_size)
+        report = compare(logits, torch_logits, test.y, backend=inp.runtime.name, precision=inp.precision,
+                         max_drop_points=inp.max_accuracy_drop_points)
+        np.save(staging / ARTIFACT_LOGITS, logits[:inp.reference_images])  # what gtnpipe bench on the device compares
+        meta |= {"parity": report.to_dict()}
+
+    entry, cached = run_stage(ws, inp, build)
+    return Compiled(inp, cached, entry.meta, str(entry.path))
+
+
+def measure_input(profile: DeviceProfile, compiled: Compiled) -> MeasureInput:
+    return MeasureInput(compiled.inp, Machine.here(), threads_here(profile), MEASURE_WARMUP, MEASURE_RUNS)
+
+
+def measure_precision(ws: Workspace, inp: MeasureInput, compiled: Compiled) -> Measured:
+    """Latency and peak memory of a compiled precision on this machine (cached per machine fingerprint)."""
+    ws_task = ws.task
+    shape = (inp.compiled.batch_size, ws_task.in_channels, *ws_task.image_hw)
+
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        m = measure_fresh(inp.compiled.runtime.name, compiled.file(compiled.meta["model_file"]), threads=inp.threads,  # type: ignore[arg-type]
+                          input_shape=shape, precision=inp.compiled.precision, warmup=inp.warmup, runs=inp.runs)
+        meta |= {"latency": m.latency.to_dict(), "peak_memory_mb": m.peak_rss_mb}
+
+    entry, cached = run_stage(ws, inp, build)
+    return Measured(inp, cached, entry.meta["latency"], entry.meta["peak_memory_mb"])

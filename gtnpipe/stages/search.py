@@ -1,0 +1,157 @@
+"""Search stages: the accuracy predictor fitted on the GTN-trained supernet, and a device's search result."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import track
+
+from gtnpipe.config.profiles import DeviceProfile
+from gtnpipe.devices.cost import COST_MODEL_VERSION, CostModel, table_path
+from gtnpipe.fsutil import sha256_file
+from gtnpipe.search.accuracy import AccuracyPredictor, inherited_accuracy
+from gtnpipe.search.evolution import SearchConfig, SearchResult, check_feasible, evolution_search
+from gtnpipe.space.spaces import SearchSpace, TaskShape
+from gtnpipe.stages.keys import Stage
+from gtnpipe.stages.training import TeacherInput, load_supernet, teacher_input
+from gtnpipe.stages.workspace import DataRef, Workspace, run_stage
+from gtnpipe.training.train import Normalizer
+
+__all__ = [
+    "ACCURACY_SAMPLES",
+    "AccuracyInput",
+    "AccuracyOutcome",
+    "SearchInput",
+    "accuracy_input",
+    "accuracy_predictor",
+    "inherited_accuracies",
+    "search_device",
+    "search_input",
+]
+
+ACCURACY_SAMPLES = 150  # students measured with inherited weights to fit the accuracy predictor
+ACCURACY_SEED = 4242
+BN_IMAGES = 512  # train images that recalibrate a subnet's BatchNorm statistics before it is evaluated
+
+
+@dataclass(frozen=True)
+class AccuracyInput(Stage):
+    """Inherited-weight val top-1 of sampled students (smallest and largest included) and the ridge predictor."""
+
+    STAGE = "accuracy"
+    CODE = ("gtnpipe.search.accuracy", "gtnpipe.models.supernet", "gtnpipe.models.static", "gtnpipe.training.train",
+            "gtnpipe.space.spaces")
+    PACKAGES = ("torch", "numpy")
+
+    supernet_from: TeacherInput
+    samples: int
+    seed: int
+    bn_images: int
+    space: SearchSpace
+    task: TaskShape
+    data: DataRef
+
+
+@dataclass(frozen=True)
+class AccuracyOutcome:
+    key: str
+    cached: bool
+    predictor: AccuracyPredictor
+    measured: list[dict[str, Any]]  # arch id and inherited-weight val top-1 of each measured student
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SearchInput(Stage):
+    """Evolutionary search of the pool for one device under its cost model, ranked by the accuracy predictor."""
+
+    STAGE = "searches"
+    CODE = ("gtnpipe.search.evolution", "gtnpipe.devices.cost", "gtnpipe.devices.latency_table", "gtnpipe.space.counting",
+            "gtnpipe.space.schedule", "gtnpipe.search.plots")
+    PACKAGES = ("numpy",)
+
+    profile: DeviceProfile
+    predictor: AccuracyInput
+    config: SearchConfig
+    table_sha256: str | None  # the device's measured latency table, if it has one
+    cost_model_version: int
+    space: SearchSpace
+    task: TaskShape
+
+
+def accuracy_input(ws: Workspace, *, samples: int = ACCURACY_SAMPLES) -> AccuracyInput:
+    gtn = teacher_input(ws, "gtn")
+    assert isinstance(gtn, TeacherInput)
+    return AccuracyInput(gtn, samples, ACCURACY_SEED, BN_IMAGES, ws.space, ws.task, ws.data_ref)
+
+
+def accuracy_predictor(ws: Workspace, inp: AccuracyInput) -> AccuracyOutcome:
+    """Fit (or find in the cache) the accuracy predictor on the GTN-trained supernet's students."""
+    supernet = None if ws.cache.lookup(inp.STAGE, inp.key) else load_supernet(ws, inp.supernet_from)
+
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        net = supernet if supernet is not None else load_supernet(ws, inp.supernet_from)
+        norm = Normalizer(ws.data.mean, ws.data.std)
+        space = inp.space
+        archs = [space.smallest(), space.largest(), *space.sample_many(inp.samples - 2, seed=inp.seed)]
+        top1 = [inherited_accuracy(net, a, ws.data.train, ws.data.val, norm, bn_images=inp.bn_images)
+                for a in track(archs, description="accuracy predictor: students measured", disable=not ws.progress,
+                               console=Console(stderr=True))]
+        AccuracyPredictor.fit(space, archs, top1).save(staging / "predictor.json")
+        meta |= {"measured": [{"arch": a.id, "val_top1": t} for a, t in zip(archs, top1)],
+                 "seconds": time.perf_counter() - start}
+
+    entry, cached = run_stage(ws, inp, build)
+    return AccuracyOutcome(inp.key, cached, AccuracyPredictor.load(entry.file("predictor.json")), entry.meta["measured"],
+                           entry.meta["seconds"])
+
+
+def inherited_accuracies(ws: Workspace, archs: list[str]) -> list[float]:
+    """Val top-1 of each arch with the GTN-trained supernet's weights (BN recalibrated), as the predictor is fitted."""
+    inp = accuracy_input(ws)
+    supernet = load_supernet(ws, inp.supernet_from)
+    norm = Normalizer(ws.data.mean, ws.data.std)
+    return [inherited_accuracy(supernet, ws.space.parse(a), ws.data.train, ws.data.val, norm, bn_images=inp.bn_images)
+            for a in archs]
+
+
+def search_input(ws: Workspace, profile: DeviceProfile, *, config: SearchConfig | None = None,
+                 accuracy_samples: int = ACCURACY_SAMPLES) -> SearchInput:
+    table = table_path(profile.name)
+    return SearchInput(profile, accuracy_input(ws, samples=accuracy_samples), config or SearchConfig(),
+                       sha256_file(table) if table.exists() else None, COST_MODEL_VERSION, ws.space, ws.task)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    key: str
+    cached: bool
+    result: SearchResult
+    table_note: str
+    pareto_png: str  # the Pareto plot in the cache entry
+    predictor: AccuracyOutcome
+
+
+def search_device(ws: Workspace, inp: SearchInput) -> SearchOutcome:
+    """The best student for the device: evolution over the pool, every budget checked on the cost model (cached
+    with its Pareto plot). An infeasible budget fails before anything is trained."""
+    model = CostModel(inp.profile, inp.space, inp.task)
+    check_feasible(model)
+    acc = accuracy_predictor(ws, inp.predictor)
+
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        from gtnpipe.search.plots import plot_pareto
+
+        result = evolution_search(model, lambda a: acc.predictor.predict(inp.space, a), inp.config)
+        budgets = inp.profile.budgets
+        plot_pareto(result, staging / "pareto.png", device=inp.profile.name, latency_budget_ms=budgets.latency_ms_p90,
+                    latency_planned_ms=budgets.planned_latency_ms_p90)
+        meta |= {"result": result.to_dict(), "table_note": model.table_note}
+
+    entry, cached = run_stage(ws, inp, build)
+    return SearchOutcome(inp.key, cached, SearchResult.from_dict(entry.meta["result"]), entry.meta["table_note"],
+                         str(entry.file("pareto.png")), acc)

@@ -1,0 +1,345 @@
+"""Training stages: a model trained from scratch (the vanilla teacher, or a pool student), a GTN/SFTN teacher,
+a teacher's logits on the train split, and a distilled student. Each input dataclass is its cache key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from gtnpipe.config.recipes import DistillConfig, GTNConfig, TeacherConfig, TrainConfig
+from gtnpipe.errors import ConfigError
+from gtnpipe.models.counting import count_module
+from gtnpipe.models.static import StagedNet, build_static
+from gtnpipe.models.supernet import Supernet
+from gtnpipe.models.teacher import build_teacher
+from gtnpipe.space.counting import count
+from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
+from gtnpipe.stages.keys import Stage
+from gtnpipe.stages.workspace import WEIGHTS, DataRef, Workspace, load_weights, run_stage
+from gtnpipe.training.distill import distill, teacher_logits
+from gtnpipe.training.gtn import train_generic_teacher
+from gtnpipe.training.train import Normalizer, fit, seed_everything
+
+__all__ = [
+    "TEACHER_METHODS",
+    "DistillInput",
+    "DistillOutcome",
+    "LogitsInput",
+    "TeacherInput",
+    "TeacherOutcome",
+    "TrainInput",
+    "TrainOutcome",
+    "distill_input",
+    "distill_student",
+    "load_distilled_net",
+    "load_teacher",
+    "load_trained",
+    "teacher_input",
+    "train_input",
+    "train_model",
+    "train_teacher",
+]
+
+TEACHER_METHODS = ("vanilla", "gtn", "sftn")
+# What a trained model's weights depend on: the loop, the models, the space, the data loading.
+_TRAIN_CODE = ("gtnpipe.training.train", "gtnpipe.models.static", "gtnpipe.models.teacher", "gtnpipe.models.supernet",
+               "gtnpipe.space.spaces", "gtnpipe.space.schedule", "gtnpipe.data.datasets")
+_TORCH = ("torch", "numpy")
+
+
+@dataclass(frozen=True)
+class TrainInput(Stage):
+    """The teacher (`arch` None) or a pool student, trained from scratch with plain CE."""
+
+    STAGE = "models"
+    CODE = _TRAIN_CODE
+    PACKAGES = _TORCH
+
+    arch: str | None
+    teacher: TeacherConfig | None  # the teacher's shape; None for a student
+    train: TrainConfig
+    seed: int
+    space: SearchSpace
+    task: TaskShape
+    data: DataRef
+
+    @property
+    def name(self) -> str:
+        return self.arch or "teacher"
+
+    def build_net(self) -> StagedNet:
+        if self.arch is None:
+            assert self.teacher is not None
+            return build_teacher(self.teacher, self.space, self.task)
+        return build_static(ArchConfig.from_id(self.arch), self.space, self.task)
+
+
+@dataclass(frozen=True)
+class TeacherInput(Stage):
+    """A GTN teacher (for the whole pool) or an SFTN teacher (for `student`), trained with student branches."""
+
+    STAGE = "teachers"
+    CODE = (*_TRAIN_CODE, "gtnpipe.training.gtn")
+    PACKAGES = _TORCH
+
+    method: str  # "gtn" | "sftn"
+    student: str | None  # SFTN's student
+    teacher: TeacherConfig
+    train: TrainConfig  # as run: with gtn.teacher_init = "vanilla", the fine-tuning epochs
+    gtn: GTNConfig
+    seed: int
+    init_from: TrainInput | None  # the vanilla teacher it fine-tunes (gtn.teacher_init = "vanilla")
+    space: SearchSpace
+    task: TaskShape
+    data: DataRef
+
+
+@dataclass(frozen=True)
+class LogitsInput(Stage):
+    """A teacher's eval-mode logits on the train split (cached: students without augmentation reuse them)."""
+
+    STAGE = "teacher-logits"
+    CODE = ("gtnpipe.training.distill", "gtnpipe.training.train")
+    PACKAGES = _TORCH
+
+    teacher: TrainInput | TeacherInput
+    data: DataRef
+
+
+@dataclass(frozen=True)
+class DistillInput(Stage):
+    """A pool student trained with KD from a cached teacher (or with labels only: teacher None)."""
+
+    STAGE = "students"
+    CODE = (*_TRAIN_CODE, "gtnpipe.training.distill", "gtnpipe.training.gtn")
+    PACKAGES = _TORCH
+
+    arch: str
+    method: str  # "vanilla" | "gtn" | "sftn" | "none"
+    teacher: TrainInput | TeacherInput | None
+    distill: DistillConfig | None  # None without a teacher: alpha, tau and the logit scale must not re-key it
+    init: str  # "scratch" | "inherited"
+    init_from: TeacherInput | None  # the GTN run whose supernet weights the student inherits
+    train: TrainConfig
+    seed: int
+    space: SearchSpace
+    task: TaskShape
+    data: DataRef
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    model: str  # "teacher" or the student's arch id
+    key: str
+    cached: bool
+    test_top1: float
+    val_top1: float
+    macs: int
+    params: int
+    epochs: int
+    seconds_per_epoch: float
+    entry_path: str
+    resumed_from_epoch: int = 0  # > 0 when this call continued an interrupted run
+
+
+@dataclass(frozen=True)
+class TeacherOutcome:
+    method: str
+    key: str
+    cached: bool
+    test_top1: float
+    train_seconds: float  # wall-clock of the training epochs (on the machine that trained it), init_from's included
+    epochs: int  # this teacher's own epochs (GTN fine-tuning: not counting init_from's)
+    student: str | None  # the SFTN teacher's student
+    entry_path: str
+    log: dict[str, Any] | None = None  # GTN: sampler entropy and branch KL over training
+    init_from: str | None = None  # the vanilla teacher it was fine-tuned from (gtn.teacher_init = "vanilla")
+    init_epochs: int = 0
+    init_train_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DistillOutcome:
+    arch: str
+    teacher: str
+    teacher_key: str | None
+    key: str
+    cached: bool
+    test_top1: float
+    val_top1: float
+    macs: int
+    params: int
+    seed: int
+    init: str
+    train_seconds: float
+    entry_path: str
+
+
+# --- inputs from a workspace ---------------------------------------------------------------
+
+def train_input(ws: Workspace, model: str) -> TrainInput:
+    """The input that trains `model` ('teacher', an arch id, 'largest' or 'smallest') with the recipe's settings."""
+    rec = ws.recipe
+    if model == "teacher":
+        return TrainInput(None, rec.teacher, rec.train.teacher, rec.seed, ws.space, ws.task, ws.data_ref)
+    return TrainInput(ws.space.parse(model).id, None, rec.train.student, rec.seed, ws.space, ws.task, ws.data_ref)
+
+
+def teacher_input(ws: Workspace, method: str, *, student: str | None = None) -> TrainInput | TeacherInput:
+    """The input of a teacher: vanilla (CE only), gtn (generic, for the whole pool) or sftn (for `student`)."""
+    if method not in TEACHER_METHODS:
+        raise ConfigError(f"unknown teacher method {method!r}; choose one of: {', '.join(TEACHER_METHODS)}")
+    if (method == "sftn") != (student is not None):
+        raise ConfigError("--student ARCH_ID is required with --method sftn (the student the teacher specialises to), "
+                          "and only then")
+    if method == "vanilla":
+        return train_input(ws, "teacher")
+    rec = ws.recipe
+    train_cfg, init = rec.train.teacher, None
+    if rec.gtn.teacher_init == "vanilla":  # fine-tune the cached vanilla teacher with the branches
+        init = train_input(ws, "teacher")
+        train_cfg = replace(train_cfg, epochs=rec.gtn.finetune_epochs,
+                            warmup_epochs=min(train_cfg.warmup_epochs, rec.gtn.finetune_epochs / 2))
+    arch = ws.space.parse(student).id if student is not None else None
+    return TeacherInput(method, arch, rec.teacher, train_cfg, rec.gtn, rec.seed, init, ws.space, ws.task, ws.data_ref)
+
+
+def distill_input(ws: Workspace, arch: str, *, teacher: str = "gtn", seed: int | None = None) -> DistillInput:
+    """The input that distills pool student `arch` from `teacher` ('gtn', 'vanilla', 'sftn' or 'none')."""
+    if teacher not in (*TEACHER_METHODS, "none"):
+        raise ConfigError(f"unknown teacher {teacher!r}; choose one of: {', '.join((*TEACHER_METHODS, 'none'))}")
+    rec = ws.recipe
+    student = ws.space.parse(arch)
+    t_in = None if teacher == "none" else teacher_input(ws, teacher, student=student.id if teacher == "sftn" else None)
+    init_from = teacher_input(ws, "gtn") if rec.distill.init == "inherited" else None  # every method: same weights
+    assert init_from is None or isinstance(init_from, TeacherInput)
+    return DistillInput(student.id, teacher, t_in, rec.distill if t_in is not None else None, rec.distill.init, init_from,
+                        rec.train.student, rec.seed if seed is None else seed, ws.space, ws.task, ws.data_ref)
+
+
+# --- the stages -----------------------------------------------------------------------------
+
+def train_model(ws: Workspace, inp: TrainInput) -> TrainOutcome:
+    """Train the teacher or a pool student from scratch with plain CE, and cache it.
+
+    An unchanged second call is a cache hit; an interrupted call resumes from its last epoch.
+    """
+    resumed_from_epoch = 0
+
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        nonlocal resumed_from_epoch
+        seed_everything(inp.seed)
+        net = inp.build_net()
+        result = fit(net, ws.data, inp.train, seed=inp.seed, run_id=inp.key,
+                     checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), progress=ws.progress,
+                     description="teacher" if inp.arch is None else "student")
+        resumed_from_epoch = result.resumed_from_epoch
+        cost = count_module(net, inp.task)  # equals the analytic count for students (tested)
+        meta |= {"model": inp.name, "test_top1": result.test_top1, "val_top1": result.history[-1].val_top1,
+                 "epochs": len(result.history),
+                 "seconds_per_epoch": sum(h.seconds for h in result.history) / len(result.history),
+                 "macs": cost.macs, "params": cost.params}
+        torch.save(net.state_dict(), staging / WEIGHTS)
+
+    entry, cached = run_stage(ws, inp, build)
+    return TrainOutcome(**entry.meta, key=inp.key, cached=cached, entry_path=str(entry.path),
+                        resumed_from_epoch=resumed_from_epoch)
+
+
+def load_trained(ws: Workspace, inp: TrainInput) -> StagedNet:
+    """The trained network (trained first if it is not cached), in eval mode."""
+    train_model(ws, inp)
+    return load_weights(ws, inp.build_net(), inp).train(False)
+
+
+def train_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> TeacherOutcome:
+    """Train (or find in the cache) a teacher: vanilla (a TrainInput) or a GTN/SFTN teacher."""
+    if isinstance(inp, TrainInput):
+        out = train_model(ws, inp)
+        return TeacherOutcome("vanilla", out.key, out.cached, out.test_top1, out.seconds_per_epoch * out.epochs,
+                              out.epochs, None, out.entry_path)
+    init = train_model(ws, inp.init_from) if inp.init_from is not None else None
+
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        seed_everything(inp.seed)
+        teacher, supernet = build_teacher(inp.teacher, inp.space, inp.task), Supernet(inp.space, inp.task)
+        if inp.init_from is not None:
+            load_weights(ws, teacher, inp.init_from)
+        result, trainer = train_generic_teacher(
+            teacher, supernet, ws.data, inp.train, inp.gtn, seed=inp.seed, run_id=inp.key,
+            checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key),
+            fixed_arch=ArchConfig.from_id(inp.student) if inp.student else None, progress=ws.progress)
+        meta |= {"method": inp.method, "student": inp.student, "test_top1": result.test_top1,
+                 "epochs": len(result.history), "train_seconds": sum(h.seconds for h in result.history),
+                 "log": trainer.log.summary(), "init_from": init.key if init else None,
+                 "init_epochs": init.epochs if init else 0,
+                 "init_train_seconds": init.seconds_per_epoch * init.epochs if init else 0.0,
+                 "init_test_top1": init.test_top1 if init else None}
+        torch.save(teacher.state_dict(), staging / WEIGHTS)
+        torch.save(supernet.state_dict(), staging / "supernet.pt")
+
+    entry, cached = run_stage(ws, inp, build)
+    m = entry.meta
+    init_seconds = m.get("init_train_seconds", 0.0)
+    return TeacherOutcome(inp.method, inp.key, cached, m["test_top1"], m["train_seconds"] + init_seconds, m["epochs"],
+                          inp.student, str(entry.path), m["log"], m.get("init_from"), m.get("init_epochs", 0),
+                          init_seconds)
+
+
+def load_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> tuple[StagedNet, TeacherOutcome]:
+    """The teacher network (trained first if needed), in eval mode."""
+    outcome = train_teacher(ws, inp)
+    return load_weights(ws, build_teacher(ws.recipe.teacher, inp.space, inp.task), inp).train(False), outcome
+
+
+def load_supernet(ws: Workspace, inp: TeacherInput) -> Supernet:
+    """The weight-sharing supernet that GTN run `inp` trained (trained first if needed)."""
+    train_teacher(ws, inp)
+    return load_weights(ws, Supernet(inp.space, inp.task), inp, file="supernet.pt")
+
+
+def _teacher_logits(ws: Workspace, teacher: StagedNet, inp: LogitsInput) -> torch.Tensor:
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        torch.save(teacher_logits(teacher, ws.data.train, Normalizer(ws.data.mean, ws.data.std)), staging / "logits.pt")
+
+    entry, _ = run_stage(ws, inp, build)
+    return torch.load(entry.file("logits.pt"), weights_only=True)
+
+
+def distill_student(ws: Workspace, inp: DistillInput) -> DistillOutcome:
+    """Distill a pool student from a cached teacher (or train it on labels alone: `inp.teacher` None)."""
+    student = ArchConfig.from_id(inp.arch)
+    teacher_net = load_teacher(ws, inp.teacher)[0] if inp.teacher is not None else None
+    if inp.init_from is not None:
+        train_teacher(ws, inp.init_from)
+
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        seed_everything(inp.seed)
+        if inp.init_from is not None:
+            net = load_supernet(ws, inp.init_from).extract(student).train()
+        else:
+            net = build_static(student, inp.space, inp.task)
+        logits = None
+        if teacher_net is not None and inp.teacher is not None and inp.train.augment == "none":
+            logits = _teacher_logits(ws, teacher_net, LogitsInput(inp.teacher, inp.data))
+        result = distill(net, teacher_net, ws.data, inp.train, inp.distill, seed=inp.seed,
+                         run_id=inp.key, checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), cached_logits=logits,
+                         progress=ws.progress)
+        cost = count(student, inp.space, inp.task)
+        meta |= {"test_top1": result.test_top1, "val_top1": result.history[-1].val_top1, "macs": cost.macs,
+                 "params": cost.params, "train_seconds": sum(h.seconds for h in result.history)}
+        torch.save(net.state_dict(), staging / WEIGHTS)
+
+    entry, cached = run_stage(ws, inp, build)
+    m = entry.meta
+    return DistillOutcome(student.id, inp.method, inp.teacher.key if inp.teacher is not None else None, inp.key, cached,
+                          m["test_top1"], m["val_top1"], m["macs"], m["params"], inp.seed, inp.init,
+                          m["train_seconds"], str(entry.path))
+
+
+def load_distilled_net(ws: Workspace, inp: DistillInput) -> StagedNet:
+    """The distilled student (distilled first if not cached), in eval mode."""
+    distill_student(ws, inp)
+    return load_weights(ws, build_static(ArchConfig.from_id(inp.arch), inp.space, inp.task), inp).train(False)
