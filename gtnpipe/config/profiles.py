@@ -1,4 +1,4 @@
-"""Device profiles: one TOML file per target device (device_profiles/<name>.toml).
+"""Device profiles: one TOML file per target device (device_profiles/<name>.toml, shipped inside the wheel).
 
 A profile says which runtime the device runs (and which versions of it, with what
 follows from that, such as the highest ONNX opset its parser takes), which precisions
@@ -23,6 +23,7 @@ from typing import Literal, get_args
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from gtnpipe.config.resources import shipped_dir
 from gtnpipe.config.toml import as_dict, load_named
 
 __all__ = [
@@ -162,7 +163,8 @@ class DeviceProfile:
 
 
 def profiles_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "device_profiles"
+    """The shipped profiles' folder: `device_profiles/` of the checkout, packaged in the wheel (gtnpipe.config.resources)."""
+    return shipped_dir("device_profiles")
 
 
 def known_profiles() -> list[str]:

@@ -1,4 +1,4 @@
-"""Recipes: TOML files in recipes/ that fix data slicing, model sizes and training settings.
+"""Recipes: TOML files in recipes/ (shipped inside the wheel) that fix data slicing, model sizes and training settings.
 
 A recipe is everything that determines a trained result besides the code: it feeds the
 cache keys, so editing one value retrains exactly what depends on it.
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gtnpipe.config.resources import shipped_dir
 from gtnpipe.config.toml import load_named
 
 __all__ = [
@@ -175,7 +176,8 @@ class Recipe:
 
 
 def recipes_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "recipes"
+    """The shipped recipes' folder: `recipes/` of the checkout, packaged in the wheel (gtnpipe.config.resources)."""
+    return shipped_dir("recipes")
 
 
 def known_recipes() -> list[str]:

@@ -1,8 +1,8 @@
 """Cost models: a student's latency, peak memory and model size on a device, each with its source.
 
 Latency (nn-Meter's approach at block level instead of kernel level):
-- `measured-table`: the device's table (device_profiles/tables/<device>.json, written by
-  `gtnpipe bench --calibrate` in the device's runtime) gives the measured p50 latency of
+- `measured-table`: the device's table (<device>.json in the user data directory, else the one shipped in
+  device_profiles/tables/; written by `gtnpipe bench --calibrate` in the device's runtime) gives the measured p50 latency of
   every distinct unit of the space (stem, each block configuration, head). Their sum
   misses whole-network effects (one session call instead of many, cache reuse), so the
   table also holds a linear correction `p50 = slope * sum + per_unit * units + intercept`
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gtnpipe.config.profiles import Budgets, DeviceProfile
-from gtnpipe.devices.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, TableTask, table_path
+from gtnpipe.devices.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, TableTask, table_dirs, table_path
 from gtnpipe.errors import ConfigError
 from gtnpipe.space.counting import count
 from gtnpipe.space.schedule import Layer, Unit, units
@@ -159,9 +159,11 @@ class CostModel:
         self._memo: dict[ArchConfig, CostEstimate] = {}
 
     def _find_table(self, tables_dir: Path | None) -> tuple[PrecisionTable | None, str]:
-        path = table_path(self.profile.name, tables_dir)
+        path = table_path(self.profile.name, tables_dir)  # the user's own table first, then the shipped one
         if not path.exists():
-            return None, f"no measured table at {path}; run 'gtnpipe bench --calibrate --device {self.profile.name}' there"
+            looked = [tables_dir] if tables_dir is not None else list(table_dirs())
+            return None, (f"no measured table {path.name} in {' or '.join(map(str, looked))}; run "
+                          f"'gtnpipe bench --calibrate --device {self.profile.name}' on the device")
         table = _read_table(path, path.stat().st_mtime_ns)
         expected = (self.profile.name, self.profile.runtime.name, self.profile.threads, self.profile.batch_size,
                     self.space.name, TableTask.of(self.task))

@@ -1,6 +1,9 @@
-"""The measured latency table's format: device_profiles/tables/<device>.json.
+"""The measured latency table's format (<device>.json) and where tables are found.
 
-`gtnpipe bench --calibrate` writes it (gtnpipe.measure.kit, on the device) and the cost model
+Tables are searched in the user data directory first (`user_tables_dir()`: what `gtnpipe bench --calibrate`
+measured on this machine or was copied from a device), then among the tables shipped with gtnpipe
+(`device_profiles/tables/` of the checkout, packaged in the wheel). `gtnpipe bench --calibrate` writes
+it (gtnpipe.measure.kit, on the device) and the cost model
 reads it (gtnpipe.devices.cost, on the host). It lives apart from the cost model because writing it must
 work where torch cannot be imported: gtnpipe.devices.cost needs gtnpipe.supernet, whose package imports
 torch. For the same reason the table keeps the task as its own `TableTask` (the fields of
@@ -15,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from gtnpipe.config.profiles import profiles_dir
+from gtnpipe.config.resources import user_data_dir
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_bytes
 
-__all__ = ["TABLE_SCHEMA", "LatencyTable", "PrecisionTable", "TableTask", "table_path"]
+__all__ = ["TABLE_SCHEMA", "LatencyTable", "PrecisionTable", "TableTask", "shipped_tables_dir", "table_dirs", "table_path",
+           "table_write_path", "user_tables_dir"]
 
 TABLE_SCHEMA = 1
 
@@ -102,5 +107,33 @@ class LatencyTable:
         atomic_write_bytes(path, (self.to_json() + "\n").encode())
 
 
+def user_tables_dir() -> Path:
+    """Tables measured by the user: `tables/` in the user data directory (`$GTNPIPE_DATA_DIR` overrides it)."""
+    return user_data_dir() / "tables"
+
+
+def shipped_tables_dir() -> Path:
+    """Tables that ship with gtnpipe (device_profiles/tables/, in the wheel too)."""
+    return profiles_dir() / "tables"
+
+
+def table_dirs() -> tuple[Path, ...]:
+    """Where tables are searched, first match wins: the user's own, then the shipped ones."""
+    return user_tables_dir(), shipped_tables_dir()
+
+
 def table_path(device: str, tables_dir: Path | None = None) -> Path:
-    return (tables_dir or profiles_dir() / "tables") / f"{device}.json"
+    """The table the cost model reads for `device`: in `tables_dir` when given, else the first of `table_dirs()`
+    that has one; with none anywhere, where `gtnpipe bench --calibrate` would write it (`table_write_path`)."""
+    if tables_dir is not None:
+        return tables_dir / f"{device}.json"
+    for folder in table_dirs():
+        if (folder / f"{device}.json").is_file():
+            return folder / f"{device}.json"
+    return table_write_path(device)
+
+
+def table_write_path(device: str, tables_dir: Path | None = None) -> Path:
+    """Where a table measured for `device` is written: in `tables_dir` when given, else in the user data directory
+    (never into the installed package: it may be read-only, and a reinstall would lose the table)."""
+    return (tables_dir or user_tables_dir()) / f"{device}.json"

@@ -35,7 +35,7 @@ from gtnpipe.deploy.backends import get_backend, load_runner
 from gtnpipe.deploy.backends.probe import measure_peak_rss_mb
 from gtnpipe.deploy.bench import measure_latency
 from gtnpipe.deploy.manifest import verify_file_hashes
-from gtnpipe.devices.latency_table import LatencyTable, PrecisionTable, TableTask, table_path
+from gtnpipe.devices.latency_table import LatencyTable, PrecisionTable, TableTask, table_write_path
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file
 
@@ -169,12 +169,13 @@ def table_summary(table: LatencyTable, path: Path) -> dict[str, Any]:
 
 def calibrate_device_from_kit(kit_dir: Path, device: str | Path, *, runs: int = 100, rounds: int = 10,
                               tables_dir: Path | None = None, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """On the device: time the kit, write the table where search reads it (or into `tables_dir`) and summarise it.
+    """On the device: time the kit, write the table to the user data directory, which search reads first (or into
+    `tables_dir`), and summarise it.
 
     The device-side twin of gtnpipe.pipeline.calibrate_device; it lives here because pipeline imports torch.
     """
     profile = load_profile(device)
     table = calibrate_from_kit(kit_dir, profile, runs=runs, rounds=rounds, progress=progress)
-    path = table_path(profile.name, tables_dir)
+    path = table_write_path(profile.name, tables_dir)
     table.save(path)
     return table_summary(table, path)
