@@ -1,4 +1,5 @@
-"""TensorRT backend: the ONNX compatibility check and the host-side build run everywhere; engines need TensorRT.
+"""TensorRT backend: the ONNX compatibility check, the host-side build and the engine-freshness rules run everywhere;
+engines need TensorRT (and Polygraphy, the `tensorrt` extra).
 
 TensorRT cannot be installed on the project's machines (../shared/DEPS.md): the contract tests and
 the engine tests skip there with that reason and run on a Jetson or a GPU box that has it.
@@ -6,11 +7,15 @@ the engine tests skip there with that reason and run on a Jetson or a GPU box th
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import inspect
 import os
+import shutil
 import stat
 import subprocess
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,17 @@ from conftest import DeployCase, block_imports_prelude
 import gtnpipe.deploy.backends.tensorrt as trt_backend
 from gtnpipe.deploy.backends import CompileInputs, get_backend
 from gtnpipe.deploy.backends.tensorrt import CALIBRATION_FILE, TensorRtBackend, engine_build_command, main
+from gtnpipe.deploy.backends.tensorrt_engine import (
+    PRECISIONS,
+    builder_flags,
+    engine_file_name,
+    engine_for_onnx,
+    engine_stamp,
+    gpu_name,
+    read_sidecar,
+    sidecar_path,
+    stale_reason,
+)
 from gtnpipe.deploy.backends.tensorrt_onnx import (
     TENSORRT_8_0_ONNX_OPS,
     TENSORRT_8_5_ONNX_OPS,
@@ -30,7 +46,8 @@ from gtnpipe.deploy.backends.tensorrt_onnx import (
     supported_onnx_ops,
     tensorrt_version_for_opset,
 )
-from gtnpipe.errors import BackendUnavailable, ConfigError
+from gtnpipe.errors import BackendBuildError, BackendUnavailable, ConfigError
+from gtnpipe.fsutil import atomic_write_json, sha256_file
 
 onnx = pytest.importorskip("onnx", reason="the ONNX check needs onnx (pip install 'gtnpipe[onnx]')")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -212,13 +229,15 @@ def test_cli_check(nano_onnx: Path, deploy_case: DeployCase, capsys: pytest.Capt
 # build() and load() on a machine without TensorRT
 
 def test_module_imports_without_tensorrt_or_torch() -> None:
-    code = block_imports_prelude(("tensorrt", "torch", "onnx", "cuda", "pycuda")) + (
+    """get_backend needs neither TensorRT, Polygraphy, torch nor onnx, and the device side never loads tensorrt_onnx."""
+    code = block_imports_prelude(("tensorrt", "torch", "onnx", "polygraphy", "cuda", "pycuda")) + (
         "from gtnpipe.deploy.backends import get_backend\n"
         "b = get_backend('tensorrt')\n"
-        "print(b.runtime, ','.join(b.precisions))\n")
+        "print(b.runtime, ','.join(b.precisions), b.calibration_images)\n"
+        "print('gtnpipe.deploy.backends.tensorrt_onnx' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["tensorrt", "fp32,fp16,int8"]
+    assert done.stdout.split() == ["tensorrt", "fp32,fp16,int8", "500", "False"]
 
 
 @pytest.mark.usefixtures("no_tensorrt_here")
@@ -243,15 +262,43 @@ def test_build_without_tensorrt_ships_a_parity_clean_onnx(nano_inputs: CompileIn
 def test_build_fp32_and_int8_without_tensorrt(nano_inputs: CompileInputs, tmp_path: Path) -> None:
     backend = TensorRtBackend()
     fp32 = backend.build(nano_inputs, "fp32", tmp_path / "fp32")
-    assert fp32.notes["engine_build_command"] == "trtexec --onnx=model.onnx --saveEngine=model-fp32.engine"
+    # TF32 off: TensorRT's default TF32 convolutions break the 1e-4 fp32 parity bar on Ampere and later
+    assert fp32.notes["engine_build_command"] == "trtexec --onnx=model.onnx --saveEngine=model-fp32.engine --noTF32"
     int8 = backend.build(nano_inputs, "int8", tmp_path / "int8")
     assert int8.model_file == "model.onnx" and set(int8.files) == {"model.onnx", CALIBRATION_FILE}
     calibration = np.load(tmp_path / "int8" / CALIBRATION_FILE)
-    assert calibration.dtype == np.float32 and calibration.shape == (len(nano_inputs.calibration), 1, 28, 28)
+    given = len(nano_inputs.calibration)
+    assert given == 300 < TensorRtBackend.calibration_images == 500  # what DeployCase passes, as gtnpipe build did
+    assert calibration.dtype == np.float32 and calibration.shape == (given, 1, 28, 28)
     np.testing.assert_array_equal(calibration, nano_inputs.calibration)
+    assert int8.notes["calibration_images"] == given and int8.notes["calibration_images_wanted"] == 500
+    assert "wants 500 images but was given 300: 300 are used" in int8.notes["calibration_shortfall"]
     assert "gtnpipe.deploy.backends.tensorrt build model.onnx --precision int8" in int8.notes["engine_build_command"]
-    assert "--int8 --calib=calibration.cache" in int8.notes["calibration"]
+    assert "--int8 --fp16 --calib=calibration.cache" in int8.notes["calibration"]
     assert "placeholder scales" in int8.notes["calibration"]
+
+
+@pytest.mark.usefixtures("no_tensorrt_here")
+def test_int8_calibration_count(deploy_case: DeployCase, nano_inputs: CompileInputs, tmp_path: Path) -> None:
+    """Given enough images the build ships exactly calibration_images; whole batches that fall short are noted."""
+    from gtnpipe.deploy.export import export_onnx
+
+    train = nano_inputs.calibration
+    many = np.concatenate([train, train[::-1]])  # 600 training images (each twice): more than the 500 wanted
+    enough = replace(nano_inputs, calibration=many)
+    result = TensorRtBackend().build(enough, "int8", tmp_path / "b1")
+    np.testing.assert_array_equal(np.load(tmp_path / "b1" / CALIBRATION_FILE), many[:500])
+    assert result.notes["calibration_images"] == 500 and "calibration_shortfall" not in result.notes
+
+    shape = (32, *deploy_case.inputs.input_shape[1:])
+    batch32 = export_onnx(deploy_case.model, deploy_case.task, tmp_path / "b32.onnx", max_opset=13, input_shape=shape)
+    for images, used, given in ((train, 288, 300), (many, 480, 600)):
+        out = tmp_path / f"b32-{given}"
+        result = TensorRtBackend().build(CompileInputs(onnx_path=batch32, input_shape=shape, calibration=images,
+                                                       max_onnx_opset=13), "int8", out)
+        assert np.load(out / CALIBRATION_FILE).shape[0] == used == result.notes["calibration_images"]
+        assert (f"wants 500 images but was given {given}, and whole batches of 32 of them make {used}: {used} are used"
+                in result.notes["calibration_shortfall"])
 
 
 @pytest.mark.usefixtures("no_tensorrt_here")
@@ -266,7 +313,8 @@ def test_build_refuses_an_export_tensorrt_cannot_parse(deploy_case: DeployCase, 
 
 
 def test_build_with_trtexec(nano_inputs: CompileInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where only trtexec is there, build() runs it in out_dir (a stand-in trtexec records its arguments)."""
+    """Where only trtexec is there, build() runs it in out_dir. The stand-in executable records its arguments and
+    writes a placeholder file: what is checked is gtnpipe's side (command, folder, failure), not TensorRT."""
     fake = tmp_path / "bin" / "trtexec"
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\n"
@@ -282,10 +330,13 @@ def test_build_with_trtexec(nano_inputs: CompileInputs, tmp_path: Path, monkeypa
     # int8: trtexec cannot calibrate from images, so the engine is left to the device
     int8 = TensorRtBackend().build(nano_inputs, "int8", tmp_path / "int8")
     assert int8.model_file == "model.onnx" and "trtexec cannot calibrate" in int8.notes["engine"]
-    # a failing trtexec is an error naming the command
+    # a failing trtexec is a BackendBuildError naming the command, with the process failure chained
     fake.write_text("#!/bin/sh\necho 'Unsupported ONNX data type' >&2\nexit 1\n")
-    with pytest.raises(ConfigError, match="Unsupported ONNX data type"):
+    with pytest.raises(BackendBuildError, match="Unsupported ONNX data type") as raised:
         TensorRtBackend().build(nano_inputs, "fp32", tmp_path / "failing")
+    assert "--noTF32" in str(raised.value)
+    cause = raised.value.__cause__
+    assert isinstance(cause, subprocess.CalledProcessError) and cause.returncode == 1
 
 
 @needs_no_tensorrt
@@ -298,31 +349,119 @@ def test_load_and_version_without_tensorrt_say_how_to_get_it(tmp_path: Path) -> 
         assert "TensorRT is not installed" in message and "JetPack" in message and "not come from PyPI" in message
 
 
-def test_engine_cache_for_onnx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """load(model.onnx) on the device builds model-<p>.engine once and reuses it while it is newer than the ONNX."""
-    calls: list[tuple[str, str, bool]] = []
-
-    def fake_build(onnx_path: Path, engine_path: Path, *, precision: str, calibration=None, calibration_cache=None):
-        calls.append((engine_path.name, precision, calibration is not None))
-        engine_path.write_bytes(b"engine")
-        return engine_path
-
-    monkeypatch.setattr(trt_backend, "build_engine", fake_build)
+@needs_no_tensorrt
+def test_engine_build_without_tensorrt_says_how_to_get_it(nano_onnx: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     model = tmp_path / "model.onnx"
-    model.write_bytes(b"onnx")
-    np.save(tmp_path / CALIBRATION_FILE, np.zeros((4, 1, 28, 28), np.float32))
-    assert trt_backend.engine_for_onnx(model, "fp16") == tmp_path / "model-fp16.engine"
-    assert trt_backend.engine_for_onnx(model, "fp16") == tmp_path / "model-fp16.engine"
-    assert calls == [("model-fp16.engine", "fp16", False)]
-    later = (tmp_path / "model-fp16.engine").stat().st_mtime_ns + 10**9
-    os.utime(model, ns=(later, later))  # a new export: the engine is stale
-    trt_backend.engine_for_onnx(model, "fp16")
-    trt_backend.engine_for_onnx(model, "int8")
-    assert calls[1:] == [("model-fp16.engine", "fp16", False), ("model-int8.engine", "int8", True)]
+    shutil.copy(nano_onnx, model)
+    with pytest.raises(BackendUnavailable, match="TensorRT is not installed.*JetPack"):
+        engine_for_onnx(model, "fp16")
+    assert main(["build", str(model), "--precision", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: TensorRT is not installed") and "not come from PyPI" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # nothing half-built
+
+
+def test_gpu_name_without_a_driver_says_so() -> None:
+    import ctypes.util
+
+    if ctypes.util.find_library("cuda"):
+        pytest.skip("an NVIDIA driver is installed here: gpu_name reads the real GPU")
+    with pytest.raises(BackendUnavailable, match="libcuda.so.1 cannot be loaded.*nvidia-smi"):
+        gpu_name()
+
+
+def test_missing_polygraphy_names_the_extra() -> None:
+    code = block_imports_prelude(("polygraphy",)) + (
+        "from gtnpipe.deploy.backends.tensorrt_engine import _import_polygraphy\n"
+        "from gtnpipe.errors import BackendUnavailable\n"
+        "try:\n"
+        "    _import_polygraphy()\n"
+        "except BackendUnavailable as err:\n"
+        "    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Polygraphy" in done.stdout and "pip install 'gtnpipe[tensorrt]'" in done.stdout
+
+
+def test_builder_flags_fit_polygraphy_and_trtexec() -> None:
+    """The flags build_engine hands Polygraphy's CreateConfig, and the trtexec command, agree per precision; the
+    Polygraphy calls the engine side makes exist with these parameter names in the pinned release."""
+    poly = pytest.importorskip("polygraphy.backend.trt", reason="Polygraphy is not installed (pip install 'gtnpipe[tensorrt]')")
+    from polygraphy import cuda
+
+    expected = {"fp32": (False, False, False), "fp16": (True, True, False), "int8": (True, True, True)}
+    for precision in PRECISIONS:
+        config = poly.CreateConfig(**builder_flags(precision), calibrator=None)  # no TensorRT needed to construct
+        assert (config.tf32, config.fp16, config.int8) == expected[precision]
+        command = engine_build_command(precision)
+        assert ("--noTF32" not in command, "--fp16" in command, "--int8" in command) == expected[precision]
+    with pytest.raises(ConfigError, match="not 'fp8'"):
+        builder_flags("fp8")
+    assert {"tf32", "fp16", "int8", "calibrator"} <= set(inspect.signature(poly.CreateConfig.__init__).parameters)
+    assert "memory_pool_limits" in inspect.signature(poly.CreateConfig.__mro__[1].__init__).parameters
+    assert list(inspect.signature(poly.Calibrator).parameters)[:2] == ["data_loader", "cache"]
+    assert list(inspect.signature(poly.EngineBytesFromNetwork.__init__).parameters)[1:3] == ["network", "config"]
+    assert list(inspect.signature(poly.EngineFromBytes.__init__).parameters)[1:3] == ["serialized_engine", "runtime"]
+    assert list(inspect.signature(poly.NetworkFromOnnxPath.__init__).parameters)[1] == "path"
+    assert list(inspect.signature(cuda.Cuda.memcpy).parameters)[1:] == ["dst", "src", "nbytes", "kind", "stream_ptr"]
+    assert callable(cuda.DeviceArray.raw) and callable(poly.get_trt_logger)
 
 
 # ---------------------------------------------------------------------------------------------
-# Where TensorRT is installed (a Jetson, a GPU box)
+# Engine freshness: the sidecar, not file times
+
+def test_sidecar_decides_freshness(nano_onnx: Path, deploy_case: DeployCase, tmp_path: Path) -> None:
+    onnx_file = tmp_path / "model.onnx"
+    shutil.copy(nano_onnx, onnx_file)
+    stamp = engine_stamp(onnx_file, "fp16", tensorrt_version="10.3.0", gpu_name="Orin (nvgpu)")
+    assert stamp.onnx_sha256 == hashlib.sha256(nano_onnx.read_bytes()).hexdigest()
+    assert (stamp.tensorrt_version, stamp.gpu_name, stamp.precision, stamp.calibration_sha256) == (
+        "10.3.0", "Orin (nvgpu)", "fp16", None)
+    engine = tmp_path / engine_file_name("fp16")
+    assert stale_reason(engine, stamp) == "model-fp16.engine does not exist yet"
+    engine.write_bytes(b"an engine from elsewhere")  # stale_reason reads only the sidecar, never the engine
+    assert "model-fp16.engine.json is missing or unreadable" in stale_reason(engine, stamp)  # e.g. built by trtexec
+    sidecar_path(engine).write_text("{not json")
+    assert "missing or unreadable" in stale_reason(engine, stamp) and read_sidecar(engine) is None
+    atomic_write_json(sidecar_path(engine), asdict(stamp) | {"tf32": True, "calibration_images": 0})
+    assert stale_reason(engine, stamp) is None
+
+    # file times say nothing: an ONNX touched after the engine is still the same model
+    later = engine.stat().st_mtime_ns + 10**9
+    os.utime(onnx_file, ns=(later, later))
+    assert stale_reason(engine, engine_stamp(onnx_file, "fp16", tensorrt_version="10.3.0", gpu_name="Orin (nvgpu)")) is None
+    # ... while another TensorRT, another GPU or another precision is stale, saying which
+    assert stale_reason(engine, replace(stamp, tensorrt_version="10.4.0")) == "TensorRT version '10.3.0' -> '10.4.0'"
+    assert stale_reason(engine, replace(stamp, gpu_name="NVIDIA H200")) == "GPU 'Orin (nvgpu)' -> 'NVIDIA H200'"
+    assert stale_reason(engine, replace(stamp, precision="fp32")) == "precision 'fp16' -> 'fp32'"
+    # ... and so is another export, even with an older file time
+    shutil.copy(deploy_case.inputs.onnx_path, onnx_file)
+    os.utime(onnx_file, ns=(later - 10**10, later - 10**10))
+    reason = stale_reason(engine, engine_stamp(onnx_file, "fp16", tensorrt_version="10.3.0", gpu_name="Orin (nvgpu)"))
+    assert reason is not None and reason.startswith(f"ONNX sha256 '{stamp.onnx_sha256}' -> ")
+
+
+def test_int8_stamp_covers_the_calibration_images(nano_onnx: Path, nano_inputs: CompileInputs, tmp_path: Path) -> None:
+    onnx_file = tmp_path / "model.onnx"
+    shutil.copy(nano_onnx, onnx_file)
+    device = {"tensorrt_version": "8.6.2", "gpu_name": "Orin"}
+    assert engine_stamp(onnx_file, "int8", **device).calibration_sha256 is None  # no images: a cache-only build
+    calibration = tmp_path / CALIBRATION_FILE
+    np.save(calibration, nano_inputs.calibration[:10])
+    first = engine_stamp(onnx_file, "int8", **device)
+    assert first.calibration_sha256 == sha256_file(calibration)
+    assert engine_stamp(onnx_file, "fp16", **device).calibration_sha256 is None  # fp16 does not calibrate
+    engine = tmp_path / engine_file_name("int8")
+    engine.write_bytes(b"an engine")
+    atomic_write_json(sidecar_path(engine), asdict(first) | {"calibration_images": 10})
+    assert stale_reason(engine, engine_stamp(onnx_file, "int8", **device)) is None
+    np.save(calibration, nano_inputs.calibration[10:20])  # other images, same ONNX
+    assert stale_reason(engine, engine_stamp(onnx_file, "int8", **device)).startswith("calibration.npy sha256 ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where TensorRT is installed (a Jetson, a GPU box), with Polygraphy
 
 @needs_tensorrt
 class TestTensorRt(BackendContract):
@@ -331,6 +470,7 @@ class TestTensorRt(BackendContract):
     @pytest.fixture(autouse=True)
     def _tensorrt(self) -> None:
         pytest.importorskip("tensorrt", reason=NO_TENSORRT)
+        pytest.importorskip("polygraphy", reason="the engine side needs Polygraphy: pip install 'gtnpipe[tensorrt]'")
 
     def test_load_onnx_builds_and_reuses_the_engine(self, deploy_case: DeployCase, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -343,6 +483,9 @@ class TestTensorRt(BackendContract):
         first = np.concatenate([backend.load(tmp_path / "model.onnx", threads=1).run(x[i:i + 1]) for i in range(len(x))])
         engine = tmp_path / "model-fp32.engine"
         built_at = engine.stat().st_mtime_ns
+        recorded = read_sidecar(engine)
+        assert recorded is not None and recorded["onnx_sha256"] == sha256_file(tmp_path / "model.onnx")
+        assert recorded["precision"] == "fp32" and recorded["tf32"] is False
         runner = backend.load(tmp_path / "model.onnx", threads=1)
         assert engine.stat().st_mtime_ns == built_at  # reused, not rebuilt
         np.testing.assert_allclose(first, deploy_case.torch_logits[:8], atol=FP32_MAX_ABS, rtol=0)

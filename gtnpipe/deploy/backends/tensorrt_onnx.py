@@ -6,8 +6,9 @@ cannot be installed on the project's machines (../shared/DEPS.md), so this check
 can verify; the tables below are onnx-tensorrt's operator support matrices per TensorRT release.
 
 This module never imports tensorrt or torch, and imports onnx only inside the functions that read
-a model. `python -m gtnpipe.deploy.backends.tensorrt check ...` runs it from a shell; the engine builds and
-runs are in `gtnpipe.deploy.backends.tensorrt`.
+a model. `python -m gtnpipe.deploy.backends.tensorrt check ...` runs it from a shell; the engine builds are in
+`gtnpipe.deploy.backends.tensorrt_engine` and the runner in `gtnpipe.deploy.backends.tensorrt_runner`, neither of
+which imports this module (the device never needs onnx).
 """
 
 from __future__ import annotations
