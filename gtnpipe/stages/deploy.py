@@ -137,7 +137,7 @@ def compile_precision(ws: Workspace, inp: CompileInput, exported: Callable[[], t
         np.save(staging / ARTIFACT_LOGITS, logits[:inp.reference_images])  # what gtnpipe bench on the device compares
         meta |= {"parity": report.to_dict()}
 
-    entry, cached = run_stage(ws, inp, build)
+    entry, cached = run_stage(ws.cache, inp, build)
     return Compiled(inp, cached, entry.meta, str(entry.path))
 
 
@@ -155,5 +155,5 @@ def measure_precision(ws: Workspace, inp: MeasureInput, compiled: Compiled) -> M
                           input_shape=shape, precision=inp.compiled.precision, warmup=inp.warmup, runs=inp.runs)
         meta |= {"latency": m.latency.to_dict(), "peak_memory_mb": m.peak_rss_mb}
 
-    entry, cached = run_stage(ws, inp, build)
+    entry, cached = run_stage(ws.cache, inp, build)
     return Measured(inp, cached, entry.meta["latency"], entry.meta["peak_memory_mb"])

@@ -105,7 +105,7 @@ def accuracy_predictor(ws: Workspace, inp: AccuracyInput) -> AccuracyOutcome:
         meta |= {"measured": [{"arch": a.id, "val_top1": t} for a, t in zip(archs, top1)],
                  "seconds": time.perf_counter() - start}
 
-    entry, cached = run_stage(ws, inp, build)
+    entry, cached = run_stage(ws.cache, inp, build)
     return AccuracyOutcome(inp.key, cached, AccuracyPredictor.load(entry.file("predictor.json")), entry.meta["measured"],
                            entry.meta["seconds"])
 
@@ -152,6 +152,6 @@ def search_device(ws: Workspace, inp: SearchInput) -> SearchOutcome:
                     latency_planned_ms=budgets.planned_latency_ms_p90)
         meta |= {"result": result.to_dict(), "table_note": model.table_note}
 
-    entry, cached = run_stage(ws, inp, build)
+    entry, cached = run_stage(ws.cache, inp, build)
     return SearchOutcome(inp.key, cached, SearchResult.from_dict(entry.meta["result"]), entry.meta["table_note"],
                          str(entry.file("pareto.png")), acc)

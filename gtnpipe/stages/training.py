@@ -243,7 +243,7 @@ def train_model(ws: Workspace, inp: TrainInput) -> TrainOutcome:
                  "macs": cost.macs, "params": cost.params}
         torch.save(net.state_dict(), staging / WEIGHTS)
 
-    entry, cached = run_stage(ws, inp, build)
+    entry, cached = run_stage(ws.cache, inp, build)
     return TrainOutcome(**entry.meta, key=inp.key, cached=cached, entry_path=str(entry.path),
                         resumed_from_epoch=resumed_from_epoch)
 
@@ -280,7 +280,7 @@ def train_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> TeacherOutco
         torch.save(teacher.state_dict(), staging / WEIGHTS)
         torch.save(supernet.state_dict(), staging / "supernet.pt")
 
-    entry, cached = run_stage(ws, inp, build)
+    entry, cached = run_stage(ws.cache, inp, build)
     m = entry.meta
     init_seconds = m.get("init_train_seconds", 0.0)
     return TeacherOutcome(inp.method, inp.key, cached, m["test_top1"], m["train_seconds"] + init_seconds, m["epochs"],
@@ -304,7 +304,7 @@ def _teacher_logits(ws: Workspace, teacher: StagedNet, inp: LogitsInput) -> torc
     def build(staging: Any, meta: dict[str, Any]) -> None:
         torch.save(teacher_logits(teacher, ws.data.train, Normalizer(ws.data.mean, ws.data.std)), staging / "logits.pt")
 
-    entry, _ = run_stage(ws, inp, build)
+    entry, _ = run_stage(ws.cache, inp, build)
     return torch.load(entry.file("logits.pt"), weights_only=True)
 
 
@@ -332,7 +332,7 @@ def distill_student(ws: Workspace, inp: DistillInput) -> DistillOutcome:
                  "params": cost.params, "train_seconds": sum(h.seconds for h in result.history)}
         torch.save(net.state_dict(), staging / WEIGHTS)
 
-    entry, cached = run_stage(ws, inp, build)
+    entry, cached = run_stage(ws.cache, inp, build)
     m = entry.meta
     return DistillOutcome(student.id, inp.method, inp.teacher.key if inp.teacher is not None else None, inp.key, cached,
                           m["test_top1"], m["val_top1"], m["macs"], m["params"], inp.seed, inp.init,

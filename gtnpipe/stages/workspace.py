@@ -63,12 +63,12 @@ class Workspace:
 
 
 
-def run_stage(ws: Workspace, inp: Stage, build: Callable[[Path, dict[str, Any]], None]) -> tuple[Entry, bool]:
+def run_stage(cache: Cache, inp: Stage, build: Callable[[Path, dict[str, Any]], None]) -> tuple[Entry, bool]:
     """The cache entry of `inp`, built with `build(staging, meta)` if missing; True when it was a cache hit.
 
     Under torchrun every rank builds (trains) together and rank 0 writes the entry.
     """
-    kind, key, cache = inp.STAGE, inp.key, ws.cache
+    kind, key = inp.STAGE, inp.key
     entry = cache.lookup(kind, key) if distributed.is_main() else None
     if distributed.broadcast_object(entry is not None):
         distributed.barrier()

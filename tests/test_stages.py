@@ -1,0 +1,193 @@
+"""Stage inputs are their cache keys: every field of every input (nested ones included) re-keys the stage, and so
+do the versions of its packages and its code; comments and docstrings do not."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_RECIPE
+
+from gtnpipe.cache import Cache
+from gtnpipe.config.profiles import load_profile
+from gtnpipe.config.recipes import load_recipe
+from gtnpipe.deploy.timing import Machine
+from gtnpipe.search.evolution import SearchConfig
+from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.stages import deploy, keys, search, training
+from gtnpipe.stages.keys import Stage, stage_key
+from gtnpipe.stages.workspace import DataRef, run_stage
+
+REC = load_recipe(TINY_RECIPE)
+SPACE = get_space(REC.space)
+TASK = TaskShape(1, (28, 28), 10)
+DATA = DataRef(REC.data, "0" * 64)
+HOST = load_profile("host")
+
+
+def _examples() -> dict[type, Stage]:
+    """One input of every stage, with every optional field set, so that every field can be changed."""
+    vanilla = training.TrainInput(None, REC.teacher, REC.train.teacher, 0, SPACE, TASK, DATA)
+    student = training.TrainInput(SPACE.smallest().id, None, REC.train.student, 0, SPACE, TASK, DATA)
+    gtn = training.TeacherInput("gtn", None, REC.teacher, REC.train.teacher, REC.gtn, 0, vanilla, SPACE, TASK, DATA)
+    sftn = dataclasses.replace(gtn, method="sftn", student=SPACE.smallest().id)
+    distilled = training.DistillInput(SPACE.largest().id, "sftn", sftn, REC.distill, "inherited", gtn, REC.train.student,
+                                      0, SPACE, TASK, DATA)
+    accuracy = search.AccuracyInput(gtn, 150, 4242, 512, SPACE, TASK, DATA)
+    searched = search.SearchInput(HOST, accuracy, SearchConfig(), "f" * 64, 1, SPACE, TASK)
+    compiled = deploy.CompileInput(distilled, HOST.runtime, "1.32.0", "int8", 1, 1.0, 300, 1234, 500)
+    measured = deploy.MeasureInput(compiled, Machine("AMD EPYC", 2, "x86_64", "Linux"), 2, 20, 200)
+    logits = training.LogitsInput(vanilla, DATA)
+    assert student.arch is not None
+    return {type(x): x for x in (vanilla, gtn, distilled, accuracy, searched, compiled, measured, logits)}
+
+
+EXAMPLES = _examples()
+
+
+def _changed(value: Any) -> list[Any]:
+    """Values of the same kind that differ from `value` (a leaf), most plausible first."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1]
+    if isinstance(value, float):
+        return [value + 0.5, value / 2]
+    if isinstance(value, str):
+        alternatives = {"fp32": "fp16", "int8": "fp32", "gtn": "sftn", "sftn": "gtn", "inherited": "scratch",
+                        "onnxruntime": "openvino", "none": "flip", "flip": "none", "cosine": "step", "sgd": "adamw"}
+        return [alternatives.get(value, value + "x"), value + "x", value + ",!=0.0.1"]  # the last: a version range
+    if isinstance(value, tuple):
+        if value and isinstance(value[0], int | float) and not isinstance(value[0], bool):
+            return [(value[0] + 1, *value[1:]), value[:-1]]
+        return [value[::-1], value[:-1], (*value, *value[:1])]
+    return []
+
+
+def _variants(obj: Any, path: str = "") -> list[tuple[str, Any]]:
+    """(dotted field, obj with that one leaf changed) for every leaf of a dataclass tree that can be changed validly."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = f"{path}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out += [(w, None if v is None else dataclasses.replace(obj, **{f.name: v}))
+                    for w, v in _variants(value, where + ".")]
+            continue
+        for candidate in _changed(value):
+            if candidate == value:
+                continue
+            try:
+                out.append((where, dataclasses.replace(obj, **{f.name: candidate})))
+                break
+            except (ValueError, TypeError):
+                continue
+        else:
+            if value is not None:
+                out.append((where, None))  # no valid change found: reported by the test below
+    return out
+
+
+def test_every_stage_has_an_example() -> None:
+    stages = {cls for module in (training, search, deploy) for cls in vars(module).values()
+              if isinstance(cls, type) and issubclass(cls, Stage) and cls is not Stage}
+    assert stages == set(EXAMPLES), "add an example input for each new stage to _examples()"
+
+
+@pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.__name__)
+def test_every_field_changes_the_key(cls: type) -> None:
+    base = EXAMPLES[cls]
+    key = stage_key(base)
+    variants = _variants(base)
+    unchangeable = [w for w, v in variants if v is None]
+    assert not unchangeable, f"test cannot change {unchangeable}: extend _changed()"
+    assert len(variants) >= len(dataclasses.fields(base))
+    same = [w for w, v in variants if stage_key(v) == key]
+    assert not same, f"{cls.__name__}: changing {same} does not change the cache key"
+
+
+def test_nested_input_kind_is_part_of_the_key() -> None:
+    """A vanilla teacher and a student differ in their stage's fields; two inputs of different stages with equal
+    fields must still differ, because the nested input's stage and code are in the key."""
+    d = EXAMPLES[training.DistillInput]
+    assert isinstance(d, training.DistillInput)
+    vanilla = EXAMPLES[training.TrainInput]
+    assert stage_key(training.LogitsInput(vanilla, DATA)) != stage_key(training.LogitsInput(d.init_from, DATA))
+
+
+@pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.__name__)
+def test_a_package_version_changes_the_key(cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = EXAMPLES[cls]
+    assert cls.PACKAGES, f"{cls.__name__} names no package its result depends on"
+    key = stage_key(inp)
+    real = metadata.version
+    bumped = cls.PACKAGES[0]
+    monkeypatch.setattr(metadata, "version", lambda name: "999.0" if name == bumped else real(name))
+    assert stage_key(inp) != key
+
+
+@pytest.fixture
+def stage_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "gtnpipe_test_stage_code.py"
+    path.write_text('"""Doc."""\n\ndef f(x):\n    return x + 1  # one\n')
+    yield path
+    sys.modules.pop("gtnpipe_test_stage_code", None)
+    keys._module_digest.cache_clear()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Toy(Stage):
+    STAGE = "toy"
+    CODE = ("gtnpipe_test_stage_code",)
+    PACKAGES = ("numpy",)
+
+    n: int
+
+
+def _key_after(path: Path, text: str) -> str:
+    path.write_text(text)
+    keys._module_digest.cache_clear()
+    importlib.invalidate_caches()
+    return stage_key(_Toy(1))
+
+
+def test_code_changes_the_key_comments_do_not(stage_module: Path) -> None:
+    key = stage_key(_Toy(1))
+    assert _key_after(stage_module, '"""Other doc."""\n\n\ndef f(x):\n    """Adds."""\n    return x + 1  # two\n') == key
+    assert _key_after(stage_module, '"""Doc."""\n\ndef f(x):\n    return x + 2\n') != key
+
+
+def test_changed_code_or_package_misses_the_cache(stage_module: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = Cache(tmp_path / "cache")
+    builds: list[int] = []
+
+    def build(staging: Path, meta: dict[str, Any]) -> None:
+        builds.append(1)
+        (staging / "out.txt").write_text("x")
+
+    assert not run_stage(cache, _Toy(1), build)[1]
+    assert run_stage(cache, _Toy(1), build)[1]  # unchanged: a hit
+    _key_after(stage_module, '"""Doc."""\n\ndef f(x):\n    return x * 2\n')
+    assert not run_stage(cache, _Toy(1), build)[1]  # the stage's code changed: a miss
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.0.1" if name == "numpy" else real(name))
+    assert not run_stage(cache, _Toy(1), build)[1]  # a package version changed: a miss
+    assert len(builds) == 3
+
+
+def test_stage_inputs_must_be_frozen() -> None:
+    @dataclasses.dataclass
+    class Loose(Stage):
+        STAGE = "loose"
+        CODE = ()
+        n: int = 0
+
+    with pytest.raises(TypeError, match="frozen dataclass"):
+        stage_key(Loose())
