@@ -30,7 +30,8 @@ MEASURE_WARMUP = 20
 MEASURE_RUNS = 200
 _BACKEND_CODE = ("gtnpipe.deploy.backends", "gtnpipe.deploy.backends.onnxruntime", "gtnpipe.deploy.backends.openvino",
                  "gtnpipe.deploy.backends.tflite", "gtnpipe.deploy.backends.tensorrt",
-                 "gtnpipe.deploy.backends.tensorrt_onnx")
+                 "gtnpipe.deploy.backends.tensorrt_onnx", "gtnpipe.deploy.backends.tensorrt_engine",
+                 "gtnpipe.deploy.backends.tensorrt_runner")
 _TOOLCHAIN = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "litert-torch", "ai-edge-quantizer",
               "ai-edge-litert", "tensorrt", "polygraphy")
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from gtnpipe.errors import BackendUnavailable, ConfigError
+from gtnpipe.errors import BackendBuildError, BackendUnavailable, ConfigError
 
 __all__ = [
     "BACKENDS",
@@ -40,6 +42,7 @@ __all__ = [
     "missing",
     "load_runner",
     "runtime_version",
+    "toolchain_step",
 ]
 
 
@@ -105,6 +108,18 @@ def calibration_batches(inputs: CompileInputs, *, max_images: int = CALIBRATION_
         raise ConfigError(f"INT8 calibration needs at least one batch of {batch} images, got {len(inputs.calibration)}; "
                           "pass more calibration images or build int8 at a smaller batch")
     return [inputs.calibration[i:i + batch] for i in range(0, n, batch)]
+
+
+@contextmanager
+def toolchain_step(what: str) -> Iterator[None]:
+    """Around one call into a converter or quantizer: its failure becomes a BackendBuildError naming the step, with
+    the cause chained (gtnpipe build then records that precision as not built and goes on; --strict fails)."""
+    try:
+        yield
+    except (BackendUnavailable, BackendBuildError):
+        raise
+    except Exception as err:  # the toolchain's own exception types are many and undocumented
+        raise BackendBuildError(f"{what} failed: {type(err).__name__}: {err}") from err
 
 
 # runtime name -> "module:Class" (imported on demand) and the pip extra that installs the runtime

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing
+from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing, toolchain_step
 from gtnpipe.errors import ConfigError
 
 try:
@@ -131,7 +131,7 @@ class TfliteBackend(Backend):
             except ImportError as err:
                 raise missing("the TFLite converter", err, "build") from err
             sample = torch.zeros(inputs.input_shape, dtype=torch.float32)
-            with torch.no_grad():
+            with torch.no_grad(), toolchain_step("litert-torch conversion to .tflite"):
                 # eval mode: BatchNorm must use its running statistics (compile_inputs passes it so already)
                 fp32 = litert_torch.convert(inputs.torch_module.train(False), (sample,)).model_content()
             notes: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}",
@@ -156,7 +156,8 @@ class TfliteBackend(Backend):
                                  algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING)
         notes["quantizer"] = f"ai-edge-quantizer {distribution_version('ai-edge-quantizer')}"
         notes["recipe"] = "weight-only float16 (FLOAT_CASTING), float32 activations"
-        return bytes(q.quantize(enable_progress_report=False).quantized_model)
+        with toolchain_step("ai-edge-quantizer float16 weight quantization"):
+            return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
     def _int8(self, fp32: bytes, inputs: CompileInputs, notes: dict[str, Any]) -> bytes:
         from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
@@ -171,13 +172,15 @@ class TfliteBackend(Backend):
         manager = recipe_manager.RecipeManager()
         manager.load_quantization_recipe(recipe.static_wi8_ai8())
         calib = calibrator.Calibrator(fp32, num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update)
-        calib.calibrate(samples, manager)
+        with toolchain_step("ai-edge-quantizer INT8 calibration"):
+            calib.calibrate(samples, manager)
         q = quantizer.Quantizer(fp32, recipe.static_wi8_ai8())
         notes["quantizer"] = f"ai-edge-quantizer {distribution_version('ai-edge-quantizer')}"
         notes["recipe"] = ("static_wi8_ai8: int8 per-channel weights, int8 per-tensor activations (min/max calibration), "
                            "int8 model input and output")
         notes["calibration_images"] = sum(len(batches) for batches in samples.values()) * inputs.input_shape[0]
-        return bytes(q.quantize(calib.get_model_qsvs(), enable_progress_report=False).quantized_model)
+        with toolchain_step("ai-edge-quantizer INT8 quantization"):
+            return bytes(q.quantize(calib.get_model_qsvs(), enable_progress_report=False).quantized_model)
 
     @staticmethod
     def _calibration_samples(inputs: CompileInputs, fp32: bytes) -> dict[str, list[dict[str, np.ndarray]]]:
