@@ -61,14 +61,20 @@ def kit_command(device: str, out: Path | str) -> str:
 
 def time_models(paths: list[Path], input_shapes: list[tuple[int, ...]], profile: DeviceProfile, *, runs: int,
                 rounds: int, warmup: int = 20) -> list[tuple[float, float]]:
-    """(p50, p90) in ms of each model: median over `rounds` interleaved passes."""
+    """(p50, p90) in ms of each model: median over `rounds` interleaved passes.
+
+    One session is alive at a time, as on a device: each pass loads the model, warms it up, times it and drops
+    it. Sessions kept alive side by side slowed each other (ONNX Runtime's idle intra-op threads keep spinning:
+    one host student measured p50 0.082 ms alone and 0.111 ms with 8 sessions interleaved), so a table timed
+    that way over-predicted every build by the same factor."""
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal(shape, dtype=np.float32) for shape in input_shapes]
-    runners = [load_runner(profile.runtime.name, p, threads=profile.threads) for p in paths]
     samples: list[list[tuple[float, float]]] = [[] for _ in paths]
     for _ in range(rounds):
-        for i, (runner, x) in enumerate(zip(runners, inputs)):
+        for i, (path, x) in enumerate(zip(paths, inputs)):
+            runner = load_runner(profile.runtime.name, path, threads=profile.threads)
             stats = measure_latency(runner, x, warmup=warmup, runs=runs)
+            del runner  # its session (and thread pool) ends before the next model's starts
             samples[i].append((stats.p50_ms, stats.p90_ms))
     return [(statistics.median(p for p, _ in s), statistics.median(q for _, q in s)) for s in samples]
 
