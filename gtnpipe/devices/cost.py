@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gtnpipe.config.profiles import Budgets, DeviceProfile
-from gtnpipe.devices.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, TableTask, table_dirs, table_path
+from gtnpipe.devices.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, table_dirs, table_path
 from gtnpipe.errors import ConfigError
 from gtnpipe.space.counting import count
 from gtnpipe.space.schedule import Layer, Unit, units
@@ -45,7 +45,6 @@ __all__ = [
     "CostModel",
     "LatencyTable",
     "PrecisionTable",
-    "TableTask",
     "activation_peak_elems",
     "COST_MODEL_VERSION",
     "INT8_SIZE_FACTOR",
@@ -166,7 +165,7 @@ class CostModel:
                           f"'gtnpipe bench --calibrate --device {self.profile.name}' on the device")
         table = _read_table(path, path.stat().st_mtime_ns)
         expected = (self.profile.name, self.profile.runtime.name, self.profile.threads, self.profile.batch_size,
-                    self.space.name, TableTask.of(self.task))
+                    self.space.name, TaskShape.of(self.task))
         found = (table.device, table.runtime, table.threads, table.batch_size, table.space, table.task)
         if found != expected:
             return None, f"{path} was measured for {found}, the profile needs {expected}; recalibrate"

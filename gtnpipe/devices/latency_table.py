@@ -4,10 +4,7 @@ Tables are searched in the user data directory first (`user_tables_dir()`: what 
 measured on this machine or was copied from a device), then among the tables shipped with gtnpipe
 (`device_profiles/tables/` of the checkout, packaged in the wheel). `gtnpipe bench --calibrate` writes
 it (gtnpipe.measure.kit, on the device) and the cost model
-reads it (gtnpipe.devices.cost, on the host). It lives apart from the cost model because writing it must
-work where torch cannot be imported: gtnpipe.devices.cost needs gtnpipe.supernet, whose package imports
-torch. For the same reason the table keeps the task as its own `TableTask` (the fields of
-gtnpipe.supernet.TaskShape): any object with those fields is accepted and stored as one.
+reads it (gtnpipe.devices.cost, on the host). Torch-free, like everything a device runs.
 """
 
 from __future__ import annotations
@@ -21,31 +18,12 @@ from gtnpipe.config.profiles import profiles_dir
 from gtnpipe.config.resources import user_data_dir
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_bytes
+from gtnpipe.space.spaces import TaskShape
 
-__all__ = ["TABLE_SCHEMA", "LatencyTable", "PrecisionTable", "TableTask", "shipped_tables_dir", "table_dirs", "table_path",
+__all__ = ["TABLE_SCHEMA", "LatencyTable", "PrecisionTable", "shipped_tables_dir", "table_dirs", "table_path",
            "table_write_path", "user_tables_dir"]
 
 TABLE_SCHEMA = 1
-
-
-@dataclass(frozen=True)
-class TableTask:
-    """What the data fixes about every network (gtnpipe.supernet.TaskShape's fields, without torch)."""
-
-    in_channels: int
-    image_hw: tuple[int, int]
-    num_classes: int
-
-    @classmethod
-    def of(cls, task: Any) -> TableTask:
-        """A TaskShape, a TableTask or the table's JSON dict as a TableTask."""
-        if isinstance(task, dict):
-            return cls(int(task["in_channels"]), (int(task["image_hw"][0]), int(task["image_hw"][1])),
-                       int(task["num_classes"]))
-        return cls(int(task.in_channels), (int(task.image_hw[0]), int(task.image_hw[1])), int(task.num_classes))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "image_hw": list(self.image_hw), "num_classes": self.num_classes}
 
 
 @dataclass(frozen=True)
@@ -74,12 +52,12 @@ class LatencyTable:
     threads: int
     batch_size: int
     space: str
-    task: TableTask  # a TaskShape given here is stored as a TableTask
+    task: TaskShape
     precisions: dict[str, PrecisionTable]
     measured: dict[str, Any]  # provenance: when, the calibration networks, their measured and fitted figures
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task", TableTask.of(self.task))
+        object.__setattr__(self, "task", TaskShape.of(self.task))
 
     def to_json(self) -> str:
         return json.dumps({
@@ -98,7 +76,7 @@ class LatencyTable:
                 raise ConfigError(f"{where}: latency table schema {raw.get('schema')!r}, this gtnpipe reads "
                                   f"{TABLE_SCHEMA}; re-run 'gtnpipe bench --calibrate --device {raw.get('device')}'")
             return cls(raw["device"], raw["runtime"], raw["runtime_version"], raw["threads"], raw["batch_size"],
-                       raw["space"], TableTask.of(raw["task"]),
+                       raw["space"], TaskShape.of(raw["task"]),
                        {p: PrecisionTable(**t) for p, t in raw["precisions"].items()}, raw["measured"])
         except (ValueError, KeyError, TypeError, IndexError) as err:  # ValueError includes JSONDecodeError
             raise ConfigError(f"{where}: not a valid latency table ({err!r}); re-run 'gtnpipe bench --calibrate'") from err

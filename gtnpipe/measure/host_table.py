@@ -33,7 +33,7 @@ from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
 from gtnpipe.deploy.export import export_onnx
 from gtnpipe.deploy.manifest import file_records
-from gtnpipe.devices.cost import BYTES, MB, LatencyTable, TableTask, activation_peak_elems, weight_bytes
+from gtnpipe.devices.cost import BYTES, MB, LatencyTable, activation_peak_elems, weight_bytes
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_json
 from gtnpipe.measure.kit import KIT_FILE, KIT_SCHEMA, calibrate_from_kit, kit_command, time_models
@@ -126,7 +126,7 @@ def build_calibration_kit(profile: DeviceProfile, space: SearchSpace, task: Task
         kit = {
             "schema": KIT_SCHEMA, "device": profile.name, "profile_sha256": profile.sha256(), "profile": profile.to_dict(),
             "runtime": profile.runtime.name, "precision": KIT_PRECISION, "space": space.name,
-            "task": TableTask.of(task).to_dict(), "batch_size": batch, "threads": profile.threads,
+            "task": TaskShape.of(task).to_dict(), "batch_size": batch, "threads": profile.threads,
             "calibration_seed": CALIBRATION_SEED, "made_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "made_with": {"gtnpipe": __version__, "command": kit_command(profile.name, out_dir)},
             "units": unit_entries, "networks": net_entries, "files": file_records(staging, compile_.files),

@@ -35,9 +35,10 @@ from gtnpipe.deploy.backends import get_backend, load_runner
 from gtnpipe.deploy.backends.probe import measure_peak_rss_mb
 from gtnpipe.deploy.bench import measure_latency
 from gtnpipe.deploy.manifest import verify_file_hashes
-from gtnpipe.devices.latency_table import LatencyTable, PrecisionTable, TableTask, table_write_path
+from gtnpipe.devices.latency_table import LatencyTable, PrecisionTable, table_write_path
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file
+from gtnpipe.space.spaces import TaskShape
 
 __all__ = [
     "KIT_FILE",
@@ -162,7 +163,7 @@ def calibrate_from_kit(kit_dir: Path, profile: DeviceProfile, *, runs: int = 100
                       "model_mb": m, "peak_rss_mb": r} for n, (p50, p90), m, r in zip(networks, net_times, model_mb, rss)],
     }
     return LatencyTable(profile.name, runtime, version, profile.threads, kit["batch_size"], kit["space"],
-                        TableTask.of(kit["task"]), {kit["precision"]: fit}, measured)
+                        TaskShape.of(kit["task"]), {kit["precision"]: fit}, measured)
 
 
 def table_summary(table: LatencyTable, path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from gtnpipe.errors import ArchError
 
@@ -36,6 +36,17 @@ class TaskShape:
     in_channels: int
     image_hw: tuple[int, int]
     num_classes: int
+
+    @classmethod
+    def of(cls, task: Any) -> TaskShape:
+        """A TaskShape from another with these fields or from its JSON dict (a latency table's, a kit's)."""
+        if isinstance(task, dict):
+            return cls(int(task["in_channels"]), (int(task["image_hw"][0]), int(task["image_hw"][1])),
+                       int(task["num_classes"]))
+        return cls(int(task.in_channels), (int(task.image_hw[0]), int(task.image_hw[1])), int(task.num_classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "image_hw": list(self.image_hw), "num_classes": self.num_classes}
 
 
 @dataclass(frozen=True)
