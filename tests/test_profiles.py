@@ -87,5 +87,12 @@ def test_name_must_match_the_file_stem(tmp_path: Path) -> None:
 
 
 def test_unknown_device_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown device 'jetson-orin'; known devices: android-pixel, host"):
+    with pytest.raises(ConfigError, match=r"unknown device 'jetson-orin'; known devices: android-pixel, host") as info:
         load_profile("jetson-orin")
+    assert f"known devices: {', '.join(SHIPPED)} (or pass the path" in str(info.value)  # every shipped one, nothing else
+
+
+def test_shipped_profiles_are_the_top_level_folder() -> None:
+    """An editable install reads the repository's device_profiles/ (the wheel carries a copy: tests/test_wheel.py)."""
+    assert profiles_dir() == Path(__file__).resolve().parents[1] / "device_profiles"
+    assert SHIPPED == sorted(p.stem for p in profiles_dir().glob("*.toml"))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gtnpipe.config.profiles import Budgets, DeviceProfile
-from gtnpipe.devices.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, table_dirs, table_path
+from gtnpipe.devices.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, table_dirs, table_path, table_write_path
 from gtnpipe.errors import ConfigError
 from gtnpipe.space.counting import count
 from gtnpipe.space.schedule import Layer, Unit, units
@@ -51,6 +51,7 @@ __all__ = [
     "model_size_bytes",
     "roofline_ms",
     "table_path",
+    "table_write_path",
     "weight_bytes",
 ]
 

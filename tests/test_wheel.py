@@ -1,0 +1,287 @@
+"""The package as a user installs it, and where gtnpipe finds its data.
+
+The wheel: built from this checkout with `pip wheel --no-deps --no-build-isolation` (the build backend of this
+venv: nothing downloaded for the build), installed with only the `[onnx]` extra into a fresh venv outside the
+tree (normal pip from the package index), and run from a folder outside the tree: `gtnpipe devices list` (every
+shipped profile), `gtnpipe devices show raspberry-pi-4`, `gtnpipe bench ARTIFACT` on a host artifact this module
+assembles from the deploy fixture's trained student, and the error for an unknown profile. Then the data
+locations in this checkout: shipped profiles, recipes and tables; the user's data directory searched first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+import pytest
+from conftest import DeployCase
+
+from gtnpipe.config import resources
+from gtnpipe.config.profiles import known_profiles, load_profile, profiles_dir
+from gtnpipe.config.recipes import known_recipes, recipes_dir
+from gtnpipe.config.toml import as_dict
+from gtnpipe.devices.latency_table import (
+    shipped_tables_dir,
+    table_dirs,
+    table_path,
+    table_write_path,
+    user_tables_dir,
+)
+from gtnpipe.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+REFERENCE_IMAGES = 200  # what the test artifact carries for bench's parity check (a real build ships 500)
+
+
+# --- the package list the wheel is built from ----------------------------------------------------------------
+
+
+def test_every_package_under_gtnpipe_is_listed_for_the_wheel() -> None:
+    """pyproject lists packages by hand (package-dir maps the data folders in, which packages.find cannot see):
+    a package missing there is missing from the wheel while the editable install still imports it."""
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "gtnpipe").rglob("__init__.py")}
+    listed = set(SETUPTOOLS["packages"])
+    unlisted = sorted(found - listed)
+    assert not unlisted, f"add {unlisted} to [tool.setuptools] packages in pyproject.toml, or the wheel lacks them"
+    for package in listed - found:  # the data folders, mapped from the top of the repository
+        assert (REPO / SETUPTOOLS["package-dir"][package]).is_dir(), package
+
+
+# --- the installed wheel -----------------------------------------------------------------------------------------
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without what would let the checkout or this venv leak into the fresh one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+    return {**env, "PYTHONNOUSERSITE": "1", "NO_COLOR": "1", "COLUMNS": "200", **extra}
+
+
+class InstalledWheel:
+    """A fresh venv outside the tree into which `gtnpipe[onnx]` is being installed from the wheel built here."""
+
+    def __init__(self, root: Path) -> None:
+        assert not root.is_relative_to(REPO), f"{root} must be outside the checkout"
+        self.root, self.venv, self.data_dir = root, root / "venv", root / "user-data"
+        # The build reads only what pyproject names: the package, the folders package-dir maps in, the readme.
+        # Copying those keeps the build's build/ and egg-info out of the checkout others work in.
+        src = root / "src"
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in {"gtnpipe", *SETUPTOOLS["package-dir"].values()}:
+            shutil.copytree(REPO / name, src / name, ignore=ignore)
+        for name in ("pyproject.toml", tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]):
+            shutil.copyfile(REPO / name, src / name)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
+                        "-q", "-w", str(root / "dist"), str(src)], check=True, cwd=root, timeout=300, env=_clean_env())
+        (self.wheel,) = (root / "dist").glob("gtnpipe-*.whl")
+        subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True, cwd=root, timeout=300, env=_clean_env())
+        self.log = (root / "pip-install.log").open("w")
+        self.install = subprocess.Popen([str(self.venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                                         f"{self.wheel}[onnx]"], cwd=root, env=_clean_env(), stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        self.seconds = {"build and venv": time.perf_counter() - start}
+
+    def wait(self) -> None:
+        start = time.perf_counter()
+        rc = self.install.wait(timeout=480)
+        self.log.close()
+        self.seconds["install"] = time.perf_counter() - start
+        assert rc == 0, f"pip install of {self.wheel.name}[onnx] failed:\n{(self.root / 'pip-install.log').read_text()[-3000:]}"
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A command of the installed venv, run from a folder outside the checkout, with its own user data dir."""
+        exe = self.venv / "bin" / args[0]
+        return subprocess.run([str(exe), *args[1:]], cwd=self.root, env=_clean_env(GTNPIPE_DATA_DIR=str(self.data_dir)),
+                              capture_output=True, text=True, timeout=300)
+
+    def close(self) -> None:
+        if self.install.poll() is None:
+            self.install.kill()
+            self.install.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledWheel]:
+    """Started first: pip installs in the background while `host_artifact` trains its student."""
+    wheel = InstalledWheel(tmp_path_factory.mktemp("wheel"))
+    yield wheel
+    wheel.close()
+
+
+@pytest.fixture(scope="module")
+def host_artifact(deploy_case: DeployCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real host artifact folder: the deploy fixture's trained student compiled by the ONNX Runtime backend at
+    fp32, its reference images and torch logits, a schema-checked manifest with every file's sha256."""
+    from gtnpipe.deploy.artifacts import write_artifact
+    from gtnpipe.deploy.backends import get_backend
+    from gtnpipe.deploy.parity import compare, run_batched
+    from gtnpipe.space.counting import count
+    from gtnpipe.space.spaces import get_space
+
+    root = tmp_path_factory.mktemp("artifact")
+    profile, backend = load_profile("host"), get_backend("onnxruntime")
+    assert deploy_case.inputs.input_shape[0] == profile.batch_size
+    built = backend.build(deploy_case.inputs, "fp32", root / "compiled")
+    x = deploy_case.x_test[:REFERENCE_IMAGES]
+    torch_logits, labels = deploy_case.torch_logits[:REFERENCE_IMAGES], deploy_case.y_test[:REFERENCE_IMAGES]
+    runner = backend.load(root / "compiled" / built.model_file, threads=profile.threads)
+    logits = run_batched(runner, x, batch_size=profile.batch_size)
+    parity = compare(logits, torch_logits, labels, backend="onnxruntime", precision="fp32",
+                     max_drop_points=profile.budgets.max_accuracy_drop_points)
+    assert parity.passed, parity.failures
+    space = get_space("mbv3-28")
+    net = count(space.parse(deploy_case.arch), space, deploy_case.task)
+    size = (root / "compiled" / built.model_file).stat().st_size
+    manifest = {
+        "schema_version": 1,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gtnpipe_version": "0.1.0",
+        "device": {"name": profile.name, "profile": profile.to_dict(), "profile_sha256": profile.sha256()},
+        "runtime": {"name": "onnxruntime", "version_range": profile.runtime.version, "built_with": backend.version(),
+                    "max_onnx_opset": profile.runtime.max_onnx_opset},
+        "model": {"arch": deploy_case.arch, "macs": net.macs, "params": net.params, "precision": "fp32",
+                  "file": built.model_file, "files": list(built.files), "threads": profile.threads,
+                  "input": {"name": "input", "shape": list(deploy_case.inputs.input_shape), "dtype": "float32",
+                            "layout": "NCHW", "value_range": [0.0, 1.0]},
+                  "output": {"name": "logits", "shape": [profile.batch_size, 10], "meaning": "unnormalised class scores"},
+                  "classes": [f"class {i}" for i in range(10)], "build_notes": built.notes},
+        "provenance": {"recipe": "deploy (tests/data/deploy.toml)", "teacher": "none", "teacher_key": None,
+                       "student_key": "tests/test_wheel.py", "dataset": "fashion-mnist", "dataset_fingerprint": "test slice",
+                       "packages": {}},
+        "accuracy": {"test_images": REFERENCE_IMAGES, "torch_fp32_top1": parity.torch_top1,
+                     "shipped_top1": parity.artifact_top1, "estimated_top1": parity.torch_top1},
+        "precisions": [{"precision": "fp32", "status": "shipped", "reason": "the test artifact", "parity": parity.to_dict(),
+                        "latency_ms_p50": None, "size_bytes": size}],
+        "predicted": {"latency_ms_p90": 0.0, "latency_source": "none", "peak_memory_mb": 0.0, "memory_source": "none",
+                      "model_size_mb": size / 1e6, "size_source": "file"},
+        "budgets": as_dict(profile.budgets),
+        "reference": {"inputs": "reference/inputs.npy", "logits": "reference/logits.npy", "labels": "reference/labels.npy",
+                      "artifact_logits": "reference/artifact_logits.npy", "images": REFERENCE_IMAGES},
+    }
+
+    def fill(staging: Path) -> list[str]:
+        for name in built.files:
+            shutil.copyfile(root / "compiled" / name, staging / name)
+        (staging / "reference").mkdir()
+        arrays = {"inputs": x, "logits": torch_logits, "labels": labels.astype(np.int64), "artifact_logits": logits}
+        for name, array in arrays.items():
+            np.save(staging / "reference" / f"{name}.npy", array)
+        return [*built.files, *(f"reference/{name}.npy" for name in arrays)]
+
+    return write_artifact(root / "artifacts" / "host", manifest, fill)
+
+
+@pytest.mark.slow
+def test_installed_wheel_lists_shows_and_benchmarks(installed: InstalledWheel, host_artifact: Path) -> None:
+    # the wheel itself holds every shipped profile, table and recipe as package data
+    with zipfile.ZipFile(installed.wheel) as whl:
+        names = set(whl.namelist())
+    for folder, pattern in (("device_profiles", "*.toml"), ("device_profiles/tables", "*.json"), ("recipes", "*.toml")):
+        shipped = {p.name for p in (REPO / folder).glob(pattern)}
+        assert shipped and {f"gtnpipe/{folder}/{n}" for n in shipped} <= names, folder
+
+    installed.wait()
+    probe = installed.run("python", "-c", "import gtnpipe, importlib.util, json; print(json.dumps([gtnpipe.__file__, "
+                          "importlib.util.find_spec('torch') is None, importlib.util.find_spec('onnxruntime') is not None]))")
+    assert probe.returncode == 0, probe.stderr
+    location, no_torch, has_ort = json.loads(probe.stdout)
+    assert Path(location).is_relative_to(installed.venv) and no_torch and has_ort  # the wheel's code, not the checkout's
+
+    listed = installed.run("gtnpipe", "devices", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    devices = json.loads(listed.stdout)
+    assert [d["name"] for d in devices] == known_profiles()
+    assert {d["name"] for d in devices if d["measured_table"]} == {p.stem for p in shipped_tables_dir().glob("*.json")}
+
+    shown = installed.run("gtnpipe", "devices", "show", "raspberry-pi-4", "--json")
+    assert shown.returncode == 0, shown.stderr
+    profile = load_profile("raspberry-pi-4")
+    assert json.loads(shown.stdout) == {**json.loads(json.dumps(profile.to_dict())), "sha256": profile.sha256()}
+
+    unknown = installed.run("gtnpipe", "devices", "show", "jetson-orin")
+    assert unknown.returncode == 2
+    assert f"known devices: {', '.join(known_profiles())}" in " ".join(unknown.stderr.split())
+
+    bench = installed.run("gtnpipe", "bench", str(host_artifact), "--json", "--runs", "20", "--warmup", "2")
+    # exit 3: a latency or memory budget missed on this (shared) machine; the checks below still hold
+    assert bench.returncode in (0, 3), bench.stderr
+    result = json.loads(bench.stdout)
+    manifest = json.loads((host_artifact / "manifest.json").read_text())
+    assert result["device_profile"] == "host" and result["latency"]["runs"] == 20
+    assert result["runtime"] == {"name": "onnxruntime", "version": manifest["runtime"]["built_with"],
+                                 "profile_range": ">=1.20,<2", "in_range": True}
+    parity = result["parity"]
+    assert parity["passed"] and parity["images"] == REFERENCE_IMAGES and parity["max_abs_diff"] <= 1e-4
+    assert parity["torch_top1"] == pytest.approx(manifest["accuracy"]["torch_fp32_top1"], abs=1e-9)
+    assert result["model_size_mb"] == pytest.approx(manifest["predicted"]["model_size_mb"], rel=1e-12)
+    assert result["verdict"]["checks"]["parity"]["ok"] and result["verdict"]["checks"]["model_size_mb"]["ok"]
+    assert (host_artifact / "bench.json").is_file()
+    # the recipes load from the installed package too
+    recipes = installed.run("python", "-c", "import json; from gtnpipe.config.recipes import known_recipes, recipes_dir; "
+                            "print(json.dumps([known_recipes(), str(recipes_dir())]))")
+    assert recipes.returncode == 0, recipes.stderr
+    names, folder = json.loads(recipes.stdout)
+    assert names == known_recipes() and Path(folder).is_relative_to(installed.venv)
+    print(f"wheel test seconds: {installed.seconds}")
+
+
+# --- where data is found (this checkout: an editable install) ----------------------------------------------------
+
+
+def test_a_checkout_reads_the_top_level_folders() -> None:
+    """The folders users edit are the ones read: no copy inside gtnpipe/ to drift from them."""
+    assert profiles_dir() == REPO / "device_profiles" and recipes_dir() == REPO / "recipes"
+    assert shipped_tables_dir() == REPO / "device_profiles" / "tables"
+
+
+def test_missing_shipped_data_is_an_error_naming_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "site-packages" / "gtnpipe"  # an install without the data: no folder in it, no checkout above
+    package.mkdir(parents=True)
+    monkeypatch.setattr(resources.resources, "files", lambda _: package)
+    with pytest.raises(ConfigError, match=r"shipped device profiles are missing .*site-packages/gtnpipe/device_profiles"):
+        known_profiles()
+
+
+def test_user_data_dir_is_the_platform_one_unless_overridden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(resources.DATA_DIR_ENV, raising=False)
+    assert resources.user_data_dir() == platformdirs.user_data_path("gtnpipe", appauthor=False)
+    monkeypatch.setenv(resources.DATA_DIR_ENV, str(tmp_path))
+    assert resources.user_data_dir() == tmp_path and user_tables_dir() == tmp_path / "tables"
+
+
+def test_the_users_table_is_found_before_the_shipped_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(resources.DATA_DIR_ENV, str(tmp_path))
+    shipped = shipped_tables_dir() / "host.json"
+    assert shipped.is_file() and table_dirs() == (tmp_path / "tables", shipped_tables_dir())
+    assert table_path("host") == shipped
+    # calibration writes to the user's folder, never into the package, even while a shipped table exists
+    assert table_write_path("host") == tmp_path / "tables" / "host.json"
+    assert table_write_path("host", tmp_path / "elsewhere") == tmp_path / "elsewhere" / "host.json"
+    (tmp_path / "tables").mkdir()
+    shutil.copyfile(shipped, tmp_path / "tables" / "host.json")
+    assert table_path("host") == tmp_path / "tables" / "host.json"
+    # no table anywhere: the path where one would be written, which the cost model reports as missing
+    assert table_path("jetson-nano") == tmp_path / "tables" / "jetson-nano.json" and not table_path("jetson-nano").exists()
+    assert table_path("host", tmp_path / "elsewhere") == tmp_path / "elsewhere" / "host.json"
+
+
+def test_the_cost_model_names_both_folders_when_no_table_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gtnpipe.devices.cost import CostModel
+    from gtnpipe.space.spaces import TaskShape, get_space
+
+    monkeypatch.setenv(resources.DATA_DIR_ENV, str(tmp_path))
+    model = CostModel(load_profile("jetson-nano"), get_space("mbv3-28"), TaskShape(1, (28, 28), 10))
+    assert model.table is None
+    assert f"no measured table jetson-nano.json in {tmp_path / 'tables'} or {shipped_tables_dir()}" in model.table_note
