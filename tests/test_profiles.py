@@ -95,4 +95,4 @@ def test_unknown_device_lists_the_known_ones() -> None:
 def test_shipped_profiles_are_the_top_level_folder() -> None:
     """An editable install reads the repository's device_profiles/ (the wheel carries a copy: tests/test_wheel.py)."""
     assert profiles_dir() == Path(__file__).resolve().parents[1] / "device_profiles"
-    assert SHIPPED == sorted(p.stem for p in profiles_dir().glob("*.toml"))
+    assert sorted(p.stem for p in profiles_dir().glob("*.toml")) == SHIPPED
