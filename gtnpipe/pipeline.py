@@ -26,7 +26,7 @@ from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
 from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
 from gtnpipe.deploy.parity import choose_precision
 from gtnpipe.deploy.timing import Machine
-from gtnpipe.devices.cost import CostModel, table_path
+from gtnpipe.devices.cost import CostModel
 from gtnpipe.errors import BackendBuildError, ParityError
 from gtnpipe.measure.host_table import build_calibration_kit, calibrate
 from gtnpipe.measure.kit import table_summary
@@ -311,7 +311,7 @@ def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskSh
     """Measure the device's latency table here (run this ON the device) and write it where search reads it."""
     profile = load_profile(device)
     table = calibrate(profile, get_space(space), task, n_networks=n_networks, runs=runs, rounds=rounds, progress=progress)
-    path = table_path(profile.name, tables_dir)
+    path = table_write_path(profile.name, tables_dir)  # the user data directory unless told: never into the package
     table.save(path)
     return table_summary(table, path)
 

@@ -13,8 +13,9 @@ DEPLOY_RECIPE = TESTS / "data" / "deploy.toml"
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads or writes the user's ~/.cache/gtnpipe."""
+    """No test reads or writes the user's ~/.cache/gtnpipe, nor their own latency tables (user data directory)."""
     monkeypatch.setenv("GTNPIPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("GTNPIPE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
 
 
 @pytest.fixture(scope="session")
