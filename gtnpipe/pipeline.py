@@ -26,7 +26,7 @@ from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
 from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
 from gtnpipe.deploy.parity import choose_precision
 from gtnpipe.deploy.timing import Machine
-from gtnpipe.devices.cost import CostModel
+from gtnpipe.devices.cost import CostModel, table_write_path
 from gtnpipe.errors import BackendBuildError, ParityError
 from gtnpipe.measure.host_table import build_calibration_kit, calibrate
 from gtnpipe.measure.kit import table_summary
