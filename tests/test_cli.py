@@ -33,10 +33,35 @@ def _run_blocked(code: str) -> subprocess.CompletedProcess[str]:
 def test_help_works_without_torch() -> None:
     done = _run_blocked("sys.argv = ['gtnpipe', '--help']\nfrom gtnpipe.cli import main\nmain()")
     assert done.returncode == 0, done.stderr
-    for command in ("train", "data", "pool"):
+    for command in ("train", "data", "pool", "bench", "latency-table", "latency-kit", "devices"):
         assert command in done.stdout
+    assert "calibration-kit" not in done.stdout  # the old name still works, hidden
     done = _run_blocked("import gtnpipe, gtnpipe.cli, gtnpipe.errors; print(gtnpipe.__version__)")
     assert done.returncode == 0 and done.stdout.strip() == "0.1.0", done.stderr
+
+
+def test_python_m_gtnpipe_cli_runs_the_cli() -> None:
+    """What torchrun runs (torchrun ... -m gtnpipe.cli teacher ...)."""
+    done = subprocess.run([sys.executable, "-m", "gtnpipe.cli", "devices", "list", "--json"], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "host" in {d["name"] for d in json.loads(done.stdout)}
+
+
+@pytest.mark.parametrize(("new", "old", "message"), [
+    (["latency-table", "--device", "jetson-nano"], ["bench", "--calibrate", "--device", "jetson-nano"],
+     "this host can calibrate onnxruntime devices only"),
+    (["latency-kit", "--device", "no-such-device", "--out", "kit"],
+     ["calibration-kit", "--device", "no-such-device", "--out", "kit"], "unknown device 'no-such-device'"),
+])
+def test_old_command_names_still_work(new: list[str], old: list[str], message: str) -> None:
+    """The latency table's commands were named after 'calibration' (which is INT8's); the old spellings are aliases."""
+    for args in (new, old):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2
+        assert message in " ".join(result.stderr.split()), result.stderr
+    if old[0] == "bench":
+        assert "'gtnpipe bench --calibrate' is now 'gtnpipe latency-table'" in result.stderr
 
 
 def test_pool_info_json() -> None:
@@ -97,11 +122,14 @@ def test_train_json_and_cache_hit(tmp_path: Path) -> None:
         (["pool", "info", "--space", "vit"], "unknown search space 'vit'"),
         (["data", "info", "--data", "/no/such/data.npz"], "not found"),
         (["devices", "show", "jetson-orin"], "unknown device 'jetson-orin'; known devices: android-pixel"),
-        (["bench"], "give an artifact folder (gtnpipe bench artifacts/host) or --calibrate --device NAME"),
+        (["bench"], "give an artifact folder (gtnpipe bench artifacts/host); the device's latency table is "
+                    "'gtnpipe latency-table --device NAME'"),
         (["bench", "--calibrate"], "--calibrate needs --device NAME"),
+        (["bench", "--kit", "kit"], "--device and --kit belong to 'gtnpipe latency-table --device NAME [--kit DIR]'"),
         (["bench", "no-such-folder"], "no-such-folder is not a folder"),
         (["build"], "give --device NAME|PATH (repeatable) or --all"),
-        (["bench", "--calibrate", "--device", "jetson-nano"], "can calibrate onnxruntime devices only"),
+        (["latency-table", "--device", "jetson-nano"], "can calibrate onnxruntime devices only"),
+        (["latency-table", "--device", "no-such-device", "--kit", "kit"], "unknown device 'no-such-device'"),
     ],
 )
 def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,16 +71,18 @@ def _verdict(budgets: dict[str, Any], latency: LatencyStats, peak_mb: float, siz
 
 
 def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: int | None = None,
-                   write: bool = True) -> dict[str, Any]:
+                   write: bool = True, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Verify, re-check parity, time and measure an artifact folder here; write bench.json beside its manifest.
 
-    The sha256 of every file is checked first: a modified or missing file is refused by name.
+    The sha256 of every file is checked first: a modified or missing file is refused by name. `say` gets a
+    status line per step (the CLI passes its progress policy's, silent with --no-progress).
     """
     from packaging.specifiers import SpecifierSet
 
     folder = Path(folder)
     manifest = load_manifest(folder)
     verify_files(folder, manifest)
+    say(f"{folder}: {len(manifest['files'])} files match the manifest's sha256")
     model, runtime = manifest["model"], manifest["runtime"]
     threads = threads or int(model["threads"])
     backend = get_backend(runtime["name"])
@@ -89,6 +92,7 @@ def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: 
     runner = backend.load(model_path, threads=threads, precision=model["precision"])
 
     ref = manifest["reference"]
+    say(f"parity: {runtime['name']} {version} on the artifact's reference images")
     x_ref = np.load(folder / ref["inputs"])
     built = np.load(folder / ref["artifact_logits"]) if "artifact_logits" in ref else None
     parity = compare_on_device(run_batched(runner, x_ref, batch_size=model["input"]["shape"][0]),
@@ -97,7 +101,9 @@ def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: 
                                max_drop_points=float(manifest["budgets"]["max_accuracy_drop_points"]))
     shape = tuple(model["input"]["shape"])
     x = np.resize(x_ref, shape).astype(np.float32)  # real images, repeated if the batch is larger than the reference
+    say(f"latency: {warmup} warmup and {runs} timed runs at batch {shape[0]}, {threads} threads")
     latency = measure_latency(runner, x, warmup=warmup, runs=runs)
+    say("peak memory: the model run in a fresh process")
     peak_mb = measure_peak_rss_mb(runtime["name"], model_path, threads=threads, input_shape=shape,
                                   precision=model["precision"])
     size_mb = sum(manifest["files"][f]["bytes"] for f in model["files"]) / 1e6

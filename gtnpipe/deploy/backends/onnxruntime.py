@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing
+from gtnpipe.progress import quiet_loggers
 
 __all__ = ["OnnxRuntimeBackend", "OrtRunner"]
 
@@ -51,7 +52,8 @@ class OnnxRuntimeBackend(Backend):
         model = onnx.load(str(inputs.onnx_path))
         input_name = model.graph.input[0].name
         samples = [{input_name: b} for b in calibration_batches(inputs)]
-        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+        with quiet_loggers("nncf"):  # its INFO lines off with --no-progress (its bars: gtnpipe.progress)
+            quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
         atomic_write_bytes(target, quantized.SerializeToString())
         return BuildResult(target.name, (target.name,), {"quantizer": f"nncf {nncf.__version__} post-training",
                                                          "calibration_images": len(samples) * inputs.input_shape[0]})

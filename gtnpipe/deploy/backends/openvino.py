@@ -27,6 +27,7 @@ import openvino as ov
 
 from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing
 from gtnpipe.errors import ConfigError
+from gtnpipe.progress import quiet_loggers
 
 __all__ = ["OpenVinoBackend", "OvRunner"]
 
@@ -116,7 +117,8 @@ class OpenVinoBackend(Backend):
             raise missing("INT8 quantization for OpenVINO", err, "build") from err
 
         samples = calibration_batches(inputs)
-        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+        with quiet_loggers("nncf"):  # its INFO lines off with --no-progress (its bars: gtnpipe.progress)
+            quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
         # FakeQuantize'd weights are stored as int8 whatever the flag; False keeps the non-quantized ones fp32
         files = _save_ir(quantized, out_dir, stem, compress_to_fp16=False)
         return BuildResult(files[0], files, {"quantizer": f"nncf {nncf.__version__} post-training",

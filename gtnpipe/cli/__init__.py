@@ -1,0 +1,68 @@
+"""`gtnpipe` command line: parse, call one function of `gtnpipe.pipeline` (or the public API), print.
+
+One module per command group, registered here:
+- `inspect`: data info, pool info, pool sample
+- `train`: train, teacher, distill
+- `build`: search, build
+- `device`: bench, latency-table, latency-kit, devices list/show/validate
+- `_common`: the options, consoles, tables, error handling and progress policy they share
+
+Heavy imports (torch, the pipeline) happen inside the commands, so `gtnpipe --help` is fast and works with
+nothing but the CLI's own dependencies; `gtnpipe bench`, `latency-table --kit` and `devices` need no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from gtnpipe.cli import build, device, inspect, train
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="gtnpipe: one generic teacher, many students, many devices.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+
+app.add_typer(inspect.data_app, name="data")
+app.add_typer(inspect.pool_app, name="pool")
+app.command("train")(train.train)
+app.command("teacher")(train.teacher)
+app.command("distill")(train.distill)
+app.command("search")(build.search)
+app.command("build")(build.build)
+app.command("bench")(device.bench)
+app.command("latency-table")(device.latency_table)
+app.command("latency-kit")(device.latency_kit)
+app.add_typer(device.devices_app, name="devices")
+# the name 'gtnpipe latency-kit' had before; `gtnpipe bench --calibrate` is the other old spelling (see device.py)
+app.command("calibration-kit", hidden=True, deprecated=True)(device.latency_kit)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
+    # gtnpipe's own INFO lines show; the libraries' (converters, runtimes) only from WARNING up, unless -v.
+    # RichHandler lays a line out at the console's full width: in a terminal only; a log file gets plain lines.
+    console = Console(stderr=True)
+    handler = (RichHandler(console=console, show_path=False) if console.is_terminal
+               else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter("%(message)s" if console.is_terminal else "%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+    logging.getLogger("gtnpipe").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main() -> None:
+    # Libraries start helper processes from multiprocessing's default context: NNCF's usage telemetry
+    # (openvino_telemetry) sends each event from a child process. The default 'fork' copies a process that
+    # already runs threads (torch, JAX, the runtimes), which can deadlock; JAX warns at each fork
+    # ("RuntimeWarning: os.fork() was called ..."). forkserver forks from a clean single-threaded server
+    # instead (Python 3.14's default on Linux). Set here, at the program's entry, as the multiprocessing docs
+    # ask, and only if the embedding program chose nothing.
+    if multiprocessing.get_start_method(allow_none=True) is None and "forkserver" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("forkserver")
+    app()

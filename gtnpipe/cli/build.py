@@ -1,0 +1,139 @@
+"""`gtnpipe search` and `gtnpipe build`: the best student for a device, and its deployable artifact."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from gtnpipe.cli._common import (
+    CacheOpt,
+    JsonOpt,
+    ProgressOpt,
+    RecipeOpt,
+    emit_json,
+    fail,
+    id_column,
+    print_table,
+    running,
+    stdout,
+    value_column,
+)
+
+if TYPE_CHECKING:
+    from gtnpipe.search.evolution import SearchResult
+
+__all__ = ["build", "search"]
+
+
+def search(
+    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name or path to your own .toml.")],
+    recipe: RecipeOpt = "quick",
+    cache_dir: CacheOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the Pareto front as a PNG here.")] = None,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Evolution generations.")] = 500,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """The most accurate student that fits every budget of a device, and the Pareto front.
+
+    Accuracy is estimated from the GTN-trained supernet (trained and cached first if needed);
+    latency, memory and size come from the device's measured latency table or the roofline estimate.
+    """
+    with running(progress=progress, as_json=as_json) as p:
+        from gtnpipe import pipeline
+        from gtnpipe.search.evolution import SearchConfig
+
+        result, acc = pipeline.search_device(device, recipe=recipe, cache_dir=cache_dir,
+                                             config=SearchConfig(iterations=iterations), progress=p.enabled)
+        if plot is not None:
+            from gtnpipe.config.profiles import load_profile
+            from gtnpipe.search.plots import plot_pareto
+
+            profile = load_profile(device)
+            plot_pareto(result, plot, device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90,
+                        latency_planned_ms=profile.budgets.planned_latency_ms_p90)
+    if as_json:
+        return emit_json({**result.to_dict(), "accuracy_predictor": {"key": acc.key, "loo_rmse": acc.predictor.loo_rmse,
+                                                                     "samples": acc.predictor.n_samples}})
+    _print_search(result, loo_rmse=acc.predictor.loo_rmse, plot=plot)
+
+
+def _print_search(result: SearchResult, *, loo_rmse: float, plot: Path | None) -> None:
+    out = stdout()
+    pick, c = result.pick, result.pick.cost
+    out.print(f"[bold]pick[/]: {pick.arch.id}\n  {c.macs / 1e6:.2f}M MACs, {c.params / 1e6:.3f}M params, estimated top-1 "
+              f"{pick.accuracy:.2f}% (inherited-weight predictor, LOO error {loo_rmse:.2f} points)\n"
+              f"  {c.precision}: latency p90 {c.latency_ms_p90:.3f} ms ({c.latency_source}), peak memory "
+              f"{c.peak_memory_mb:.1f} MB ({c.memory_source}), size {c.model_size_mb:.3f} MB ({c.size_source})")
+    table = Table(*(value_column(h, justify="right") for h in ("latency p90 (ms)", "est. top-1 (%)", "memory (MB)",
+                                                                "size (MB)", "MACs (M)")),
+                  id_column("arch id"),
+                  title=f"Pareto front ({len(result.front)} of {result.feasible_seen} feasible students, "
+                        f"{result.evaluations} evaluations, {result.seconds:.1f} s)")
+    for cand in result.front:
+        k = cand.cost
+        table.add_row(f"{k.latency_ms_p90:.3f}", f"{cand.accuracy:.2f}", f"{k.peak_memory_mb:.1f}",
+                      f"{k.model_size_mb:.3f}", f"{k.macs / 1e6:.2f}", cand.arch.id)
+    print_table(table)
+    for note in result.notes:
+        out.print(f"latency model: {escape(note)}")
+    if plot is not None:
+        out.print(f"Pareto plot: {escape(str(plot))}")
+
+
+def build(
+    device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Device profile name or path (repeatable).")] = None,
+    all_devices: Annotated[bool, typer.Option("--all", help="Every shipped device profile.")] = False,
+    recipe: RecipeOpt = "quick",
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifacts folder: one sub-folder per device.")] = Path("artifacts"),
+    teacher: Annotated[str, typer.Option("--teacher", help="gtn (the generic teacher), vanilla or none.")] = "gtn",
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Search generations.")] = 500,
+    accuracy_samples: Annotated[int, typer.Option("--accuracy-samples", min=10, help="Students measured with inherited "
+                                                  "weights to fit the accuracy predictor.")] = 150,
+    check_measured: Annotated[bool, typer.Option("--check-measured-budgets", help="Also fail when latency or memory "
+                                                 "measured HERE exceeds the budgets (when this machine is the device).")] = False,
+    cache_dir: CacheOpt = None,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Profile -> search -> distill from the cached generic teacher -> compile -> check -> artifacts/<device>/.
+
+    Exit 2 on bad input or a failed parity check, 3 when the artifact breaks a budget.
+    """
+    from gtnpipe.config.profiles import known_profiles
+
+    devices = known_profiles() if all_devices else list(device or [])
+    if not devices:
+        fail("give --device NAME|PATH (repeatable) or --all; 'gtnpipe devices list' shows the shipped profiles")
+    results = []
+    with running(progress=progress, as_json=as_json) as p:
+        from gtnpipe import pipeline
+        from gtnpipe.search.evolution import SearchConfig
+
+        for name in devices:
+            results.append(pipeline.build_device(
+                name, recipe=recipe, out=out_dir, teacher=teacher, cache_dir=cache_dir,
+                config=SearchConfig(iterations=iterations), accuracy_samples=accuracy_samples,
+                check_measured_budgets=check_measured, progress=p.enabled, say=p.say))
+    if as_json:
+        emit_json([asdict(r) for r in results])
+    else:
+        out = stdout()
+        for r in results:
+            shipped = f"{r.shipped_top1:.2f}%" if r.shipped_top1 is not None else "not checked here"
+            measured = (f", measured here p90 {r.measured['latency_ms_p90']:.3f} ms, {r.measured['peak_memory_mb']:.1f} MB"
+                        if r.measured else "")
+            out.print(f"[bold]{escape(r.device)}[/]: {r.arch} as {r.runtime} {r.precision} -> {escape(r.folder)}\n"
+                      f"  test top-1 torch {r.torch_top1:.2f}%, shipped {shipped}; predicted p90 "
+                      f"{r.predicted['latency_ms_p90']:.3f} ms ({r.predicted['latency_source']}){measured}")
+            for v in r.budget_violations:
+                out.print(f"  [bold red]over budget[/] {escape(v)}")
+            for w in r.warnings:
+                out.print(f"  [yellow]warning[/] {escape(w)}")
+    if any(r.budget_violations for r in results):
+        raise typer.Exit(3)

@@ -1,0 +1,233 @@
+"""What runs on (or for) a device: `gtnpipe bench`, `gtnpipe latency-table`, `gtnpipe latency-kit`, `gtnpipe devices ...`.
+
+Names: "bench" is the on-device benchmark of an artifact; the per-block latency table that search reads is
+measured by `latency-table` (from a `latency-kit` on a device without torch); "calibration" is left to INT8
+calibration. The old spellings stay as hidden, deprecated aliases: `gtnpipe bench --calibrate` and
+`gtnpipe calibration-kit`.
+
+Torch-free where the device needs it: `bench ARTIFACT`, `latency-table --kit` and `devices` import neither
+torch nor the pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from gtnpipe.cli._common import (
+    JsonOpt,
+    ProgressOpt,
+    emit_json,
+    fail,
+    id_column,
+    print_table,
+    running,
+    stderr,
+    stdout,
+    value_column,
+)
+
+__all__ = ["bench", "devices_app", "latency_kit", "latency_table"]
+
+devices_app = typer.Typer(help="Device profiles: list, show, validate.", no_args_is_help=True)
+
+DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device profile name or path to your own .toml.")]
+KitOpt = Annotated[Path | None, typer.Option("--kit", help="Time this latency kit (made on the host by 'gtnpipe latency-kit') "
+                                             "instead of compiling here; needs no torch.")]
+RoundsOpt = Annotated[int, typer.Option("--rounds", min=1, help="Interleaved timing passes (the median is kept).")]
+TablesDirOpt = Annotated[Path | None, typer.Option("--tables-dir", help="Write the table here [default: tables/ in "
+                                                   "the user data directory, where search looks first].")]
+TABLE_RUNS = 200  # timed runs per unit: what `gtnpipe bench --calibrate` has always used (bench's --runs default)
+
+
+def bench(
+    artifact: Annotated[Path | None, typer.Argument(help="An artifact folder made by 'gtnpipe build'.")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs.")] = TABLE_RUNS,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 20,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Runtime threads [default: the profile's].")] = None,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+    # the deprecated alias `gtnpipe bench --calibrate --device NAME [--kit DIR]` of `gtnpipe latency-table`
+    calibrate: Annotated[bool, typer.Option("--calibrate", hidden=True, help="Deprecated: 'gtnpipe latency-table'.")] = False,
+    device: Annotated[str | None, typer.Option("--device", "-d", hidden=True)] = None,
+    kit: Annotated[Path | None, typer.Option("--kit", hidden=True)] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, hidden=True)] = 10,
+    tables_dir: Annotated[Path | None, typer.Option("--tables-dir", hidden=True)] = None,
+) -> None:
+    """On the device itself: benchmark an artifact folder made by 'gtnpipe build'.
+
+    Every file's sha256 is checked against the manifest first, parity is re-checked on the reference images
+    it carries, then p50/p90/p99 latency, throughput and peak memory are measured and bench.json is written
+    beside the manifest. Needs only the artifact and the runtime (no torch). Exit 3 when a budget or the
+    parity check fails. (The device's latency table is 'gtnpipe latency-table'.)
+    """
+    if calibrate or device is not None or kit is not None:
+        if not calibrate:
+            fail("--device and --kit belong to 'gtnpipe latency-table --device NAME [--kit DIR]'")
+        if device is None:
+            fail("--calibrate needs --device NAME (e.g. --device host); it is now 'gtnpipe latency-table --device NAME'")
+        stderr().print("[yellow]note[/]: 'gtnpipe bench --calibrate' is now 'gtnpipe latency-table'")
+        return _latency_table(device, kit=kit, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=progress,
+                              as_json=as_json)
+    if artifact is None:
+        fail("give an artifact folder (gtnpipe bench artifacts/host); the device's latency table is "
+             "'gtnpipe latency-table --device NAME'")
+    with running(progress=progress, as_json=as_json) as p:
+        from gtnpipe.deploy.bench import BENCH_FILE, bench_artifact
+
+        result = bench_artifact(artifact, runs=runs, warmup=warmup, threads=threads, say=p.say)
+    if as_json:
+        emit_json(result)
+    else:
+        _print_bench(result, artifact / BENCH_FILE)
+    if not result["verdict"]["ok"]:
+        raise typer.Exit(3)
+
+
+def _print_bench(result: dict[str, Any], written: Path) -> None:
+    lat, parity, runtime, verdict = result["latency"], result["parity"], result["runtime"], result["verdict"]
+    out = stdout()
+    out.print(f"[bold]{escape(result['device_profile'])}[/] artifact {escape(str(written.parent))}: {runtime['name']} "
+              f"{runtime['version']} {result['precision']}, {result['threads']} threads, {lat['runs']} runs")
+    table = Table(id_column("figure"), value_column("measured"), id_column("budget"), value_column("ok"))
+    for name, check in verdict["checks"].items():
+        if "measured" in check:
+            table.add_row(name, f"{check['measured']:.3f}", f"{check['budget']:g}", "yes" if check["ok"] else "NO")
+    table.add_row("parity", f"agreement {parity['agreement_pct']:.2f}%, max abs {parity['max_abs_diff']:.2g}, "
+                  f"top-1 {parity['artifact_top1']:.2f}% vs torch {parity['torch_top1']:.2f}%", "",
+                  "yes" if parity["passed"] else "NO")
+    table.add_row("runtime version", runtime["version"], runtime["profile_range"], "yes" if runtime["in_range"] else "NO")
+    print_table(table)
+    out.print(f"latency p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms, throughput {lat['throughput_per_s']:.0f}/s; "
+              f"verdict: [bold]{'within budgets' if verdict['ok'] else 'FAILS'}[/]; wrote {escape(str(written))}")
+
+
+def latency_table(
+    device: DeviceOpt,
+    kit: KitOpt = None,
+    runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs per unit and network.")] = TABLE_RUNS,
+    rounds: RoundsOpt = 10,
+    tables_dir: TablesDirOpt = None,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """On the device itself: measure its per-block latency table, which search and build then read.
+
+    Without --kit every unit of the pool and the fit networks are compiled and timed here (needs torch);
+    with --kit DIR the models come precompiled from 'gtnpipe latency-kit' on the host (no torch needed).
+    """
+    _latency_table(device, kit=kit, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=progress, as_json=as_json)
+
+
+def _latency_table(device: str, *, kit: Path | None, runs: int, rounds: int, tables_dir: Path | None, progress: bool,
+                   as_json: bool) -> None:
+    with running(progress=progress, as_json=as_json) as p:
+        if kit is not None:  # on the device: torch-free, so not through pipeline (which imports torch)
+            from gtnpipe.measure.kit import calibrate_device_from_kit
+
+            info = calibrate_device_from_kit(kit, device, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=p.say)
+        else:
+            from gtnpipe import pipeline
+
+            info = pipeline.calibrate_device(device, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=p.say)
+    if as_json:
+        return emit_json(info)
+    stdout().print(f"[bold]{escape(info['device'])}[/]: {info['units']} units timed in {info['seconds']:.0f} s; whole network "
+                   f"p50 = {info['slope']:.3f} x sum(units) {info['per_unit_ms']:+.4f} ms x units "
+                   f"{info['intercept_ms']:+.4f} ms; runtime overhead {info['memory_overhead_mb']:.1f} MB; "
+                   f"table written to {escape(str(info['table']))}")
+
+
+def latency_kit(
+    device: DeviceOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Kit folder to write (an old kit there is replaced).")],
+    n_networks: Annotated[int, typer.Option("--networks", min=2, help="Random whole networks for the fit, besides the "
+                                            "smallest and the largest.")] = 30,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """On the host: compile every unit and the fit networks for a device, for 'gtnpipe latency-table --kit' there.
+
+    Copy the folder to the device and run 'gtnpipe latency-table --device NAME --kit DIR' there
+    (no torch needed); copy the table it writes back to the host (tables/ in the user data directory,
+    or device_profiles/tables/ to ship it).
+    """
+    with running(progress=progress, as_json=as_json) as p:
+        from gtnpipe import pipeline
+
+        info = pipeline.make_calibration_kit(device, out_dir, n_networks=n_networks, progress=p.say)
+    if as_json:
+        return emit_json(info)
+    stdout().print(f"[bold]{escape(info['device'])}[/]: latency kit for {info['runtime']} in {escape(str(info['kit']))}: "
+                   f"{info['units']} units and {info['networks']} networks, {info['files']} files, {info['size_mb']:.1f} MB, "
+                   f"built in {info['seconds']:.0f} s. On the device: {escape(info['device_command'])}")
+
+
+@devices_app.command("list")
+def devices_list(as_json: JsonOpt = False) -> None:
+    """The shipped device profiles: runtime, precisions, budgets, and whether a measured latency table exists."""
+    with running(as_json=as_json):
+        from gtnpipe.config.profiles import known_profiles, load_profile
+        from gtnpipe.devices.latency_table import table_path
+
+        profiles = [load_profile(name) for name in known_profiles()]
+        measured = {p.name: table_path(p.name).is_file() for p in profiles}  # the user's own table, or a shipped one
+    if as_json:
+        return emit_json([{**p.to_dict(), "measured_table": measured[p.name]} for p in profiles])
+    table = Table(id_column("device"), value_column("runtime"), value_column("precisions"), value_column("threads x batch"),
+                  value_column("latency p90 (ms)"), value_column("memory (MB)"), value_column("size (MB)"),
+                  value_column("latency model"))
+    for p in profiles:
+        b = p.budgets
+        table.add_row(p.name, f"{p.runtime.name} {p.runtime.version}", ", ".join(p.precisions),
+                      f"{p.threads} x {p.batch_size}",
+                      f"{b.latency_ms_p90:g}" + (f" (plan -{b.latency_margin_pct:g}%)" if b.latency_margin_pct else ""),
+                      f"{b.peak_memory_mb:g}",
+                      f"{b.model_size_mb:g}",
+                      "measured table" if measured[p.name] else "roofline estimate")
+    print_table(table)
+
+
+@devices_app.command("show")
+def devices_show(
+    device: Annotated[str, typer.Argument(help="A shipped profile's name or the path to your own .toml.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Every field of one device profile."""
+    with running(as_json=as_json):
+        from gtnpipe.config.profiles import load_profile
+
+        profile = load_profile(device)
+    data = {**profile.to_dict(), "sha256": profile.sha256()}
+    if as_json:
+        return emit_json(data)
+    out = stdout()
+    out.print(f"[bold]{escape(profile.name)}[/]: {escape(profile.description)}")
+    for section in ("runtime", "budgets", "hardware"):
+        out.print(f"[{section}]", markup=False)
+        for key, value in data[section].items():
+            out.print(f"  {key} = {value!r}", markup=False)
+    out.print(f"precisions = {list(profile.precisions)}, threads = {profile.threads}, batch_size = {profile.batch_size}",
+              markup=False)
+
+
+@devices_app.command("validate")
+def devices_validate(paths: Annotated[list[Path], typer.Argument(help="Profile .toml files to check.")]) -> None:
+    """Check profile files strictly; print one line per file; exit 2 if any is invalid."""
+    from gtnpipe.config.profiles import load_profile
+    from gtnpipe.errors import ConfigError
+
+    failed = 0
+    for path in paths:
+        try:
+            load_profile(path)
+            stdout().print(f"[green]ok[/]      {escape(str(path))}")
+        except ConfigError as err:
+            failed += 1
+            stderr().print(f"[bold red]invalid[/] {escape(str(err))}")
+    if failed:
+        raise typer.Exit(2)

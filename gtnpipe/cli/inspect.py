@@ -1,0 +1,76 @@
+"""`gtnpipe data ...` and `gtnpipe pool ...`: look at the dataset and the student pool (instant, nothing trained)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gtnpipe.cli._common import JsonOpt, RecipeOpt, SpaceOpt, emit_json, id_column, print_table, running, stdout, value_column
+
+__all__ = ["data_app", "pool_app"]
+
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+pool_app = typer.Typer(help="Inspect the student pool (the supernet's search space).", no_args_is_help=True)
+
+
+@data_app.command("info")
+def data_info(
+    data: Annotated[str | None, typer.Option("--data", help="fashion-mnist, an image folder or a .npz.")] = None,
+    recipe: RecipeOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Dataset source, fingerprint, shape, classes and split sizes (splits as the recipe carves them)."""
+    with running(as_json=as_json):
+        from gtnpipe import pipeline
+
+        info = pipeline.data_info(recipe=recipe, source=data)
+    if as_json:
+        return emit_json(info)
+    out = stdout()
+    out.print(f"[bold]{info['name']}[/]  fingerprint {info['fingerprint'][:16]}…")
+    out.print(f"images: {info['channels']} x {info['image_hw'][0]} x {info['image_hw'][1]} (C x H x W), "
+              f"{len(info['classes'])} classes: {', '.join(info['classes'])}")
+    out.print("splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+
+
+@pool_app.command("info")
+def pool_info(space: SpaceOpt = "mbv3-28", as_json: JsonOpt = False) -> None:
+    """Search space, pool size, and the MACs/params range (at Fashion-MNIST's 1x28x28, 10 classes)."""
+    with running(as_json=as_json):
+        from gtnpipe import pipeline
+
+        info = pipeline.pool_info(space=space)
+    if as_json:
+        return emit_json(info)
+    c, out = info["choices"], stdout()
+    out.print(f"[bold]{info['space']}[/]: {len(info['stages'])} elastic stages, depths {c['depths']}, "
+              f"kernels {c['kernel_sizes']}, expand ratios {c['expand_ratios']}")
+    out.print(f"pool size: {info['pool_size']:,} distinct students ({info['pool_size']:.2e})")
+    small, large = info["smallest"], info["largest"]
+    out.print(f"MACs: {small['macs'] / 1e6:.2f}M .. {large['macs'] / 1e6:.2f}M "
+              f"({large['macs'] / small['macs']:.1f}x); params: {small['params'] / 1e6:.2f}M .. "
+              f"{large['params'] / 1e6:.2f}M")
+    out.print(f"smallest: {small['arch']}\nlargest:  {large['arch']}")
+
+
+@pool_app.command("sample")
+def pool_sample(
+    n: Annotated[int, typer.Option("-n", min=1, help="How many distinct students.")] = 5,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    space: SpaceOpt = "mbv3-28",
+    as_json: JsonOpt = False,
+) -> None:
+    """Random distinct students from the pool, with their MACs and params."""
+    with running(as_json=as_json):
+        from gtnpipe import pipeline
+
+        rows = pipeline.pool_sample(n, seed=seed, space=space)
+    if as_json:
+        return emit_json(rows)
+    table = Table(value_column("depths"), value_column("MACs (M)", justify="right"),
+                  value_column("params (M)", justify="right"), id_column("arch id"))
+    for r in rows:
+        table.add_row("".join(map(str, r["depths"])), f"{r['macs'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", r["arch"])
+    print_table(table)
