@@ -131,8 +131,6 @@ def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifac
     shipped = Shipped(profile, teacher, search, student, chosen, compiled[chosen], measured.get(chosen), rows, torch_logits,
                       _top1(torch_logits, ws), *_predicted_and_checks(ws, profile, search, chosen, compiled[chosen],
                                                                       measured.get(chosen), check_measured_budgets))
-    for w in shipped.warnings:
-        say(f"warning: {w}")
     folder = write_device_artifact(ws, shipped, out)
     log_stage("artifact", False, folder=str(folder))
     parity = compiled[chosen].meta["parity"]
@@ -325,4 +323,4 @@ def make_calibration_kit(device: str | Path, out: Path, *, space: str = "mbv3-28
     return {"device": profile.name, "kit": str(out), "runtime": kit["runtime"], "units": len(kit["units"]),
             "networks": len(kit["networks"]), "files": len(kit["files"]),
             "size_mb": sum(r["bytes"] for r in kit["files"].values()) / 1e6, "seconds": round(time.time() - started, 1),
-            "device_command": f"gtnpipe bench --calibrate --device {profile.name} --kit {out}"}
+            "device_command": f"gtnpipe latency-table --device {profile.name} --kit {out}"}

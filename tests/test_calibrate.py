@@ -80,7 +80,7 @@ def test_a_kit_timed_without_torch_writes_the_table_the_cost_model_uses(host_kit
 
 
 def test_a_kit_for_another_profile_is_refused(host_kit: Path) -> None:
-    command = re.escape(f"'gtnpipe calibration-kit --device x86-server --out {host_kit}'")
+    command = re.escape(f"'gtnpipe latency-kit --device x86-server --out {host_kit}'")
     with pytest.raises(ConfigError, match=f"made for device 'host'.*{command}"):
         calibrate_from_kit(host_kit, load_profile("x86-server"), runs=5, rounds=1)
     changed = dataclasses.replace(load_profile("host"), threads=1)  # same name, other settings
@@ -124,7 +124,7 @@ def test_calibrating_this_host_in_one_go(tmp_path: Path) -> None:
 
 def test_calibration_refuses_what_this_host_cannot_measure(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="can calibrate onnxruntime devices only. Build a calibration kit here "
-                                          r"\('gtnpipe calibration-kit --device raspberry-pi-4 --out kit-raspberry-pi-4'\)"):
+                                          r"\('gtnpipe latency-kit --device raspberry-pi-4 --out kit-raspberry-pi-4'\)"):
         calibrate(load_profile("raspberry-pi-4"), SPACE, TASK)
     with pytest.raises(ConfigError, match="calibration at 'int8' is not available yet"):
         calibrate(load_profile("host"), SPACE, TASK, precision="int8")

@@ -48,8 +48,9 @@ def search(
         from gtnpipe import pipeline
         from gtnpipe.search.evolution import SearchConfig
 
-        result, acc = pipeline.search_device(device, recipe=recipe, cache_dir=cache_dir,
-                                             config=SearchConfig(iterations=iterations), progress=p.enabled)
+        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled)
+        found = pipeline.search_device(ws, device, config=SearchConfig(iterations=iterations))  # the stage build runs
+        result, acc = found.result, found.predictor
         if plot is not None:
             from gtnpipe.config.profiles import load_profile
             from gtnpipe.search.plots import plot_pareto
@@ -97,6 +98,8 @@ def build(
                                                   "weights to fit the accuracy predictor.")] = 150,
     check_measured: Annotated[bool, typer.Option("--check-measured-budgets", help="Also fail when latency or memory "
                                                  "measured HERE exceeds the budgets (when this machine is the device).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail when a precision the profile allows could not be built "
+                                         "(CI uses it); without it such a precision is recorded as not built.")] = False,
     cache_dir: CacheOpt = None,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
@@ -115,11 +118,11 @@ def build(
         from gtnpipe import pipeline
         from gtnpipe.search.evolution import SearchConfig
 
+        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled)
         for name in devices:
             results.append(pipeline.build_device(
-                name, recipe=recipe, out=out_dir, teacher=teacher, cache_dir=cache_dir,
-                config=SearchConfig(iterations=iterations), accuracy_samples=accuracy_samples,
-                check_measured_budgets=check_measured, progress=p.enabled, say=p.say))
+                ws, name, out=out_dir, teacher=teacher, config=SearchConfig(iterations=iterations),
+                accuracy_samples=accuracy_samples, check_measured_budgets=check_measured, strict=strict, say=p.say))
     if as_json:
         emit_json([asdict(r) for r in results])
     else:

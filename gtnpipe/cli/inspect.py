@@ -25,7 +25,7 @@ def data_info(
     with running(as_json=as_json):
         from gtnpipe import pipeline
 
-        info = pipeline.data_info(recipe=recipe, source=data)
+        info = pipeline.data_info(pipeline.Workspace.open(recipe, data_source=data, progress=False))
     if as_json:
         return emit_json(info)
     out = stdout()

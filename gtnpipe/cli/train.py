@@ -39,7 +39,7 @@ def train(
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
 
-        result = pipeline.train_model(model, recipe=recipe, cache_dir=cache_dir, progress=p.enabled)
+        result = pipeline.train_model(pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled), model)
     state = "cache hit" if result.cached else "trained"
     _report(result, f"[bold]{result.model}[/] ({state}, key {result.key[:12]}): test top-1 [bold]{result.test_top1:.2f}%[/] "
                     f"(val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs, {result.params / 1e6:.3f}M params, "
@@ -64,7 +64,8 @@ def teacher(
         from gtnpipe.training import distributed
 
         distributed.init_from_env()
-        result = pipeline.train_teacher(method, student=student, recipe=recipe, cache_dir=cache_dir, progress=p.enabled)
+        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled)
+        result = pipeline.train_teacher(ws, method, student=student)
     state = "cache hit" if result.cached else "trained"
     target = f" for {result.student}" if result.student else ""
     _report(result, f"[bold]{result.method} teacher[/]{target} ({state}, key {result.key}): test top-1 "
@@ -87,8 +88,8 @@ def distill(
         from gtnpipe.training import distributed
 
         distributed.init_from_env()
-        result = pipeline.distill_student(arch, teacher=teacher, recipe=recipe, seed=seed, cache_dir=cache_dir,
-                                          progress=p.enabled)
+        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled)
+        result = pipeline.distill_student(ws, arch, teacher=teacher, seed=seed)
     state = "cache hit" if result.cached else "trained"
     _report(result, f"[bold]{result.arch}[/] from {result.teacher} teacher ({state}, key {result.key}): test top-1 "
                     f"[bold]{result.test_top1:.2f}%[/] (val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs",

@@ -1,6 +1,6 @@
 """Latency/memory calibration, host side: the calibration kit a device times, and calibrating this host.
 
-`build_calibration_kit` (what `gtnpipe calibration-kit --device NAME --out DIR` runs) exports
+`build_calibration_kit` (what `gtnpipe latency-kit --device NAME --out DIR` runs) exports
 every distinct unit of the space (stem, each block configuration, head) on its own and a few whole
 networks (the smallest, the largest and `n_networks` random ones, from a seed that evaluation must
 not reuse) to ONNX, compiles each with the device's backend at fp32 and writes DIR/kit.json: for
@@ -148,7 +148,7 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, pr
         kit = f"kit-{profile.name}"
         raise ConfigError(f"device {profile.name!r} runs {profile.runtime.name}; this host can calibrate onnxruntime "
                           f"devices only. Build a calibration kit here ('{kit_command(profile.name, kit)}'), copy it to "
-                          f"the device and run 'gtnpipe bench --calibrate --device {profile.name} --kit {kit}' there")
+                          f"the device and run 'gtnpipe latency-table --device {profile.name} --kit {kit}' there")
     with tempfile.TemporaryDirectory(prefix="gtnpipe-calibrate-") as tmp:
         kit_dir = Path(tmp) / "kit"
         build_calibration_kit(profile, space, task, kit_dir, n_networks=n_networks, progress=progress)

@@ -1,9 +1,9 @@
 """Calibrating a device from a calibration kit: time the kit's compiled models there, fit the latency table.
 
 nn-Meter and OFA build their latency tables this way: compile on the host, time on the device,
-carry the table back. `gtnpipe calibration-kit --device NAME --out DIR` (gtnpipe.measure.host_table, on the
+carry the table back. `gtnpipe latency-kit --device NAME --out DIR` (gtnpipe.measure.host_table, on the
 host, with torch) exports every distinct unit of the space and a few whole networks, compiles each
-with the device's backend at fp32 and writes DIR/kit.json. `gtnpipe bench --calibrate --device NAME
+with the device's backend at fp32 and writes DIR/kit.json. `gtnpipe latency-table --device NAME
 --kit DIR` runs this module on the device:
 1. every file's sha256 is checked, and that the kit was made for this very profile (name and sha256);
 2. units and networks are timed together (p50 over `runs`, in `rounds` interleaved passes whose
@@ -13,7 +13,7 @@ with the device's backend at fp32 and writes DIR/kit.json. `gtnpipe bench --cali
 4. least squares maps the sum and the number of a network's unit latencies to its p50, and its
    model bytes (weights + peak activations, computed on the host) to its peak RSS.
 
-The host's own calibration (`gtnpipe bench --calibrate` without --kit) builds a kit in a temporary
+The host's own calibration (`gtnpipe latency-table` without --kit) builds a kit in a temporary
 folder and runs the same code. Torch-free: a device needs the kit, numpy and its runtime.
 """
 
@@ -57,7 +57,7 @@ KIT_SCHEMA = 1
 
 
 def kit_command(device: str, out: Path | str) -> str:
-    return f"gtnpipe calibration-kit --device {device} --out {out}"
+    return f"gtnpipe latency-kit --device {device} --out {out}"
 
 
 def time_models(paths: list[Path], input_shapes: list[tuple[int, ...]], profile: DeviceProfile, *, runs: int,
@@ -167,7 +167,7 @@ def calibrate_from_kit(kit_dir: Path, profile: DeviceProfile, *, runs: int = 100
 
 
 def table_summary(table: LatencyTable, path: Path) -> dict[str, Any]:
-    """What `gtnpipe bench --calibrate` reports about a table it wrote."""
+    """What `gtnpipe latency-table` reports about a table it wrote."""
     fit = table.precisions["fp32"]
     return {"device": table.device, "table": str(path), "units": len(fit.units_ms), "slope": fit.slope,
             "per_unit_ms": fit.per_unit_ms, "intercept_ms": fit.intercept_ms, "memory_overhead_mb": fit.memory_overhead_mb,
