@@ -27,8 +27,8 @@ import numpy as np
 from gtnpipe import pipeline
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.backends import runtime_version
-from gtnpipe.deploy.backends.probe import measure_peak_rss_mb
 from gtnpipe.deploy.export import export_onnx
+from gtnpipe.deploy.timing import measure_peak_rss_mb
 from gtnpipe.devices.cost import CostModel, roofline_ms, table_path
 from gtnpipe.measure.host_table import calibration_archs, time_models
 from gtnpipe.models.static import build_static

@@ -1,4 +1,4 @@
-"""Timing compiled models, and `gtnpipe bench ARTIFACT_DIR`: the on-device benchmark of an artifact folder.
+"""`gtnpipe bench ARTIFACT_DIR`: the on-device benchmark of an artifact folder (timing: gtnpipe.deploy.timing).
 
 Torch-free: a device needs the artifact folder, numpy and its runtime, nothing else.
 """
@@ -9,52 +9,20 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gtnpipe.deploy.backends import Runner, get_backend
-from gtnpipe.deploy.backends.probe import measure_peak_rss_mb
+from gtnpipe.deploy.backends import get_backend
 from gtnpipe.deploy.manifest import load_manifest, verify_files
 from gtnpipe.deploy.parity import compare_on_device, run_batched
+from gtnpipe.deploy.timing import LatencyStats, measure_fresh
 from gtnpipe.fsutil import atomic_write_json
 
-__all__ = ["BENCH_FILE", "LatencyStats", "bench_artifact", "measure_latency"]
+__all__ = ["BENCH_FILE", "bench_artifact"]
 
 BENCH_FILE = "bench.json"
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    runs: int
-    batch_size: int
-
-    @property
-    def throughput_per_s(self) -> float:
-        return self.batch_size / (self.mean_ms / 1e3)
-
-    def to_dict(self) -> dict[str, float]:
-        return {**self.__dict__, "throughput_per_s": self.throughput_per_s}
-
-
-def measure_latency(runner: Runner, x: np.ndarray, *, warmup: int = 20, runs: int = 200) -> LatencyStats:
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    for _ in range(warmup):
-        runner.run(x)
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter_ns()
-        runner.run(x)
-        times[i] = (time.perf_counter_ns() - start) / 1e6
-    p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return LatencyStats(float(p50), float(p90), float(p99), float(times.mean()), runs, int(x.shape[0]))
 
 
 def _verdict(budgets: dict[str, Any], latency: LatencyStats, peak_mb: float, size_mb: float,
@@ -101,11 +69,12 @@ def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: 
                                max_drop_points=float(manifest["budgets"]["max_accuracy_drop_points"]))
     shape = tuple(model["input"]["shape"])
     x = np.resize(x_ref, shape).astype(np.float32)  # real images, repeated if the batch is larger than the reference
-    say(f"latency: {warmup} warmup and {runs} timed runs at batch {shape[0]}, {threads} threads")
-    latency = measure_latency(runner, x, warmup=warmup, runs=runs)
-    say("peak memory: the model run in a fresh process")
-    peak_mb = measure_peak_rss_mb(runtime["name"], model_path, threads=threads, input_shape=shape,
-                                  precision=model["precision"])
+    say(f"latency and peak memory: {warmup} warmup and {runs} timed runs at batch {shape[0]}, {threads} threads, "
+        "in a fresh process")
+    del runner  # one session alive at a time: the parity session ends before the timed one starts
+    measured = measure_fresh(runtime["name"], model_path, threads=threads, input_shape=shape, precision=model["precision"],
+                             warmup=warmup, runs=runs, x=x)  # the way gtnpipe build measured it
+    latency, peak_mb = measured.latency, measured.peak_rss_mb
     size_mb = sum(manifest["files"][f]["bytes"] for f in model["files"]) / 1e6
     result = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

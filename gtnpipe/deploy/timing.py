@@ -1,10 +1,12 @@
 """Measuring a compiled model the way a device runs it: one runtime session alive in a fresh process.
 
-`gtnpipe build` times every precision with `measure_fresh` (python -m gtnpipe.deploy.timing, torch-free), as
-`gtnpipe bench` does on the device: a process that holds one session, warms it up, then times `runs` batches
-and reports its peak resident memory. Timing several live sessions interleaved in one process slows each
-(ONNX Runtime's intra-op threads of idle sessions keep spinning on the same cores), which is not how a device
-runs a model.
+This is the one way gtnpipe times a model: `gtnpipe build` (every precision), `gtnpipe bench` (the artifact on the
+device) and the latency-table measurement all measure a single live session, warmed up, over `runs` batches.
+`measure_fresh` does it in a fresh torch-free process (python -m gtnpipe.deploy.timing) that holds only that
+session and reports its peak resident memory too: the interpreter, runtime, model and activations together, which
+is what a device's memory budget constrains (VmHWM from /proc/self/status on Linux; ru_maxrss elsewhere, which
+would also count a forked parent's memory). Timing several live sessions interleaved in one process slows each
+(ONNX Runtime's idle intra-op threads keep spinning on the same cores), which is not how a device runs a model.
 """
 
 from __future__ import annotations
@@ -13,19 +15,53 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gtnpipe.deploy.backends.probe import _peak_rss_bytes
-from gtnpipe.deploy.bench import LatencyStats, measure_latency
+from gtnpipe.deploy.backends import Runner
 
-__all__ = ["FreshMeasurement", "Machine", "measure_fresh"]
+__all__ = ["FreshMeasurement", "LatencyStats", "Machine", "measure_fresh", "measure_latency", "measure_peak_rss_mb"]
 
 MEASURE_TIMEOUT_S = 600  # one model's warmup and runs; a hung runtime still ends
+MEMORY_RUNS = 20  # runs before the peak RSS is read, when only memory is wanted
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    batch_size: int
+
+    @property
+    def throughput_per_s(self) -> float:
+        return self.batch_size / (self.mean_ms / 1e3)
+
+    def to_dict(self) -> dict[str, float]:
+        return {**self.__dict__, "throughput_per_s": self.throughput_per_s}
+
+
+def measure_latency(runner: Runner, x: np.ndarray, *, warmup: int = 20, runs: int = 200) -> LatencyStats:
+    """Time `runs` calls of one live session on batch `x` after `warmup` calls (call it with no other session alive)."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    for _ in range(warmup):
+        runner.run(x)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        runner.run(x)
+        times[i] = (time.perf_counter_ns() - start) / 1e6
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return LatencyStats(float(p50), float(p90), float(p99), float(times.mean()), runs, int(x.shape[0]))
 
 
 @dataclass(frozen=True)
@@ -58,21 +94,64 @@ class FreshMeasurement:
     peak_rss_mb: float  # the whole process: interpreter, runtime, model and activations
 
 
-def measure_fresh(runtime: str, model_path: Path, *, threads: int, input_shape: tuple[int, ...], precision: str,
-                  warmup: int, runs: int) -> FreshMeasurement:
-    """Latency and peak memory of one model, measured in a fresh torch-free process that holds only its session."""
+def measure_fresh(runtime: str, model_path: Path, *, threads: int, input_shape: tuple[int, ...], precision: str = "fp32",
+                  warmup: int = 20, runs: int = 200, x: np.ndarray | None = None) -> FreshMeasurement:
+    """Latency and peak memory of one model, measured in a fresh torch-free process that holds only its session.
+
+    `x`: the batch to time (e.g. real images); uniform random images in [0, 1] of `input_shape` if None."""
     cmd = [sys.executable, "-m", "gtnpipe.deploy.timing", runtime, str(model_path), "--threads", str(threads),
            "--shape", ",".join(map(str, input_shape)), "--precision", precision, "--warmup", str(warmup),
            "--runs", str(runs)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S)
+    with _batch_file(x) as path:
+        out = subprocess.run([*cmd, *(["--input", str(path)] if path else [])], capture_output=True, text=True,
+                             timeout=MEASURE_TIMEOUT_S)
+    if out.returncode != 0:
+        raise RuntimeError(f"timing {model_path} in a fresh process failed ({out.returncode}): {out.stderr.strip()}")
     raw = json.loads(out.stdout.strip().splitlines()[-1])
-    lat = raw["latency"]
-    lat.pop("throughput_per_s", None)
+    lat = {k: v for k, v in raw["latency"].items() if k != "throughput_per_s"}
     return FreshMeasurement(LatencyStats(**lat), float(raw["peak_rss_mb"]))
 
 
+def measure_peak_rss_mb(runtime: str, model_path: Path, *, threads: int, input_shape: tuple[int, ...],
+                        precision: str = "fp32") -> float:
+    """Peak resident memory of a fresh process running the model (MEMORY_RUNS batches)."""
+    return measure_fresh(runtime, model_path, threads=threads, input_shape=input_shape, precision=precision, warmup=0,
+                         runs=MEMORY_RUNS).peak_rss_mb
+
+
+class _batch_file:  # noqa: N801 - a context manager used like a function
+    """A temporary .npy holding `x` for the child process (None: no file)."""
+
+    def __init__(self, x: np.ndarray | None) -> None:
+        self.x, self.path = x, None
+
+    def __enter__(self) -> Path | None:
+        if self.x is None:
+            return None
+        import tempfile
+
+        fd, name = tempfile.mkstemp(suffix=".npy", prefix="gtnpipe-batch-")
+        os.close(fd)
+        self.path = Path(name)
+        np.save(self.path, np.ascontiguousarray(self.x, dtype=np.float32))
+        return self.path
+
+    def __exit__(self, *_: object) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _peak_rss_bytes() -> int:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runtime")
     parser.add_argument("model", type=Path)
     parser.add_argument("--threads", type=int, required=True)
@@ -80,11 +159,13 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--input", type=Path, help=".npy batch to time (default: random images in [0, 1])")
     args = parser.parse_args()
     from gtnpipe.deploy.backends import load_runner
 
+    shape = tuple(int(d) for d in args.shape.split(","))
+    x = np.load(args.input) if args.input else np.random.default_rng(0).random(shape, dtype=np.float32)
     runner = load_runner(args.runtime, args.model, threads=args.threads, precision=args.precision)
-    x = np.random.default_rng(0).random(tuple(int(d) for d in args.shape.split(",")), dtype=np.float32)  # in [0, 1]
     stats = measure_latency(runner, x, warmup=args.warmup, runs=args.runs)
     print(json.dumps({"latency": stats.to_dict(), "peak_rss_mb": _peak_rss_bytes() / 1e6}))
 

@@ -32,9 +32,8 @@ import numpy as np
 
 from gtnpipe.config.profiles import DeviceProfile, load_profile
 from gtnpipe.deploy.backends import get_backend, load_runner
-from gtnpipe.deploy.backends.probe import measure_peak_rss_mb
-from gtnpipe.deploy.bench import measure_latency
 from gtnpipe.deploy.manifest import verify_file_hashes
+from gtnpipe.deploy.timing import measure_latency, measure_peak_rss_mb
 from gtnpipe.devices.latency_table import LatencyTable, PrecisionTable, table_write_path
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file

@@ -60,7 +60,7 @@ class MeasureInput(Stage):
     """Latency and peak memory of a compiled precision on this machine, in a fresh process holding one session."""
 
     STAGE = "measured"
-    CODE = ("gtnpipe.deploy.timing", "gtnpipe.deploy.bench", "gtnpipe.deploy.backends.probe", *_BACKEND_CODE)
+    CODE = ("gtnpipe.deploy.timing", *_BACKEND_CODE)
     PACKAGES = ("numpy",)
 
     compiled: CompileInput
