@@ -116,10 +116,7 @@ def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifac
 
     model = Deployable(training.load_distilled_net(ws, student_in), ws.data.mean, ws.data.std).train(False)
     torch_logits = _torch_logits(model, ws)
-    compiled, failures = _compile_all(ws, profile, backend, student_in, model, torch_logits)
-    if strict and failures:
-        raise BackendBuildError(f"--strict: {profile.name} allows {', '.join(failures)} but the toolchain could not build it: "
-                                + "; ".join(f"{p}: {e}" for p, e in failures.items()))
+    compiled, failures = _compile_all(ws, profile, backend, student_in, model, torch_logits, strict=strict)
     log_stage("compile", all(c.cached for c in compiled.values()), precisions=sorted(compiled))
 
     measured = {p: measure_precision(ws, measure_input(profile, c), c) for p, c in compiled.items() if c.meta["parity"]}
@@ -163,9 +160,9 @@ def _top1(logits: np.ndarray, ws: Workspace) -> float:
 
 
 def _compile_all(ws: Workspace, profile: DeviceProfile, backend: Backend, student: training.DistillInput,
-                 model: Deployable, torch_logits: np.ndarray) -> tuple[dict[str, Compiled], dict[str, str]]:
+                 model: Deployable, torch_logits: np.ndarray, *, strict: bool) -> tuple[dict[str, Compiled], dict[str, str]]:
     """Every precision the profile allows and the backend builds; a toolchain failure (BackendBuildError) is
-    recorded and the others go on, any other error propagates."""
+    recorded and the others go on (with `strict` it fails the build), any other error propagates."""
     compiled: dict[str, Compiled] = {}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="gtnpipe-export-") as tmp:
@@ -183,10 +180,13 @@ def _compile_all(ws: Workspace, profile: DeviceProfile, backend: Backend, studen
             idx = tuple(int(i) for i in calibration_indices(inp, len(ws.data.train)))
             try:
                 compiled[precision] = compile_precision(
-                    ws, inp, functools.partial(export, inp.batch_size, inp.runtime.max_onnx_opset, idx))
+                    ws, inp, backend, functools.partial(export, inp.batch_size, inp.runtime.max_onnx_opset, idx))
             except BackendBuildError as err:
                 if precision == "fp32":
                     raise
+                if strict:
+                    raise BackendBuildError(f"--strict: {profile.name} allows {precision}, which the toolchain could not "
+                                            f"build: {err}") from err
                 log.warning("%s %s build failed: %s", profile.runtime.name, precision, err)
                 failures[precision] = f"build failed: {err}" + (f" (cause: {err.__cause__!r})" if err.__cause__ else "")
     fp32 = compiled.get("fp32")

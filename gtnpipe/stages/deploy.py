@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gtnpipe.config.profiles import DeviceProfile, RuntimeSpec
-from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
+from gtnpipe.deploy.backends import Backend, CompileInputs
 from gtnpipe.deploy.export import to_unit_float
 from gtnpipe.deploy.parity import compare, run_batched
 from gtnpipe.deploy.timing import Machine, measure_fresh
@@ -113,12 +113,14 @@ def calibration_indices(inp: CompileInput, n_train: int) -> np.ndarray:
     return np.sort(rng.choice(n_train, size=min(inp.calibration_images, n_train), replace=False))
 
 
-def compile_precision(ws: Workspace, inp: CompileInput, exported: Callable[[], tuple[CompileInputs, np.ndarray]]) -> Compiled:
+def compile_precision(ws: Workspace, inp: CompileInput, backend: Backend,
+                      exported: Callable[[], tuple[CompileInputs, np.ndarray]]) -> Compiled:
     """One precision compiled, parity-checked against torch on the whole test split (cached; machine-independent).
 
     `exported()` gives the ONNX export with its calibration images, and torch's test logits; it is called only
     when the entry is not cached. A toolchain failure raises BackendBuildError (from the backend)."""
-    backend = get_backend(inp.runtime.name)
+    if backend.runtime != inp.runtime.name:
+        raise ValueError(f"{type(backend).__name__} builds {backend.runtime}, the input asks for {inp.runtime.name}")
 
     def build(staging: Any, meta: dict[str, Any]) -> None:
         inputs, torch_logits = exported()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing
+from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing, toolchain_step
 from gtnpipe.progress import quiet_loggers
 
 __all__ = ["OnnxRuntimeBackend", "OrtRunner"]
@@ -52,7 +52,7 @@ class OnnxRuntimeBackend(Backend):
         model = onnx.load(str(inputs.onnx_path))
         input_name = model.graph.input[0].name
         samples = [{input_name: b} for b in calibration_batches(inputs)]
-        with quiet_loggers("nncf"):  # its INFO lines off with --no-progress (its bars: gtnpipe.progress)
+        with quiet_loggers("nncf"), toolchain_step("NNCF INT8 quantization for ONNX Runtime"):  # INFO off: --no-progress
             quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
         atomic_write_bytes(target, quantized.SerializeToString())
         return BuildResult(target.name, (target.name,), {"quantizer": f"nncf {nncf.__version__} post-training",

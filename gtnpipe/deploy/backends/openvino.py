@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing
+from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing, toolchain_step
 from gtnpipe.errors import ConfigError
 from gtnpipe.progress import quiet_loggers
 
@@ -109,7 +109,8 @@ class OpenVinoBackend(Backend):
         stem = f"model-{precision}"
         if precision in ("fp32", "fp16"):
             # save_model compresses float weights to fp16 by default (DEPS.md): explicit either way
-            files = _save_ir(model, out_dir, stem, compress_to_fp16=precision == "fp16")
+            with toolchain_step(f"OpenVINO {precision} IR"):
+                files = _save_ir(model, out_dir, stem, compress_to_fp16=precision == "fp16")
             return BuildResult(files[0], files, {"weights": precision, "input_shape": list(inputs.input_shape)})
         try:
             import nncf
@@ -117,7 +118,7 @@ class OpenVinoBackend(Backend):
             raise missing("INT8 quantization for OpenVINO", err, "build") from err
 
         samples = calibration_batches(inputs)
-        with quiet_loggers("nncf"):  # its INFO lines off with --no-progress (its bars: gtnpipe.progress)
+        with quiet_loggers("nncf"), toolchain_step("NNCF INT8 quantization for OpenVINO"):  # INFO lines off with --no-progress
             quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
         # FakeQuantize'd weights are stored as int8 whatever the flag; False keeps the non-quantized ones fp32
         files = _save_ir(quantized, out_dir, stem, compress_to_fp16=False)
