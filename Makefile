@@ -1,7 +1,7 @@
 # make demo   - the main job: gtnpipe build for host and raspberry-pi-4 (quick recipe), then gtnpipe bench on host
 # make test   - the test suite (tests/test_wheel.py among it: the wheel installed with [onnx] in a fresh venv)
 # make wheel  - build/dist/gtnpipe-*.whl, what a device installs (`pip install 'gtnpipe-*.whl[onnx]'`)
-# make lint   - ruff, import-linter contracts, actionlint on .github/workflows
+# make lint   - ruff, import-linter contracts, mypy --strict on the core modules ([tool.mypy]), actionlint on .github/workflows
 # Both install what they need first (virtual env, pinned packages, the dataset), once.
 
 PYTHON ?= python3
@@ -59,6 +59,7 @@ $(SHELLCHECK):
 lint: setup $(SHELLCHECK)
 	$(BIN)/ruff check gtnpipe tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/actionlint -shellcheck=$(SHELLCHECK) -pyflakes= .github/workflows/*.yml
 
 clean:

@@ -26,14 +26,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from filelock import FileLock, Timeout
 
 from gtnpipe.errors import CacheCorrupt, CacheError
 from gtnpipe.fsutil import atomic_write_json, canonical_json, sha256_file
 
-__all__ = ["Cache", "Entry", "cache_key", "default_cache_dir"]
+__all__ = ["Cache", "Entry", "EntryRecord", "cache_key", "default_cache_dir"]
 
 log = logging.getLogger("gtnpipe.cache")
 _ENTRY_FILE = "entry.json"
@@ -50,12 +50,23 @@ def cache_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({"schema": CODE_SCHEMA_VERSION, **spec}).encode()).hexdigest()
 
 
+class EntryRecord(TypedDict):
+    """entry.json: what made the entry (its key's spec), its results, and the sha256 of every payload file."""
+
+    kind: str
+    key: str
+    created_unix_s: float
+    spec: dict[str, Any]
+    meta: dict[str, Any]
+    files: dict[str, str]  # file name -> sha256
+
+
 @dataclass(frozen=True)
 class Entry:
     kind: str
     key: str
     path: Path
-    record: dict[str, Any]  # entry.json: spec, meta, files
+    record: EntryRecord
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -131,8 +142,8 @@ class Cache:
         try:
             yield staging
             files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-            record = {"kind": kind, "key": key, "created_unix_s": time.time(), "spec": spec, "meta": meta,
-                      "files": files}
+            record: EntryRecord = {"kind": kind, "key": key, "created_unix_s": time.time(), "spec": spec, "meta": meta,
+                                   "files": files}
             atomic_write_json(staging / _ENTRY_FILE, record)
             final = self.entry_dir(kind, key)
             self._mkdir(final.parent)

@@ -150,7 +150,7 @@ class DeviceProfile:
             raise ValueError("a tensorrt profile needs 'fp16' or 'fp32' among its precisions (INT8 engines fall back to them)")
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> Precision:
         """The precision the device ships by preference (what search plans for)."""
         return self.precisions[0]
 

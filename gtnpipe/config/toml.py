@@ -11,15 +11,18 @@ import dataclasses
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from gtnpipe.errors import ConfigError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = ["as_dict", "from_mapping", "load_named", "load_toml"]
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -56,7 +59,7 @@ def from_mapping(cls: type[T], raw: Mapping[str, Any], *, where: str, prefix: st
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: [{prefix.rstrip('.') or 'top level'}] must be a table, got {raw!r}")
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(
@@ -82,7 +85,7 @@ def from_mapping(cls: type[T], raw: Mapping[str, Any], *, where: str, prefix: st
 def _convert(hint: Any, value: Any, *, where: str, dotted: str) -> Any:
     origin = get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return from_mapping(hint, value, where=where, prefix=dotted + ".")
+        return from_mapping(cast("type[DataclassInstance]", hint), value, where=where, prefix=dotted + ".")
     if origin is Literal:
         allowed = get_args(hint)
         if value not in allowed:
@@ -91,7 +94,7 @@ def _convert(hint: Any, value: Any, *, where: str, dotted: str) -> Any:
             )
         return value
     if origin in (Union, types.UnionType):
-        args = [a for a in get_args(hint) if a is not type(None)]
+        args: Sequence[Any] = [a for a in get_args(hint) if a is not type(None)]
         if len(args) != 1:
             raise TypeError(f"unsupported config type {hint!r}")  # a bug in a config class, not user input
         return _convert(args[0], value, where=where, dotted=dotted)
@@ -115,7 +118,7 @@ def _convert(hint: Any, value: Any, *, where: str, dotted: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r}")  # a bug in a config class, not user input
 
 
-def as_dict(obj: Any) -> dict[str, Any]:
+def as_dict(obj: DataclassInstance) -> dict[str, Any]:
     """A dataclass as plain JSON-able data (tuples become lists), for cache keys and manifests."""
     return typing.cast(dict[str, Any], _plain(dataclasses.asdict(obj)))
 

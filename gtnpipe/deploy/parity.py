@@ -11,8 +11,9 @@ images and logits the artifact carries.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast, final
 
 import numpy as np
 
@@ -25,6 +26,9 @@ __all__ = [
     "FP16_MIN_AGREEMENT_PCT",
     "FP32_MAX_ABS_DIFF",
     "FP32_MIN_AGREEMENT_PCT",
+    "BuildFailure",
+    "CompiledPrecision",
+    "ParityDict",
     "ParityReport",
     "choose_precision",
     "compare",
@@ -52,6 +56,22 @@ def run_batched(runner: Runner, x: np.ndarray, *, batch_size: int) -> np.ndarray
     return np.concatenate(outs)
 
 
+class ParityDict(TypedDict):
+    """`ParityReport.to_dict()`: what compile entries and manifests record."""
+
+    backend: str
+    precision: str
+    images: int
+    max_abs_diff: float
+    agreement_pct: float
+    torch_top1: float
+    artifact_top1: float
+    max_drop_points: float
+    failures: list[str]
+    passed: bool
+    drop_points: float
+
+
 @dataclass(frozen=True)
 class ParityReport:
     backend: str
@@ -72,8 +92,9 @@ class ParityReport:
     def drop_points(self) -> float:
         return self.torch_top1 - self.artifact_top1
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "failures": list(self.failures), "passed": self.passed, "drop_points": self.drop_points}
+    def to_dict(self) -> ParityDict:
+        return cast(ParityDict, {**asdict(self), "failures": list(self.failures), "passed": self.passed,
+                                 "drop_points": self.drop_points})
 
     def raise_if_failed(self) -> None:
         if self.failures:
@@ -129,7 +150,26 @@ def compare_on_device(logits: np.ndarray, reference: np.ndarray, labels: np.ndar
     return dataclasses.replace(report, max_drop_points=max_drop_points, failures=tuple(failures))
 
 
-def choose_precision(profile: DeviceProfile, compiled: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+@final  # final: `"error" in m` then tells the two kinds of entry apart
+class CompiledPrecision(TypedDict):
+    """What `choose_precision` reads of one built precision: its compile entry's meta plus the latency measured here."""
+
+    parity: ParityDict | None  # None: the runtime cannot run here (unchecked_reason says why)
+    latency: Mapping[str, float] | None  # LatencyStats.to_dict() (p50_ms, ...); None when not measured here
+    size_bytes: int
+    deployed_format: bool  # False: a format the device compiles further (its size is not the shipped file's)
+    unchecked_reason: NotRequired[str]
+
+
+@final
+class BuildFailure(TypedDict):
+    """A precision whose build failed (the toolchain's error, recorded instead of aborting the build)."""
+
+    error: str
+
+
+def choose_precision(profile: DeviceProfile, compiled: Mapping[str, CompiledPrecision | BuildFailure]
+                     ) -> tuple[str, list[dict[str, Any]]]:
     """The precision that ships: fastest measured among those within the accuracy limit and the size budget
     (profile order where nothing could be measured here), and a row per precision saying why."""
     rows: dict[str, dict[str, Any]] = {}
@@ -140,7 +180,7 @@ def choose_precision(profile: DeviceProfile, compiled: dict[str, Any]) -> tuple[
             rows[precision] = {"precision": precision, "status": "not-built", "reason": m["error"] if m else "the backend "
                                f"does not build {precision}", "parity": None, "latency_ms_p50": None, "size_bytes": None}
             continue
-        lat = m["latency"]["p50_ms"] if m.get("latency") else None
+        lat = cast(Mapping[str, float], m["latency"])["p50_ms"] if m.get("latency") else None
         row = {"precision": precision, "parity": m["parity"], "latency_ms_p50": lat, "size_bytes": m["size_bytes"]}
         rows[precision] = row
         if m["parity"] is not None and not m["parity"]["passed"]:
@@ -170,5 +210,5 @@ def choose_precision(profile: DeviceProfile, compiled: dict[str, Any]) -> tuple[
                         f"{rows[chosen]['latency_ms_p50']:.3f} ms" if p in timed and chosen in timed else
                         f"{chosen} comes first in the profile's precisions"}
     if rows[chosen]["parity"] is None:
-        rows[chosen]["reason"] += f" (parity not checked here: {compiled[chosen]['unchecked_reason']})"
+        rows[chosen]["reason"] += f" (parity not checked here: {cast(CompiledPrecision, compiled[chosen])['unchecked_reason']})"
     return chosen, [rows[p] for p in profile.precisions]

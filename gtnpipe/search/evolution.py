@@ -238,10 +238,15 @@ def evolution_search(model: CostModel, accuracy: Callable[[ArchConfig], float],
     n_cross = cfg.population - n_parents - n_mutate
     for _ in range(cfg.iterations):
         parents = sorted(population, key=lambda c: -c.accuracy)[:n_parents]
-        mutants = _offspring(ev, n_mutate, lambda p=parents: _mutate(rng.choice(p).arch, cfg, rng, space.choices,
-                                                                     space.depths, space.max_depth))
-        crosses = _offspring(ev, n_cross, lambda p=parents: _crossover(rng.choice(p).arch, rng.choice(p).arch, rng,
-                                                                       space.max_depth))
+
+        def mutant(p: list[Candidate] = parents) -> ArchConfig:
+            return _mutate(rng.choice(p).arch, cfg, rng, space.choices, space.depths, space.max_depth)
+
+        def cross(p: list[Candidate] = parents) -> ArchConfig:
+            return _crossover(rng.choice(p).arch, rng.choice(p).arch, rng, space.max_depth)
+
+        mutants = _offspring(ev, n_mutate, mutant)
+        crosses = _offspring(ev, n_cross, cross)
         children = mutants + crosses
         population = parents + children
     return _result("evolution", ev, started, ev.calls)
