@@ -1,5 +1,6 @@
 # make demo   - the main job: gtnpipe build for host and raspberry-pi-4 (quick recipe), then gtnpipe bench on host
 # make test   - the test suite (tests/test_wheel.py among it: the wheel installed with [onnx] in a fresh venv)
+# make test-fast - the tests that neither train nor compile nor build (pytest -m "not slow"): well under a minute
 # make wheel  - build/dist/gtnpipe-*.whl, what a device installs (`pip install 'gtnpipe-*.whl[onnx]'`)
 # make lint   - ruff, import-linter contracts, mypy --strict on the core modules ([tool.mypy]), actionlint on .github/workflows
 # Both install what they need first (virtual env, pinned packages, the dataset), once.
@@ -13,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # actionlint runs ShellCheck on every `run:` script of the workflows; Debian's shellcheck package if none is installed
 SHELLCHECK ?= $(shell command -v shellcheck || echo /usr/bin/shellcheck)
 
-.PHONY: setup dataset test wheel demo bench lint clean
+.PHONY: setup dataset test test-fast wheel demo bench lint clean
 
 setup: $(STAMP) dataset
 
@@ -32,6 +33,11 @@ dataset:
 
 test: setup
 	$(BIN)/python -m pytest
+
+# `slow` marks every test that trains, compiles or builds (tests/conftest.py marks those using such fixtures).
+# pytest's exit status passes through: 5 (no tests collected) fails this target too.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 # The wheel's build backend is the venv's setuptools (no build isolation: nothing is downloaded to build it).
 # build/lib goes first: setuptools would pack files left there by modules deleted since the last build.

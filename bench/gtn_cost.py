@@ -8,13 +8,16 @@ batch from the recipe, random images (the cost does not depend on the pixels).
 
     .venv/bin/python bench/gtn_cost.py [--recipe kd] [--rounds 8] [--steps 6]
 
-Run it on an otherwise idle machine. Results: bench/results/gtn_cost-<recipe>.json and .md.
+Run it on an otherwise idle machine (the results record the load average before and after). Results:
+bench/results/gtn_cost.json and .md for the default recipe, gtn_cost-<recipe>.* for another.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -65,6 +68,8 @@ def main() -> None:
             optimizers[name].step()
         return (time.perf_counter() - start) / n
 
+    load_before = os.getloadavg()
+    started = time.perf_counter()
     for name in steps:  # warm-up
         block(name, 2)
     rounds = []
@@ -74,16 +79,23 @@ def main() -> None:
     ratios = {name: [r[name] / r["vanilla"] for r in rounds] for name in ("gtn", "sftn-largest")}
     result = {
         "recipe": args.recipe, "batch_size": batch, "threads": torch.get_num_threads(), "rounds": rounds,
+        "machine": {"cpu": _cpu_name(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]], "torch": torch.__version__},
+        "wall_seconds": time.perf_counter() - started,
         "gtn_config": {k: getattr(rec.gtn, k) for k in ("branch_batch_fraction", "branch_points", "archs_per_step")},
         "ratio_median": {k: statistics.median(v) for k, v in ratios.items()},
         "ratio_range": {k: [min(v), max(v)] for k, v in ratios.items()},
         "command": f"python bench/gtn_cost.py --recipe {args.recipe} --rounds {args.rounds} --steps {args.steps}",
     }
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"gtn_cost-{args.recipe}"
+    stem = RESULTS / ("gtn_cost" if args.recipe == "kd" else f"gtn_cost-{args.recipe}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"Command: `{result['command']}` ({result['threads']} threads, batch {batch}); per-step wall-clock "
-             "relative to the vanilla teacher's step in the same round.", "",
+    m = result["machine"]
+    lines = [f"# GTN and SFTN teacher step cost against the vanilla teacher's (recipe `{args.recipe}`)", "",
+             f"Command: `{result['command']}` ({result['threads']} threads, batch {batch}; {m['cpu']}, {m['cpus']} "
+             f"CPUs; 1-min load average {m['load_average_1min_before_after'][0]:.1f} before, "
+             f"{m['load_average_1min_before_after'][1]:.1f} after; {result['wall_seconds']:.0f} s); per-step "
+             "wall-clock relative to the vanilla teacher's step in the same round.", "",
              "| teacher | median ratio | range over rounds | median step (ms) |", "|---|---:|---:|---:|",
              f"| vanilla | 1.00 | – | {1e3 * statistics.median(r['vanilla'] for r in rounds):.0f} |"]
     for name in ("gtn", "sftn-largest"):
@@ -92,6 +104,16 @@ def main() -> None:
                      f"{1e3 * statistics.median(r[name] for r in rounds):.0f} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from conftest import DeployCase, block_imports_prelude
+from conftest import HANG_TIMEOUT_S, DeployCase, block_imports_prelude
 
 from gtnpipe.deploy.backends import BACKENDS, Backend, BuildResult, get_backend
 
@@ -97,7 +97,7 @@ class BackendContract:
             f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
             "print(json.dumps(np.concatenate([r.run(x[i:i+1]) for i in range(len(x))]).tolist()))\n"
         )
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
         assert done.returncode == 0, done.stderr
         logits = np.array(json.loads(done.stdout.strip().splitlines()[-1]), dtype=np.float32)
         np.testing.assert_allclose(logits, deploy_case.torch_logits[:4], atol=FP32_MAX_ABS, rtol=0)

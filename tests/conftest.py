@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,42 @@ from gtnpipe.data.datasets import Dataset, load_dataset
 TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS / "data" / "tiny.toml"
 DEPLOY_RECIPE = TESTS / "data" / "deploy.toml"
+
+# The one hang guard of the suite: pytest-timeout's limit per test (setup included), and the limit on any one
+# subprocess or wait inside a test. Not a speed target (those are benchmarks: bench/): the slowest test here
+# takes a few minutes on 2 shared cores; past this something is stuck. `--timeout N` or PYTEST_TIMEOUT override it.
+HANG_TIMEOUT_S = 600
+
+# `slow` (make test-fast leaves these out): a test that trains, compiles (ONNX export, NNCF, LiteRT, OpenVINO
+# conversion) or builds an artifact or wheel, or runs for more than ~10 s on 2 cores. Tests mark themselves; here,
+# every test using one of these fixtures, directly or through another fixture, and the few tests below whose files
+# say nothing of it yet.
+SLOW_FIXTURES = frozenset({
+    "deploy_case",  # trains the deploy recipe's student and exports it to ONNX
+    "tiny_onnx",  # tests/test_cli_progress.py: an ONNX export, then NNCF quantization in the test
+    "host_kit",  # tests/test_calibrate.py: a calibration kit, one ONNX export per unit of the space
+    "host_build",  # tests/test_build.py: a whole `gtnpipe build`
+    "installed",  # tests/test_wheel.py: builds the wheel and installs it in a fresh venv
+    "compile_args",  # tests/test_compile_failures.py: the tests export a student and quantize it with NNCF
+})
+SLOW_TESTS = {  # node id (all its parametrisations) -> why; for its file's owner to move into a @pytest.mark.slow there
+    "tests/test_cli.py::test_train_json_and_cache_hit": "trains the tiny recipe's smallest student",
+    "tests/test_cli_output.py::test_pool_tables_and_lines_keep_arch_ids_whole":
+        "12 s per case: three `gtnpipe pool` processes, each importing torch through gtnpipe.pipeline",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # before pytest-timeout's own pytest_configure reads its setting: the ini file has none, this is the default
+    if config.getoption("timeout", None) is None and not os.environ.get("PYTEST_TIMEOUT"):
+        config.option.timeout = HANG_TIMEOUT_S
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """`gtnpipe build` and `gtnpipe bench ARTIFACT` end to end, on the real runtimes installed here.
 
 One cache and one artifacts folder for the module: the first build trains the (tiny) generic
-teacher, the predictor and the student; the other devices reuse them, as CI's jobs do.
+teacher, the predictor and the student; the other devices reuse them, as CI's jobs do. Every test
+using that build is `slow` (tests/conftest.py, SLOW_FIXTURES), and so is the two-process build.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEPLOY_RECIPE, TINY_RECIPE, block_imports_prelude
+from conftest import DEPLOY_RECIPE, HANG_TIMEOUT_S, TINY_RECIPE, block_imports_prelude
 from typer.testing import CliRunner
 
 from gtnpipe.cache import Cache
@@ -28,7 +29,6 @@ from gtnpipe.pipeline import build_device
 from gtnpipe.search.evolution import SearchConfig
 from gtnpipe.stages.workspace import Workspace
 
-pytestmark = pytest.mark.slow
 SMALL_SEARCH = SearchConfig(population=16, iterations=4)
 ACCURACY_SAMPLES = 12
 
@@ -59,7 +59,10 @@ def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, 
     assert manifest["device"]["profile_sha256"] == load_profile("host").sha256()
     assert set(manifest["files"]) >= {model["file"], "reference/inputs.npy", "reference/logits.npy", "reference/labels.npy",
                                       "reference/artifact_logits.npy", "pareto.png", "report.md"}
-    assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(folder / "pareto.png") as png:
+        assert png.format == "PNG" and png.size == (840, 540)  # the search plot's 7 x 4.5 in at 120 dpi
     umask = os.umask(0)
     os.umask(umask)
     for name in ("manifest.json", "report.md", model["file"]):  # shippable: not mkstemp's private 0600
@@ -93,10 +96,16 @@ def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, 
 
 
 def test_unchanged_rebuild_is_cache_hits(host_build, workspace: dict[str, Path]) -> None:  # noqa: ANN001
+    def shipped_files(manifest: dict) -> dict:
+        return {n: r for n, r in manifest["files"].items() if n in manifest["model"]["files"] or n.startswith("reference/")}
+
+    before = shipped_files(load_manifest(Path(host_build.folder)))
     again = _build("host", workspace)
-    assert all(again.stages[s]["cached"] for s in ("search", "distill", "compile"))
+    assert all(again.stages[s]["cached"] for s in ("search", "distill", "compile", "measure"))
     assert (again.arch, again.precision, again.shipped_top1) == (host_build.arch, host_build.precision, host_build.shipped_top1)
-    assert again.stages["artifact"]["seconds"] < 30
+    # reassembled from the cached entries: the same model and reference files, byte for byte
+    after = shipped_files(load_manifest(Path(again.folder)))
+    assert after == before and len(after) >= 5  # the model, reference inputs, logits, labels and artifact logits
 
 
 def test_bench_verifies_rechecks_and_writes_bench_json(host_build) -> None:  # noqa: ANN001
@@ -107,14 +116,15 @@ def test_bench_verifies_rechecks_and_writes_bench_json(host_build) -> None:  # n
     lat = result["latency"]
     assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["throughput_per_s"] > 0
     assert set(result["verdict"]["checks"]) == {"latency_ms_p90", "peak_memory_mb", "model_size_mb", "parity", "runtime_version"}
-    assert result["runtime"]["in_range"] and result["model_size_mb"] > 0
+    on_disk = sum((folder / name).stat().st_size for name in load_manifest(folder)["model"]["files"])
+    assert result["runtime"]["in_range"] and result["model_size_mb"] == pytest.approx(on_disk / 1e6, rel=1e-12)
 
 
 def test_bench_runs_without_torch_or_nncf(host_build) -> None:  # noqa: ANN001
     code = block_imports_prelude() + (
         f"sys.argv = ['gtnpipe', 'bench', {host_build.folder!r}, '--runs', '20', '--warmup', '2', '--json']\n"
         "from gtnpipe.cli import main\nmain()\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert done.returncode in (0, 3), done.stderr  # 3: a budget missed on this machine, still a full run
     assert json.loads(done.stdout)["parity"]["passed"]
 
@@ -226,6 +236,7 @@ def test_precision_choice_is_measured_and_falls_back_with_reasons() -> None:
     assert chosen == "fp16" and rows[0]["status"] == "built-unchecked" and "not checked here" in rows[0]["reason"]
 
 
+@pytest.mark.slow
 def test_two_builds_at_once_share_one_cache(tmp_path: Path) -> None:
     """Two `gtnpipe build` processes for different devices and one empty cache: both need the same teacher and
     predictor (one trains, the other waits on its lock), both succeed, and every entry stays valid.
@@ -236,7 +247,7 @@ def test_two_builds_at_once_share_one_cache(tmp_path: Path) -> None:
            "--no-progress", "--json"]
     procs = [subprocess.Popen([*cmd, "--device", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for d in ("host", "x86-server")]
-    outs = [p.communicate(timeout=900) for p in procs]
+    outs = [p.communicate(timeout=HANG_TIMEOUT_S) for p in procs]
     for p, (_, stderr) in zip(procs, outs):
         assert p.returncode in (0, 3), stderr
     assert {json.loads(o)[0]["device"] for o, _ in outs} == {"host", "x86-server"}

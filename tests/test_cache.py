@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import HANG_TIMEOUT_S
 
 from gtnpipe.cache import Cache, cache_key, default_cache_dir
 from gtnpipe.errors import CacheCorrupt, CacheError
@@ -106,28 +108,83 @@ def test_entry_moved_to_another_key_is_rejected(tmp_path: Path) -> None:
         cache.verify("models", k2)
 
 
-def _build_once(root: str, key: str, log_file: str) -> None:
-    cache = Cache(Path(root))
-    with cache.locked("models", key):
-        if cache.lookup("models", key) is None:
-            with open(log_file, "a") as f:
-                f.write("built\n")
-            time.sleep(0.5)  # long enough that the other process is waiting on the lock
-            with cache.writing("models", key, spec={}, meta={"by": "someone"}) as d:
-                (d / "w").write_bytes(b"x" * 1000)
+# One process of the two-process test: build the entry under its lock, or find it built. Each event is a file in
+# `events` (its existence is the signal); "first" builds only once "second" is blocked on the lock, then holds it
+# HOLD_S more, so "second" must wait at least that long and then find a cache hit.
+_BUILDER = """
+import logging, sys, time
+from pathlib import Path
+from gtnpipe.cache import Cache
+
+root, key, events, role = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+hold_s, timeout_s = float(sys.argv[5]), float(sys.argv[6])
+
+def event(name, text=""):
+    (events / f"{role}-{name}").write_text(text)
+
+class OnWaiting(logging.Handler):  # Cache.locked logs this only when another process holds the lock
+    since = None
+
+    def emit(self, record):
+        if record.getMessage().startswith("waiting for another process"):
+            self.since = time.monotonic()
+            event("waiting", str((events / "first-built").exists()))
+
+on_waiting = OnWaiting()
+logging.getLogger("gtnpipe.cache").addHandler(on_waiting)
+logging.getLogger("gtnpipe.cache").setLevel(logging.INFO)
+cache = Cache(root)
+with cache.locked("models", key):
+    waited = time.monotonic() - on_waiting.since if on_waiting.since is not None else 0.0
+    event("locked", f"{(events / 'first-built').exists()} {waited}")
+    if cache.lookup("models", key) is None:
+        event("building")
+        if role == "first":
+            deadline = time.monotonic() + timeout_s
+            while not (events / "second-waiting").exists():
+                if (events / "second-locked").exists() or time.monotonic() > deadline:
+                    sys.exit("the second process did not wait for the lock this one holds")
+                time.sleep(0.01)
+            time.sleep(hold_s)
+        with cache.writing("models", key, spec={}, meta={"by": role}) as d:
+            (d / "w").write_bytes(b"x" * 1000)
+        event("built")
+    else:
+        event("hit", cache.lookup("models", key).meta["by"])
+"""
+HOLD_S = 1.0
 
 
-def test_two_processes_build_an_entry_once(tmp_path: Path) -> None:
+def test_a_second_process_waits_for_the_first_and_gets_its_entry(tmp_path: Path) -> None:
     key = cache_key({"n": 6})
-    log_file = tmp_path / "builds.log"
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_build_once, args=(str(tmp_path / "c"), key, str(log_file))) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
-    assert log_file.read_text() == "built\n"
+    events = tmp_path / "events"
+    events.mkdir()
+
+    def start(role: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-c", _BUILDER, str(tmp_path / "c"), key, str(events), role,
+                                 str(HOLD_S), str(HANG_TIMEOUT_S)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    first = start("first")
+    deadline = time.monotonic() + HANG_TIMEOUT_S
+    while not (events / "first-locked").exists():  # the first holds the lock before the second starts
+        assert first.poll() is None, first.communicate()[1]
+        assert time.monotonic() < deadline, "the first process never took the lock"
+        time.sleep(0.01)
+    second = start("second")
+    for proc in (first, second):
+        _, stderr = proc.communicate(timeout=HANG_TIMEOUT_S)
+        assert proc.returncode == 0, stderr
+    happened = {p.name: p.read_text() for p in events.iterdir()}
+    # the second found the lock taken before the first had built (the first builds only after that) ...
+    assert happened["second-waiting"] == "False"
+    # ... blocked until the first released it, with the entry built (HOLD_S at least, less timer resolution) ...
+    built_when_locked, waited_s = happened["second-locked"].split()
+    assert built_when_locked == "True" and float(waited_s) >= HOLD_S - 0.05
+    # ... and used the first's entry instead of building its own
+    assert happened["second-hit"] == "first"
+    assert set(happened) == {"first-locked", "first-building", "first-built", "second-waiting", "second-locked",
+                             "second-hit"}
     assert Cache(tmp_path / "c").verify("models", key).file("w").read_bytes() == b"x" * 1000
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import block_imports_prelude
+from conftest import HANG_TIMEOUT_S, block_imports_prelude
 
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.backends import get_backend
@@ -69,7 +69,7 @@ def test_a_kit_timed_without_torch_writes_the_table_the_cost_model_uses(host_kit
     code = block_imports_prelude() + (
         f"sys.argv = ['gtnpipe', 'bench', '--calibrate', '--device', 'host', '--kit', {str(host_kit)!r}, '--runs', '10', "
         f"'--rounds', '1', '--tables-dir', {str(tmp_path)!r}, '--json']\nfrom gtnpipe.cli import main\nmain()\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     path = table_path("host", tmp_path)

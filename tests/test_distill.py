@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from gtnpipe.models.teacher import build_teacher
 from gtnpipe.space.spaces import TaskShape, get_space
 from gtnpipe.stages.workspace import Workspace
 from gtnpipe.training.distill import distill, kd_loss, teacher_logits
-from gtnpipe.training.train import Normalizer, seed_everything
+from gtnpipe.training.train import Normalizer, evaluate, seed_everything
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -55,6 +54,7 @@ def test_teacher_logits_are_in_split_order(fmnist_small: Dataset) -> None:
     assert torch.allclose(logits[37:38], one, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_logits_give_the_same_student_as_online_teacher(fmnist_small: Dataset) -> None:
     torch.manual_seed(0)
     teacher = build_teacher(load_recipe(TINY_RECIPE).teacher, SPACE, TASK).eval()
@@ -83,6 +83,7 @@ def _recipe_no_augment(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_teacher_and_distill_pipeline(tmp_path: Path) -> None:
     recipe = _recipe_no_augment(tmp_path)
     cache = tmp_path / "cache"
@@ -90,9 +91,8 @@ def test_teacher_and_distill_pipeline(tmp_path: Path) -> None:
     gtn = pipeline.train_teacher(ws, "gtn")
     assert not gtn.cached and gtn.method == "gtn" and gtn.log is not None
     assert gtn.log["steps"] == 2 * 8  # tiny: 512 images, batch 64, 2 epochs
-    t0 = time.perf_counter()
     again = pipeline.train_teacher(ws, "gtn")
-    assert again.cached and again.key == gtn.key and time.perf_counter() - t0 < 20
+    assert again.cached and again.key == gtn.key
     vanilla = pipeline.train_teacher(ws, "vanilla")
     assert vanilla.key != gtn.key
 
@@ -101,8 +101,14 @@ def test_teacher_and_distill_pipeline(tmp_path: Path) -> None:
     assert len({o.key for o in outcomes.values()}) == 3
     assert outcomes["none"].teacher_key is None and outcomes["gtn"].teacher_key == gtn.key
     assert outcomes["vanilla"].teacher_key == vanilla.key
-    for o in outcomes.values():
-        assert 0 <= o.test_top1 <= 100 and o.macs == 4_100_040 and not o.cached
+    # the recorded top-1 is the cached student's own on the 256 test images (the tiny recipe's 2 epochs leave these
+    # students near chance, 7-14%: that they learn is test_train's fit test and the deploy fixture's > 60%)
+    assert len(ws.data.test) == 256
+    norm = Normalizer(ws.data.mean, ws.data.std)
+    for teacher, o in outcomes.items():
+        assert o.macs == 4_100_040 and not o.cached
+        net = pipeline.load_distilled(ws, "smallest", teacher=teacher).net
+        assert evaluate(net, ws.data.test, norm) == pytest.approx(o.test_top1, abs=1e-9), teacher
     assert len(list((cache / "teacher-logits").iterdir())) == 2  # computed once per teacher
     hit = pipeline.distill_student(ws, "smallest", teacher="gtn")
     assert hit.cached and hit.test_top1 == outcomes["gtn"].test_top1
@@ -123,6 +129,7 @@ def test_sftn_needs_its_student(tmp_path: Path) -> None:
         pipeline.train_teacher(Workspace.open(TINY_RECIPE, cache_dir=tmp_path), "ofa")
 
 
+@pytest.mark.slow
 def test_cli_sftn_teacher_and_distill(tmp_path: Path) -> None:
     runner = CliRunner()
     arch = "k3e3_k3e3_k5e4_k3e3"
@@ -139,6 +146,7 @@ def test_cli_sftn_teacher_and_distill(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown teacher 'oracle'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_inherited_init_starts_from_the_gtn_supernet(tmp_path: Path) -> None:
     text = TINY_RECIPE.read_text().replace('name = "tiny"', 'name = "tinyinherit"')
     path = tmp_path / "tinyinherit.toml"
@@ -153,6 +161,7 @@ def test_inherited_init_starts_from_the_gtn_supernet(tmp_path: Path) -> None:
     assert scratch.init == "scratch" and scratch.key != out.key
 
 
+@pytest.mark.slow
 def test_gtn_fine_tuned_from_the_vanilla_teacher(tmp_path: Path) -> None:
     # teacher_init = "vanilla": the GTN run starts from the cached vanilla teacher, trains finetune_epochs with the
     # teacher at teacher_lr_scale x the learning rate, and its cost counts the vanilla teacher's training
@@ -185,6 +194,7 @@ def test_logit_scale_by_hand() -> None:
     assert logit_scale(logits, 1.0) == pytest.approx(1 / (1.5 * math.sqrt(2)))
 
 
+@pytest.mark.slow
 def test_teacher_logit_std_rescales_the_targets(fmnist_small: Dataset) -> None:
     torch.manual_seed(0)
     teacher = build_teacher(load_recipe(TINY_RECIPE).teacher, SPACE, TASK).eval()

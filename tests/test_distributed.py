@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG_TIMEOUT_S
 
+pytestmark = pytest.mark.slow  # trains under torchrun
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
 
@@ -19,7 +21,7 @@ def test_two_ranks_end_with_identical_weights(tmp_path: Path, model_kind: str) -
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
          str(tmp_path), model_kind],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

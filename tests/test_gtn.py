@@ -173,6 +173,7 @@ def test_invalid_gtn_config_names_the_field(field: str, value: object, message: 
         GTNConfig(**{field: value})
 
 
+@pytest.mark.slow
 def test_short_gtn_run_learns_and_logs(fmnist_small: Dataset) -> None:
     torch.manual_seed(0)
     teacher, supernet = build_teacher(SMALL_TEACHER, SPACE, TASK), Supernet(SPACE, TASK)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_RECIPE
+from conftest import HANG_TIMEOUT_S, TINY_RECIPE
 from torch import nn
 
 from gtnpipe import pipeline
@@ -87,6 +87,7 @@ def itertools_pairwise(seq: list[float]) -> list[tuple[float, float]]:
     return list(zip(seq, seq[1:]))
 
 
+@pytest.mark.slow
 def test_fit_learns_and_is_deterministic(fmnist_small: Dataset) -> None:
     a, b = _student(), _student()
     ra = fit(a, fmnist_small, CFG, seed=7, run_id="a", progress=False)
@@ -103,6 +104,7 @@ def test_fit_learns_and_is_deterministic(fmnist_small: Dataset) -> None:
     assert rc.history[0].train_loss != ra.history[0].train_loss  # the seed sets the data order
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_run_is_refused(fmnist_small: Dataset, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, batch_size=128)
     fit(_student(), fmnist_small, cfg, seed=0, run_id="run-a", checkpoint_dir=tmp_path, progress=False)
@@ -123,6 +125,7 @@ def test_non_finite_loss_names_the_fix(fmnist_small: Dataset) -> None:
         fit(_student(), fmnist_small, CFG, seed=0, run_id="nan", loss_fn=nan_loss, progress=False)
 
 
+@pytest.mark.slow
 def test_loss_fn_receives_train_indices(fmnist_small: Dataset) -> None:
     seen: list[torch.Tensor] = []
 
@@ -137,14 +140,13 @@ def test_loss_fn_receives_train_indices(fmnist_small: Dataset) -> None:
     assert sorted(torch.cat(seen).tolist()) == list(range(len(fmnist_small.train)))
 
 
+@pytest.mark.slow
 def test_train_model_caches(tmp_path: Path) -> None:
     first = pipeline.train_model(Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False), "smallest")
     assert not first.cached and first.epochs == 2
     assert (first.macs, first.params) == (4_100_040, 395_066)  # the smallest student, as `count` gives
-    t0 = time.perf_counter()
     second = pipeline.train_model(Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False), "smallest")
     assert second.cached and second.key == first.key and second.test_top1 == first.test_top1
-    assert time.perf_counter() - t0 < 20  # dataset load + hash check, no training
     assert not (tmp_path / "work" / "models" / first.key).exists()  # checkpoints cleaned up
     ws = Workspace.open(TINY_RECIPE, cache_dir=tmp_path)
     net = pipeline.load_trained(ws, "smallest")
@@ -152,6 +154,7 @@ def test_train_model_caches(tmp_path: Path) -> None:
     assert evaluate(net, data.test, Normalizer(data.mean, data.std)) == pytest.approx(first.test_top1)
 
 
+@pytest.mark.slow
 def test_corrupt_cached_model_is_retrained(tmp_path: Path) -> None:
     first = pipeline.train_model(Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False), "smallest")
     weights = Path(first.entry_path) / "weights.pt"
@@ -174,6 +177,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "gtnpipe.cli", *args]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     recipe = _write_recipe(tmp_path, "resume", epochs=6)
     args = ("train", "--model", "smallest", "--recipe", str(recipe), "--no-progress", "--json")
@@ -181,7 +185,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen(_cli(*args, "--cache-dir", str(killed_dir)), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    deadline = time.time() + HANG_TIMEOUT_S
     while not list(killed_dir.glob("work/models/*/last.pt")) and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -189,13 +193,13 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert not list(killed_dir.glob("models/*/entry.json"))
 
     resumed = subprocess.run(_cli(*args, "--cache-dir", str(killed_dir)), env=env, capture_output=True, text=True,
-                             check=True)
+                             check=True, timeout=HANG_TIMEOUT_S)
     resumed_out = json.loads(resumed.stdout)
     assert 1 <= resumed_out["resumed_from_epoch"] < 6
     assert "resuming after epoch" in resumed.stderr
 
     clean = json.loads(subprocess.run(_cli(*args, "--cache-dir", str(tmp_path / "clean")), env=env,
-                                      capture_output=True, text=True, check=True).stdout)
+                                      capture_output=True, text=True, check=True, timeout=HANG_TIMEOUT_S).stdout)
     assert clean["resumed_from_epoch"] == 0 and clean["key"] == resumed_out["key"]
     a = torch.load(Path(resumed_out["entry_path"]) / "weights.pt", weights_only=True)
     b = torch.load(Path(clean["entry_path"]) / "weights.pt", weights_only=True)
