@@ -35,10 +35,10 @@ import torch
 from gtnpipe import pipeline
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.backends import get_backend
-from gtnpipe.deploy.timing import measure_latency
 from gtnpipe.deploy.export import compile_inputs, to_unit_float
 from gtnpipe.deploy.manifest import load_manifest, verify_files
 from gtnpipe.deploy.parity import run_batched
+from gtnpipe.deploy.timing import measure_latency
 from gtnpipe.errors import BackendUnavailable
 from gtnpipe.fsutil import sha256_file
 from gtnpipe.stages.workspace import Workspace
