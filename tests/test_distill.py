@@ -156,7 +156,7 @@ def test_inherited_init_starts_from_the_gtn_supernet(tmp_path: Path) -> None:
     out = pipeline.distill_student(Workspace.open(path, cache_dir=cache, progress=False), "smallest", teacher="none")
     assert out.init == "inherited"
     record = json.loads((Path(out.entry_path) / "entry.json").read_text())
-    assert record["spec"]["init_from"] == gtn.key
+    assert record["spec"]["input"]["init_from"]["key"] == gtn.key
     scratch = pipeline.distill_student(Workspace.open(TINY_RECIPE, cache_dir=cache, progress=False), "smallest", teacher="none")
     assert scratch.init == "scratch" and scratch.key != out.key
 
@@ -177,7 +177,7 @@ def test_gtn_fine_tuned_from_the_vanilla_teacher(tmp_path: Path) -> None:
         (Path(gtn.entry_path) / "entry.json").read_text())["meta"]["train_seconds"])
     assert gtn.init_train_seconds == pytest.approx(vanilla.train_seconds)
     record = json.loads((Path(gtn.entry_path) / "entry.json").read_text())
-    assert record["spec"]["init_from"] == vanilla.key
+    assert record["spec"]["input"]["init_from"]["key"] == vanilla.key
     # at a near-zero teacher learning rate the fine-tuned teacher keeps the vanilla weights (BN statistics aside)
     warm_net, _ = pipeline.load_teacher(Workspace.open(path, cache_dir=cache), "gtn")
     vanilla_net, _ = pipeline.load_teacher(Workspace.open(path, cache_dir=cache), "vanilla")

@@ -70,8 +70,8 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
 def _plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         out = {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-        if isinstance(value, Stage):  # an input nested in another: its kind and code are part of what it means
-            out |= {"stage": value.STAGE, "code": code_fingerprint(type(value).CODE)}
+        if isinstance(value, Stage):  # a nested input: its kind and code are part of what it means; its key names its entry
+            out |= {"stage": value.STAGE, "code": code_fingerprint(type(value).CODE), "key": value.key}
         return out
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -90,8 +90,8 @@ def stage_spec(inp: Stage) -> dict[str, Any]:
     if not isinstance(inp, Stage) or not is_dataclass(inp) or not getattr(type(inp), "__dataclass_params__").frozen:  # noqa: B009
         raise TypeError(f"a stage input must be a frozen dataclass, not {type(inp).__name__}")
     cls = type(inp)
-    return {"stage": cls.STAGE, "input": _plain(inp), "code": code_fingerprint(cls.CODE),
-            "packages": package_versions(cls.PACKAGES)}
+    fields_ = {f.name: _plain(getattr(inp, f.name)) for f in fields(inp)}  # nested inputs carry their own key
+    return {"stage": cls.STAGE, "input": fields_, "code": code_fingerprint(cls.CODE), "packages": package_versions(cls.PACKAGES)}
 
 
 def stage_key(inp: Stage) -> str:
