@@ -12,9 +12,10 @@ TINY_RECIPE = TESTS / "data" / "tiny.toml"
 DEPLOY_RECIPE = TESTS / "data" / "deploy.toml"
 
 # The one hang guard of the suite: pytest-timeout's limit per test (setup included), and the limit on any one
-# subprocess or wait inside a test. Not a speed target (those are benchmarks: bench/): the slowest test here
-# takes a few minutes on 2 shared cores; past this something is stuck. `--timeout N` or PYTEST_TIMEOUT override it.
-HANG_TIMEOUT_S = 600
+# subprocess or wait inside a test. Not a speed target (those are benchmarks: bench/). The slowest test,
+# tests/test_build.py's first (its fixture builds host from an empty cache), took 540 s on 2 cores shared with
+# other jobs (600 s timed it out once); past 15 min something is stuck. `--timeout N` or PYTEST_TIMEOUT override it.
+HANG_TIMEOUT_S = 900
 
 # `slow` (make test-fast leaves these out): a test that trains, compiles (ONNX export, NNCF, LiteRT, OpenVINO
 # conversion) or builds an artifact or wheel, or runs for more than ~10 s on 2 cores. Tests mark themselves; here,
