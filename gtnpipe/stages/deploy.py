@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,8 +78,8 @@ class Compiled:
     meta: dict[str, Any]  # model_file, files, notes, deployed_format, size_bytes, parity (None when unchecked)
     entry_dir: str
 
-    def file(self, name: str) -> str:
-        return os.path.join(self.entry_dir, name)
+    def file(self, name: str) -> Path:
+        return Path(self.entry_dir) / name
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,10 @@ def measure_input(profile: DeviceProfile, compiled: Compiled) -> MeasureInput:
 
 def measure_precision(ws: Workspace, inp: MeasureInput, compiled: Compiled) -> Measured:
     """Latency and peak memory of a compiled precision on this machine (cached per machine fingerprint)."""
-    ws_task = ws.task
-    shape = (inp.compiled.batch_size, ws_task.in_channels, *ws_task.image_hw)
+    shape = (inp.compiled.batch_size, ws.task.in_channels, *ws.task.image_hw)
 
     def build(staging: Any, meta: dict[str, Any]) -> None:
-        m = measure_fresh(inp.compiled.runtime.name, compiled.file(compiled.meta["model_file"]), threads=inp.threads,  # type: ignore[arg-type]
+        m = measure_fresh(inp.compiled.runtime.name, compiled.file(compiled.meta["model_file"]), threads=inp.threads,
                           input_shape=shape, precision=inp.compiled.precision, warmup=inp.warmup, runs=inp.runs)
         meta |= {"latency": m.latency.to_dict(), "peak_memory_mb": m.peak_rss_mb}
 
