@@ -21,7 +21,7 @@ setup: $(STAMP) dataset
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "gtnpipe needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,train,build,onnx,openvino,tflite]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,train,build,onnx,openvino,tflite,tensorrt]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (nothing is downloaded at run time).

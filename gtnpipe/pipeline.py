@@ -24,7 +24,7 @@ import torch
 from gtnpipe.config.profiles import DeviceProfile, load_profile
 from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
 from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
-from gtnpipe.deploy.parity import choose_precision
+from gtnpipe.deploy.parity import BuildFailure, CompiledPrecision, PrecisionRow, choose_precision
 from gtnpipe.deploy.timing import Machine
 from gtnpipe.devices.cost import CostModel, table_write_path
 from gtnpipe.errors import BackendBuildError, ParityError
@@ -44,7 +44,7 @@ from gtnpipe.stages.deploy import (
     measure_input,
     measure_precision,
 )
-from gtnpipe.stages.search import ACCURACY_SAMPLES, AccuracyOutcome, SearchOutcome, accuracy_input, search_input
+from gtnpipe.stages.search import AccuracyOutcome, SearchOutcome, accuracy_input, search_input
 from gtnpipe.stages.search import accuracy_predictor as _accuracy_predictor
 from gtnpipe.stages.search import inherited_accuracies as _inherited_accuracies
 from gtnpipe.stages.search import search_device as _search_device
@@ -93,7 +93,7 @@ class BuildOutcome:
 
 
 def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifacts"), teacher: str = "gtn",
-                 config: SearchConfig | None = None, accuracy_samples: int = ACCURACY_SAMPLES,
+                 config: SearchConfig | None = None, accuracy_samples: int | None = None,
                  check_measured_budgets: bool = False, strict: bool = False,
                  say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
     """profile -> search -> distill the pick from the cached teacher -> export -> compile every allowed precision
@@ -142,7 +142,8 @@ class _StageLog:
     """One line per finished stage (cache hit or done, seconds since the build started), kept for the outcome."""
 
     def __init__(self, say: Callable[[str], None]) -> None:
-        self.say, self.started, self.stages = say, time.perf_counter(), {}  # type: dict[str, dict[str, Any]]
+        self.say, self.started = say, time.perf_counter()
+        self.stages: dict[str, dict[str, Any]] = {}
 
     def __call__(self, name: str, cached: bool, **info: Any) -> None:
         self.stages[name] = {"cached": cached, **info, "seconds": round(time.perf_counter() - self.started, 1)}
@@ -152,7 +153,8 @@ class _StageLog:
 
 def _torch_logits(model: Deployable, ws: Workspace) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(to_unit_float(ws.data.test.x))).numpy()
+        logits: np.ndarray = model(torch.from_numpy(to_unit_float(ws.data.test.x))).numpy()
+    return logits
 
 
 def _top1(logits: np.ndarray, ws: Workspace) -> float:
@@ -198,10 +200,14 @@ def _compile_all(ws: Workspace, profile: DeviceProfile, backend: Backend, studen
 
 
 def _choose(profile: DeviceProfile, compiled: dict[str, Compiled], measured: dict[str, Measured],
-            failures: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
-    entries: dict[str, Any] = {p: {**c.meta, "latency": measured[p].latency if p in measured else None}
-                               for p, c in compiled.items()}
-    entries |= {p: {"error": e} for p, e in failures.items()}
+            failures: dict[str, str]) -> tuple[str, list[PrecisionRow]]:
+    entries: dict[str, CompiledPrecision | BuildFailure] = {p: {"error": e} for p, e in failures.items()}
+    for p, c in compiled.items():
+        entry: CompiledPrecision = {"parity": c.meta["parity"], "latency": measured[p].latency if p in measured else None,
+                                    "size_bytes": c.meta["size_bytes"], "deployed_format": c.meta["deployed_format"]}
+        if "unchecked_reason" in c.meta:
+            entry["unchecked_reason"] = c.meta["unchecked_reason"]
+        entries[p] = entry
     return choose_precision(profile, entries)
 
 
@@ -259,7 +265,7 @@ def load_distilled(ws: Workspace, arch: str, *, teacher: str = "gtn") -> Deploya
     return Deployable(net, ws.data.mean, ws.data.std).train(False)
 
 
-def accuracy_predictor(ws: Workspace, *, samples: int = ACCURACY_SAMPLES) -> AccuracyOutcome:
+def accuracy_predictor(ws: Workspace, *, samples: int | None = None) -> AccuracyOutcome:
     return _accuracy_predictor(ws, accuracy_input(ws, samples=samples))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from backend_template import FP32_MAX_ABS, BackendContract
-from conftest import DeployCase, block_imports_prelude
+from conftest import HANG_TIMEOUT_S, DeployCase, block_imports_prelude
 
 import gtnpipe.deploy.backends.tensorrt as trt_backend
 from gtnpipe.deploy.backends import CompileInputs, get_backend
@@ -235,7 +235,7 @@ def test_module_imports_without_tensorrt_or_torch() -> None:
         "b = get_backend('tensorrt')\n"
         "print(b.runtime, ','.join(b.precisions), b.calibration_images)\n"
         "print('gtnpipe.deploy.backends.tensorrt_onnx' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["tensorrt", "fp32,fp16,int8", "500", "False"]
 
@@ -379,7 +379,7 @@ def test_missing_polygraphy_names_the_extra() -> None:
         "    _import_polygraphy()\n"
         "except BackendUnavailable as err:\n"
         "    print(err)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     assert "Polygraphy" in done.stdout and "pip install 'gtnpipe[tensorrt]'" in done.stdout
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE
+from conftest import HANG_TIMEOUT_S, TINY_RECIPE
 from typer.testing import CliRunner
 
 from gtnpipe.cli import app
@@ -27,7 +27,7 @@ sys.meta_path.insert(0, _Block())
 
 
 def _run_blocked(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _BLOCK_HEAVY + code], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", _BLOCK_HEAVY + code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
 
 
 def test_help_works_without_torch() -> None:
@@ -43,7 +43,7 @@ def test_help_works_without_torch() -> None:
 def test_python_m_gtnpipe_cli_runs_the_cli() -> None:
     """What torchrun runs (torchrun ... -m gtnpipe.cli teacher ...)."""
     done = subprocess.run([sys.executable, "-m", "gtnpipe.cli", "devices", "list", "--json"], capture_output=True,
-                          text=True, timeout=120, cwd=Path(__file__).parents[1])
+                          text=True, timeout=HANG_TIMEOUT_S, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
     assert "host" in {d["name"] for d in json.loads(done.stdout)}
 
@@ -107,7 +107,15 @@ def test_train_json_and_cache_hit(tmp_path: Path) -> None:
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     out = json.loads(first.stdout)
-    assert out["model"] == "k3e3_k3e3_k3e3_k3e3" and out["cached"] is False and 0 <= out["test_top1"] <= 100
+    assert out["model"] == "k3e3_k3e3_k3e3_k3e3" and out["cached"] is False
+    # the figure printed is the cached model's own on the test split (the tiny recipe's students sit near chance,
+    # so no accuracy bar can tell training from noise here; tests/test_train.py has that bar)
+    from gtnpipe.pipeline import Workspace, load_trained
+    from gtnpipe.training.train import Normalizer, evaluate
+
+    ws = Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False)
+    net = load_trained(ws, "smallest")
+    assert out["test_top1"] == evaluate(net, ws.data.test, Normalizer(ws.data.mean, ws.data.std))
     second = json.loads(runner.invoke(app, args).stdout)
     assert second["cached"] is True and second["key"] == out["key"]
 

@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import HANG_TIMEOUT_S
 from rich.table import Table
 
 from gtnpipe.config.profiles import known_profiles, load_profile
@@ -32,7 +33,7 @@ def _gtnpipe(*args: str, columns: int, terminal: bool = False) -> str:
     for name in ("TTY_COMPATIBLE", "NO_COLOR"):
         if not terminal:
             env.pop(name, None)
-    done = subprocess.run([sys.executable, "-m", "gtnpipe.cli", *args], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-m", "gtnpipe.cli", *args], capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
                           env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return _plain(done.stdout)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HANG_TIMEOUT_S
 from typer.testing import CliRunner
 
 from gtnpipe.cli import app
@@ -103,7 +104,7 @@ print(multiprocessing.get_start_method(), p.exitcode, len(forks), file=sys.stder
 def test_the_cli_starts_library_processes_without_forking_itself() -> None:
     """A library's multiprocessing.Process (NNCF's telemetry) must not os.fork() the CLI's multithreaded process:
     JAX warns 'os.fork() was called ... JAX is multithreaded' and the child can deadlock."""
-    done = subprocess.run([sys.executable, "-c", _FORK_PROBE], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", _FORK_PROBE], capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
                           cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stderr.split()[-3:] == ["forkserver", "0", "0"], done.stderr

@@ -125,7 +125,7 @@ def test_a_table_for_other_settings_falls_back_to_the_roofline(tmp_path: Path) -
 
 def test_a_corrupt_table_says_how_to_rebuild_it(tmp_path: Path) -> None:
     table_path("host", tmp_path).write_text('{"schema": 1, "device": "host"}')
-    with pytest.raises(ConfigError, match="not a valid latency table.*gtnpipe bench --calibrate"):
+    with pytest.raises(ConfigError, match="not a valid latency table.*gtnpipe latency-table --device NAME. on that device"):
         CostModel(HOST, SPACE, TASK, tables_dir=tmp_path)
 
 

@@ -27,7 +27,7 @@ TRAIN_KEYS = (
     "augment, batch_size, crop_padding_px, epochs, eval_batch_size, label_smoothing, lr, momentum, nesterov, "
     "optimizer, warmup_epochs, weight_decay"
 )
-TOP_KEYS = "data, description, distill, gtn, name, seed, space, teacher, train"
+TOP_KEYS = "data, description, distill, gtn, name, predictor, seed, space, teacher, train"
 
 VALID_TRAIN = """
 [train.teacher]
@@ -81,6 +81,8 @@ def test_quick_recipe_values() -> None:
     assert r.data.val_size > 0
     assert r.train.teacher.epochs <= load_recipe("default").train.teacher.epochs
     assert isinstance(r.train.teacher.warmup_epochs, float)
+    # the demo's budget: fewer students measured for the accuracy predictor than the default recipe's
+    assert r.predictor.samples < load_recipe("default").predictor.samples
 
 
 def test_default_recipe_uses_full_dataset() -> None:
@@ -275,6 +277,18 @@ INVALID = {
     "bad list item": (
         '[teacher]\nwidths = [64, "x", 192, 256]\n' + VALID_TRAIN,
         ["'teacher.widths[1]' must be int, got str 'x'"],
+    ),
+    "too few predictor samples": (
+        "[predictor]\nsamples = 5\n" + VALID_TRAIN,
+        ["[predictor] 'samples' must be >= 10 (the ridge fit has one weight per arch feature), got 5"],
+    ),
+    "zero bn images": (
+        "[predictor]\nbn_images = 0\n" + VALID_TRAIN,
+        ["[predictor] 'bn_images' must be >= 1, got 0"],
+    ),
+    "unknown predictor key": (
+        "[predictor]\nstudents = 60\n" + VALID_TRAIN,
+        ["unknown key 'predictor.students'", "allowed keys in [predictor]: bn_images, eval_batch_size, samples"],
     ),
     "invalid TOML": (
         "[train.teacher\nepochs = 4\n",

@@ -15,7 +15,7 @@ from conftest import TINY_RECIPE
 
 from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import load_profile
-from gtnpipe.config.recipes import load_recipe
+from gtnpipe.config.recipes import PredictorConfig, load_recipe
 from gtnpipe.deploy.timing import Machine
 from gtnpipe.search.evolution import SearchConfig
 from gtnpipe.space.spaces import TaskShape, get_space
@@ -38,10 +38,10 @@ def _examples() -> dict[type, Stage]:
     sftn = dataclasses.replace(gtn, method="sftn", student=SPACE.smallest().id)
     distilled = training.DistillInput(SPACE.largest().id, "sftn", sftn, REC.distill, "inherited", gtn, REC.train.student,
                                       0, SPACE, TASK, DATA)
-    accuracy = search.AccuracyInput(gtn, 150, 4242, 512, SPACE, TASK, DATA)
+    accuracy = search.AccuracyInput(gtn, PredictorConfig(), 4242, SPACE, TASK, DATA)
     searched = search.SearchInput(HOST, accuracy, SearchConfig(), "f" * 64, 1, SPACE, TASK)
     compiled = deploy.CompileInput(distilled, HOST.runtime, "1.32.0", "int8", 1, 1.0, 300, 1234, 500)
-    measured = deploy.MeasureInput(compiled, Machine("AMD EPYC", 2, "x86_64", "Linux"), 2, 20, 200)
+    measured = deploy.MeasureInput(compiled, Machine("AMD EPYC", 2, "x86_64", "Linux"), 2, 20, 200, 3)
     logits = training.LogitsInput(vanilla, DATA)
     assert student.arch is not None
     return {type(x): x for x in (vanilla, gtn, distilled, accuracy, searched, compiled, measured, logits)}

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 import pytest
-from conftest import DeployCase
+from conftest import HANG_TIMEOUT_S, DeployCase
 
 from gtnpipe.config import resources
 from gtnpipe.config.profiles import known_profiles, load_profile, profiles_dir
@@ -83,9 +83,10 @@ class InstalledWheel:
             shutil.copyfile(REPO / name, src / name)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
-                        "-q", "-w", str(root / "dist"), str(src)], check=True, cwd=root, timeout=300, env=_clean_env())
+                        "-q", "-w", str(root / "dist"), str(src)], check=True, cwd=root, timeout=HANG_TIMEOUT_S, env=_clean_env())
         (self.wheel,) = (root / "dist").glob("gtnpipe-*.whl")
-        subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True, cwd=root, timeout=300, env=_clean_env())
+        subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True, cwd=root, timeout=HANG_TIMEOUT_S,
+                       env=_clean_env())
         self.log = (root / "pip-install.log").open("w")
         self.install = subprocess.Popen([str(self.venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
                                          f"{self.wheel}[onnx]"], cwd=root, env=_clean_env(), stdout=self.log,
@@ -94,7 +95,7 @@ class InstalledWheel:
 
     def wait(self) -> None:
         start = time.perf_counter()
-        rc = self.install.wait(timeout=480)
+        rc = self.install.wait(timeout=HANG_TIMEOUT_S)
         self.log.close()
         self.seconds["install"] = time.perf_counter() - start
         assert rc == 0, f"pip install of {self.wheel.name}[onnx] failed:\n{(self.root / 'pip-install.log').read_text()[-3000:]}"
@@ -103,7 +104,7 @@ class InstalledWheel:
         """A command of the installed venv, run from a folder outside the checkout, with its own user data dir."""
         exe = self.venv / "bin" / args[0]
         return subprocess.run([str(exe), *args[1:]], cwd=self.root, env=_clean_env(GTNPIPE_DATA_DIR=str(self.data_dir)),
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
 
     def close(self) -> None:
         if self.install.poll() is None:

@@ -94,8 +94,9 @@ def build(
     out_dir: Annotated[Path, typer.Option("--out", help="Artifacts folder: one sub-folder per device.")] = Path("artifacts"),
     teacher: Annotated[str, typer.Option("--teacher", help="gtn (the generic teacher), vanilla or none.")] = "gtn",
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Search generations.")] = 500,
-    accuracy_samples: Annotated[int, typer.Option("--accuracy-samples", min=10, help="Students measured with inherited "
-                                                  "weights to fit the accuracy predictor.")] = 150,
+    accuracy_samples: Annotated[int | None, typer.Option("--accuracy-samples", min=10, help="Students measured with "
+                                                         "inherited weights to fit the accuracy predictor "
+                                                         "[default: the recipe's predictor.samples].")] = None,
     check_measured: Annotated[bool, typer.Option("--check-measured-budgets", help="Also fail when latency or memory "
                                                  "measured HERE exceeds the budgets (when this machine is the device).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when a precision the profile allows could not be built "

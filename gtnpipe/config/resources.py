@@ -9,7 +9,7 @@ outside `gtnpipe/` is not one (importing `gtnpipe.device_profiles` fails there),
 read where they are, beside the package. Both cases are plain folders on disk: the functions return `Path`s
 (a gtnpipe imported from a zip file is not supported; pip never installs one).
 
-User data. What a user measures (latency tables from `gtnpipe bench --calibrate`) goes to the user data
+User data. What a user measures (latency tables from `gtnpipe latency-table`) goes to the user data
 directory (platformdirs: ~/.local/share/gtnpipe on Linux), or to `$GTNPIPE_DATA_DIR` when that is set (tests,
 a shared team folder). It is searched before the shipped data, and nothing is ever written into the installed
 package (site-packages may be read-only, and a reinstall would lose it).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, NotRequired, TypedDict, cast, final
+from typing import NotRequired, TypedDict, cast, final
 
 import numpy as np
 
@@ -30,6 +30,7 @@ __all__ = [
     "CompiledPrecision",
     "ParityDict",
     "ParityReport",
+    "PrecisionRow",
     "choose_precision",
     "compare",
     "compare_on_device",
@@ -161,6 +162,17 @@ class CompiledPrecision(TypedDict):
     unchecked_reason: NotRequired[str]
 
 
+class PrecisionRow(TypedDict):
+    """One row of `choose_precision`'s answer (manifests and reports list one per precision the profile allows)."""
+
+    precision: str
+    status: str  # shipped, built-unchecked, rejected, not-built
+    reason: str
+    parity: ParityDict | None
+    latency_ms_p50: float | None  # measured here; None when not built or not measurable here
+    size_bytes: int | None
+
+
 @final
 class BuildFailure(TypedDict):
     """A precision whose build failed (the toolchain's error, recorded instead of aborting the build)."""
@@ -169,10 +181,10 @@ class BuildFailure(TypedDict):
 
 
 def choose_precision(profile: DeviceProfile, compiled: Mapping[str, CompiledPrecision | BuildFailure]
-                     ) -> tuple[str, list[dict[str, Any]]]:
+                     ) -> tuple[str, list[PrecisionRow]]:
     """The precision that ships: fastest measured among those within the accuracy limit and the size budget
     (profile order where nothing could be measured here), and a row per precision saying why."""
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, PrecisionRow] = {}
     passing = []
     for precision in profile.precisions:
         m = compiled.get(precision)
@@ -181,23 +193,24 @@ def choose_precision(profile: DeviceProfile, compiled: Mapping[str, CompiledPrec
                                f"does not build {precision}", "parity": None, "latency_ms_p50": None, "size_bytes": None}
             continue
         lat = cast(Mapping[str, float], m["latency"])["p50_ms"] if m.get("latency") else None
-        row = {"precision": precision, "parity": m["parity"], "latency_ms_p50": lat, "size_bytes": m["size_bytes"]}
-        rows[precision] = row
+        rows[precision] = {"precision": precision, "status": "", "reason": "", "parity": m["parity"],
+                           "latency_ms_p50": lat, "size_bytes": m["size_bytes"]}
         if m["parity"] is not None and not m["parity"]["passed"]:
             rows[precision] |= {"status": "rejected", "reason": "; ".join(m["parity"]["failures"])}
         elif m["deployed_format"] and m["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
             rows[precision] |= {"status": "rejected", "reason": f"file {m['size_bytes'] / 1e6:.3f} MB > budget "
                                 f"model_size_mb {profile.budgets.model_size_mb:g}"}
         else:
-            passing.append(precision)
+            passing.append(precision)  # status and reason come below, once the choice is made
     if not passing:
         raise ParityError(f"no precision of device {profile.name!r} passes its checks: "
                           + "; ".join(f"{p}: {r['reason']}" for p, r in rows.items())
                           + ". Allow another precision in the profile's 'precisions', or relax the [budgets] field named "
                           "above (max_accuracy_drop_points, model_size_mb)")
-    timed = [p for p in passing if rows[p]["latency_ms_p50"] is not None]
+    p50 = {p: rows[p]["latency_ms_p50"] for p in passing}
+    timed = {p: ms for p, ms in p50.items() if ms is not None}
     if len(timed) == len(passing):
-        chosen = min(passing, key=lambda p: rows[p]["latency_ms_p50"])
+        chosen = min(timed, key=timed.__getitem__)
         why = "fastest measured here within the accuracy limit and size budget"
     else:
         chosen = passing[0]
@@ -206,9 +219,8 @@ def choose_precision(profile: DeviceProfile, compiled: Mapping[str, CompiledPrec
         if p == chosen:
             rows[p] |= {"status": "shipped" if rows[p]["parity"] is not None else "built-unchecked", "reason": why}
         else:
-            rows[p] |= {"status": "rejected", "reason": f"slower here: p50 {rows[p]['latency_ms_p50']:.3f} ms vs "
-                        f"{rows[chosen]['latency_ms_p50']:.3f} ms" if p in timed and chosen in timed else
-                        f"{chosen} comes first in the profile's precisions"}
+            rows[p] |= {"status": "rejected", "reason": f"slower here: p50 {timed[p]:.3f} ms vs {timed[chosen]:.3f} ms"
+                        if p in timed and chosen in timed else f"{chosen} comes first in the profile's precisions"}
     if rows[chosen]["parity"] is None:
         rows[chosen]["reason"] += f" (parity not checked here: {cast(CompiledPrecision, compiled[chosen])['unchecked_reason']})"
     return chosen, [rows[p] for p in profile.precisions]

@@ -123,7 +123,8 @@ class _batch_file:  # noqa: N801 - a context manager used like a function
     """A temporary .npy holding `x` for the child process (None: no file)."""
 
     def __init__(self, x: np.ndarray | None) -> None:
-        self.x, self.path = x, None
+        self.x = x
+        self.path: Path | None = None
 
     def __enter__(self) -> Path | None:
         if self.x is None:
@@ -132,9 +133,9 @@ class _batch_file:  # noqa: N801 - a context manager used like a function
 
         fd, name = tempfile.mkstemp(suffix=".npy", prefix="gtnpipe-batch-")
         os.close(fd)
-        self.path = Path(name)
-        np.save(self.path, np.ascontiguousarray(self.x, dtype=np.float32))
-        return self.path
+        self.path = path = Path(name)
+        np.save(path, np.ascontiguousarray(self.x, dtype=np.float32))
+        return path
 
     def __exit__(self, *_: object) -> None:
         if self.path is not None:

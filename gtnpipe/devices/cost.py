@@ -2,7 +2,7 @@
 
 Latency (nn-Meter's approach at block level instead of kernel level):
 - `measured-table`: the device's table (<device>.json in the user data directory, else the one shipped in
-  device_profiles/tables/; written by `gtnpipe bench --calibrate` in the device's runtime) gives the measured p50 latency of
+  device_profiles/tables/; written by `gtnpipe latency-table` in the device's runtime) gives the measured p50 latency of
   every distinct unit of the space (stem, each block configuration, head). Their sum
   misses whole-network effects (one session call instead of many, cache reuse), so the
   table also holds a linear correction `p50 = slope * sum + per_unit * units + intercept`
@@ -163,7 +163,7 @@ class CostModel:
         if not path.exists():
             looked = [tables_dir] if tables_dir is not None else list(table_dirs())
             return None, (f"no measured table {path.name} in {' or '.join(map(str, looked))}; run "
-                          f"'gtnpipe bench --calibrate --device {self.profile.name}' on the device")
+                          f"'gtnpipe latency-table --device {self.profile.name}' on the device")
         table = _read_table(path, path.stat().st_mtime_ns)
         expected = (self.profile.name, self.profile.runtime.name, self.profile.threads, self.profile.batch_size,
                     self.space.name, TaskShape.of(self.task))

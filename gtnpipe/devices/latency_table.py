@@ -1,8 +1,8 @@
 """The measured latency table's format (<device>.json) and where tables are found.
 
-Tables are searched in the user data directory first (`user_tables_dir()`: what `gtnpipe bench --calibrate`
+Tables are searched in the user data directory first (`user_tables_dir()`: what `gtnpipe latency-table`
 measured on this machine or was copied from a device), then among the tables shipped with gtnpipe
-(`device_profiles/tables/` of the checkout, packaged in the wheel). `gtnpipe bench --calibrate` writes
+(`device_profiles/tables/` of the checkout, packaged in the wheel). `gtnpipe latency-table` writes
 it (gtnpipe.measure.kit, on the device) and the cost model
 reads it (gtnpipe.devices.cost, on the host). Torch-free, like everything a device runs.
 """
@@ -74,12 +74,13 @@ class LatencyTable:
             raw = json.loads(text)
             if raw.get("schema") != TABLE_SCHEMA:
                 raise ConfigError(f"{where}: latency table schema {raw.get('schema')!r}, this gtnpipe reads "
-                                  f"{TABLE_SCHEMA}; re-run 'gtnpipe bench --calibrate --device {raw.get('device')}'")
+                                  f"{TABLE_SCHEMA}; re-run 'gtnpipe latency-table --device {raw.get('device')}'")
             return cls(raw["device"], raw["runtime"], raw["runtime_version"], raw["threads"], raw["batch_size"],
                        raw["space"], TaskShape.of(raw["task"]),
                        {p: PrecisionTable(**t) for p, t in raw["precisions"].items()}, raw["measured"])
         except (ValueError, KeyError, TypeError, IndexError) as err:  # ValueError includes JSONDecodeError
-            raise ConfigError(f"{where}: not a valid latency table ({err!r}); re-run 'gtnpipe bench --calibrate'") from err
+            raise ConfigError(f"{where}: not a valid latency table ({err!r}); "
+                              "re-run 'gtnpipe latency-table --device NAME' on that device") from err
 
     def save(self, path: Path) -> None:
         atomic_write_bytes(path, (self.to_json() + "\n").encode())
@@ -102,7 +103,7 @@ def table_dirs() -> tuple[Path, ...]:
 
 def table_path(device: str, tables_dir: Path | None = None) -> Path:
     """The table the cost model reads for `device`: in `tables_dir` when given, else the first of `table_dirs()`
-    that has one; with none anywhere, where `gtnpipe bench --calibrate` would write it (`table_write_path`)."""
+    that has one; with none anywhere, where `gtnpipe latency-table` would write it (`table_write_path`)."""
     if tables_dir is not None:
         return tables_dir / f"{device}.json"
     for folder in table_dirs():

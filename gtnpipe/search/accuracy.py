@@ -45,11 +45,11 @@ def recalibrate_bn(model: nn.Module, split: Split, norm: Normalizer, *, images: 
 
 
 def inherited_accuracy(supernet: Supernet, arch: ArchConfig, train: Split, val: Split, norm: Normalizer, *,
-                       bn_images: int = 512) -> float:
+                       bn_images: int = 512, eval_batch_size: int = 100) -> float:
     """Top-1 (%) on `val` of `arch` with the supernet's weights and recalibrated BN statistics."""
     student = supernet.extract(arch)
     recalibrate_bn(student, train, norm, images=bn_images)
-    return evaluate(student, val, norm)
+    return evaluate(student, val, norm, batch_size=eval_batch_size)
 
 
 def spearman(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> float:

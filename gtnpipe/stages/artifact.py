@@ -15,6 +15,7 @@ from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.config.toml import as_dict
 from gtnpipe.deploy.artifacts import write_artifact
 from gtnpipe.deploy.export import to_unit_float
+from gtnpipe.deploy.parity import PrecisionRow
 from gtnpipe.stages.deploy import ARTIFACT_LOGITS, Compiled, Measured
 from gtnpipe.stages.keys import package_versions
 from gtnpipe.stages.search import SearchOutcome
@@ -38,7 +39,7 @@ class Shipped:
     precision: str
     compiled: Compiled
     measured: Measured | None  # None where the runtime cannot run here (TensorRT on a CPU host)
-    rows: list[dict[str, Any]]  # every precision: measured, chosen or rejected and why
+    rows: list[PrecisionRow]  # every precision: measured, chosen or rejected and why
     torch_logits: np.ndarray  # on the whole test split
     torch_top1: float
     predicted: dict[str, Any]
@@ -53,7 +54,8 @@ def measured_summary(shipped: Shipped) -> dict[str, Any] | None:
     return {"latency_ms_p50": lat["p50_ms"], "latency_ms_p90": lat["p90_ms"], "latency_ms_p99": lat["p99_ms"],
             "throughput_per_s": lat["throughput_per_s"], "peak_memory_mb": shipped.measured.peak_memory_mb,
             "model_size_mb": c.meta["size_bytes"] / 1e6, "runs": lat["runs"], "threads": shipped.measured.inp.threads,
-            "machine": shipped.measured.inp.machine.describe(), "method": "fresh process, one session"}
+            "machine": shipped.measured.inp.machine.describe(),
+            "method": f"median of {shipped.measured.inp.processes} fresh processes, one session each"}
 
 
 def write_device_artifact(ws: Workspace, shipped: Shipped, out: Path) -> Path:

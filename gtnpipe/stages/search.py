@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.console import Console
 from rich.progress import track
 
 from gtnpipe.config.profiles import DeviceProfile
+from gtnpipe.config.recipes import PredictorConfig
 from gtnpipe.devices.cost import COST_MODEL_VERSION, CostModel, table_path
 from gtnpipe.fsutil import sha256_file
 from gtnpipe.search.accuracy import AccuracyPredictor, inherited_accuracy
@@ -21,7 +22,6 @@ from gtnpipe.stages.workspace import DataRef, Workspace, run_stage
 from gtnpipe.training.train import Normalizer
 
 __all__ = [
-    "ACCURACY_SAMPLES",
     "AccuracyInput",
     "AccuracyOutcome",
     "SearchInput",
@@ -32,9 +32,7 @@ __all__ = [
     "search_input",
 ]
 
-ACCURACY_SAMPLES = 150  # students measured with inherited weights to fit the accuracy predictor
 ACCURACY_SEED = 4242
-BN_IMAGES = 512  # train images that recalibrate a subnet's BatchNorm statistics before it is evaluated
 
 
 @dataclass(frozen=True)
@@ -47,9 +45,8 @@ class AccuracyInput(Stage):
     PACKAGES = ("torch", "numpy")
 
     supernet_from: TeacherInput
-    samples: int
+    predictor: PredictorConfig  # how many students, BN recalibration images, eval batch (the recipe's [predictor])
     seed: int
-    bn_images: int
     space: SearchSpace
     task: TaskShape
     data: DataRef
@@ -82,10 +79,12 @@ class SearchInput(Stage):
     task: TaskShape
 
 
-def accuracy_input(ws: Workspace, *, samples: int = ACCURACY_SAMPLES) -> AccuracyInput:
+def accuracy_input(ws: Workspace, *, samples: int | None = None) -> AccuracyInput:
+    """The recipe's [predictor] settings; `samples` overrides its student count (gtnpipe build --accuracy-samples)."""
     gtn = teacher_input(ws, "gtn")
     assert isinstance(gtn, TeacherInput)
-    return AccuracyInput(gtn, samples, ACCURACY_SEED, BN_IMAGES, ws.space, ws.task, ws.data_ref)
+    config = ws.recipe.predictor if samples is None else replace(ws.recipe.predictor, samples=samples)
+    return AccuracyInput(gtn, config, ACCURACY_SEED, ws.space, ws.task, ws.data_ref)
 
 
 def accuracy_predictor(ws: Workspace, inp: AccuracyInput) -> AccuracyOutcome:
@@ -97,8 +96,10 @@ def accuracy_predictor(ws: Workspace, inp: AccuracyInput) -> AccuracyOutcome:
         net = supernet if supernet is not None else load_supernet(ws, inp.supernet_from)
         norm = Normalizer(ws.data.mean, ws.data.std)
         space = inp.space
-        archs = [space.smallest(), space.largest(), *space.sample_many(inp.samples - 2, seed=inp.seed)]
-        top1 = [inherited_accuracy(net, a, ws.data.train, ws.data.val, norm, bn_images=inp.bn_images)
+        cfg = inp.predictor
+        archs = [space.smallest(), space.largest(), *space.sample_many(cfg.samples - 2, seed=inp.seed)]
+        top1 = [inherited_accuracy(net, a, ws.data.train, ws.data.val, norm, bn_images=cfg.bn_images,
+                                   eval_batch_size=cfg.eval_batch_size)
                 for a in track(archs, description="accuracy predictor: students measured", disable=not ws.progress,
                                console=Console(stderr=True))]
         AccuracyPredictor.fit(space, archs, top1).save(staging / "predictor.json")
@@ -115,12 +116,13 @@ def inherited_accuracies(ws: Workspace, archs: list[str]) -> list[float]:
     inp = accuracy_input(ws)
     supernet = load_supernet(ws, inp.supernet_from)
     norm = Normalizer(ws.data.mean, ws.data.std)
-    return [inherited_accuracy(supernet, ws.space.parse(a), ws.data.train, ws.data.val, norm, bn_images=inp.bn_images)
-            for a in archs]
+    cfg = inp.predictor
+    return [inherited_accuracy(supernet, ws.space.parse(a), ws.data.train, ws.data.val, norm, bn_images=cfg.bn_images,
+                               eval_batch_size=cfg.eval_batch_size) for a in archs]
 
 
 def search_input(ws: Workspace, profile: DeviceProfile, *, config: SearchConfig | None = None,
-                 accuracy_samples: int = ACCURACY_SAMPLES) -> SearchInput:
+                 accuracy_samples: int | None = None) -> SearchInput:
     table = table_path(profile.name)
     return SearchInput(profile, accuracy_input(ws, samples=accuracy_samples), config or SearchConfig(),
                        sha256_file(table) if table.exists() else None, COST_MODEL_VERSION, ws.space, ws.task)

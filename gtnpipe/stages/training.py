@@ -305,7 +305,8 @@ def _teacher_logits(ws: Workspace, teacher: StagedNet, inp: LogitsInput) -> torc
         torch.save(teacher_logits(teacher, ws.data.train, Normalizer(ws.data.mean, ws.data.std)), staging / "logits.pt")
 
     entry, _ = run_stage(ws.cache, inp, build)
-    return torch.load(entry.file("logits.pt"), weights_only=True)
+    logits: torch.Tensor = torch.load(entry.file("logits.pt"), weights_only=True)
+    return logits
 
 
 def distill_student(ws: Workspace, inp: DistillInput) -> DistillOutcome:

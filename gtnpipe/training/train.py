@@ -82,7 +82,7 @@ def augment_batch(x: torch.Tensor, *, padding_px: int, generator: torch.Generato
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 1000) -> float:
+def evaluate(model: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 100) -> float:
     """Top-1 accuracy in percent."""
     was_training = model.training
     model.train(False)
