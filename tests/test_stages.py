@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -120,14 +121,26 @@ def test_nested_input_kind_is_part_of_the_key() -> None:
     assert stage_key(training.LogitsInput(vanilla, DATA)) != stage_key(training.LogitsInput(d.init_from, DATA))
 
 
+@pytest.fixture
+def bump_version(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], None]]:
+    """Pretend distribution `name` is installed at `version` (keys reads versions once per process: cleared here)."""
+    real = metadata.version
+
+    def bump(name: str, version: str) -> None:
+        monkeypatch.setattr(metadata, "version", lambda n: version if n == name else real(n))
+        keys._installed_version.cache_clear()
+
+    yield bump
+    monkeypatch.undo()
+    keys._installed_version.cache_clear()
+
+
 @pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.__name__)
-def test_a_package_version_changes_the_key(cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_package_version_changes_the_key(cls: type, bump_version: Callable[[str, str], None]) -> None:
     inp = EXAMPLES[cls]
     assert cls.PACKAGES, f"{cls.__name__} names no package its result depends on"
     key = stage_key(inp)
-    real = metadata.version
-    bumped = cls.PACKAGES[0]
-    monkeypatch.setattr(metadata, "version", lambda name: "999.0" if name == bumped else real(name))
+    bump_version(cls.PACKAGES[0], "999.0")
     assert stage_key(inp) != key
 
 
@@ -164,7 +177,7 @@ def test_code_changes_the_key_comments_do_not(stage_module: Path) -> None:
 
 
 def test_changed_code_or_package_misses_the_cache(stage_module: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   bump_version: Callable[[str, str], None]) -> None:
     cache = Cache(tmp_path / "cache")
     builds: list[int] = []
 
@@ -176,8 +189,7 @@ def test_changed_code_or_package_misses_the_cache(stage_module: Path, tmp_path: 
     assert run_stage(cache, _Toy(1), build)[1]  # unchanged: a hit
     _key_after(stage_module, '"""Doc."""\n\ndef f(x):\n    return x * 2\n')
     assert not run_stage(cache, _Toy(1), build)[1]  # the stage's code changed: a miss
-    real = metadata.version
-    monkeypatch.setattr(metadata, "version", lambda name: "0.0.1" if name == "numpy" else real(name))
+    bump_version("numpy", "0.0.1")
     assert not run_stage(cache, _Toy(1), build)[1]  # a package version changed: a miss
     assert len(builds) == 3
 
