@@ -14,7 +14,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from gtnpipe.errors import BackendBuildError, ParityError
 from gtnpipe.measure.host_table import build_calibration_kit, calibrate
 from gtnpipe.measure.kit import table_summary
 from gtnpipe.search.evolution import SearchConfig
-from gtnpipe.space.counting import count
+from gtnpipe.space.pool import FASHION_MNIST_TASK
 from gtnpipe.space.spaces import TaskShape, get_space
 from gtnpipe.stages import training
 from gtnpipe.stages.artifact import Shipped, measured_summary, write_device_artifact
@@ -63,8 +63,6 @@ __all__ = [
     "load_distilled",
     "load_teacher",
     "load_trained",
-    "pool_info",
-    "pool_sample",
     "search_device",
     "train_model",
     "train_teacher",
@@ -72,7 +70,6 @@ __all__ = [
 
 log = logging.getLogger("gtnpipe")
 # Fashion-MNIST's shape, for pool statistics when no dataset is named.
-FASHION_MNIST_TASK = TaskShape(in_channels=1, image_hw=(28, 28), num_classes=10)
 
 
 @dataclass(frozen=True)
@@ -283,30 +280,6 @@ def data_info(ws: Workspace) -> dict[str, Any]:
     return {"name": data.name, "fingerprint": data.fingerprint, "classes": list(data.classes), "channels": data.channels,
             "image_hw": list(data.image_hw), "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "mean": list(data.mean), "std": list(data.std)}
-
-
-def pool_info(*, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK) -> dict[str, Any]:
-    sp = get_space(space)
-    small, large = sp.smallest(), sp.largest()
-
-    def cost(a: Any) -> dict[str, int]:
-        c = count(a, sp, task)
-        return {"macs": c.macs, "params": c.params}
-
-    return {"space": sp.name, "task": asdict(task), "stages": [asdict(s) for s in sp.stages],
-            "choices": {"depths": list(sp.depths), "kernel_sizes": list(sp.kernel_sizes),
-                        "expand_ratios": list(sp.expand_ratios)},
-            "pool_size": sp.pool_size, "smallest": {"arch": small.id, **cost(small)},
-            "largest": {"arch": large.id, **cost(large)}}
-
-
-def pool_sample(n: int, *, seed: int = 0, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK) -> list[dict[str, Any]]:
-    sp = get_space(space)
-    out = []
-    for a in sp.sample_many(n, seed=seed):
-        c = count(a, sp, task)
-        out.append({"arch": a.id, "depths": list(a.depths), "macs": c.macs, "params": c.params})
-    return out
 
 
 def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,

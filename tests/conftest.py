@@ -31,8 +31,6 @@ SLOW_FIXTURES = frozenset({
 })
 SLOW_TESTS = {  # node id (all its parametrisations) -> why; for its file's owner to move into a @pytest.mark.slow there
     "tests/test_cli.py::test_train_json_and_cache_hit": "trains the tiny recipe's smallest student",
-    "tests/test_cli_output.py::test_pool_tables_and_lines_keep_arch_ids_whole":
-        "12 s per case: three `gtnpipe pool` processes, each importing torch through gtnpipe.pipeline",
 }
 
 

@@ -40,6 +40,13 @@ def test_help_works_without_torch() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "0.1.0", done.stderr
 
 
+def test_pool_commands_work_without_torch() -> None:
+    for args in (["pool", "info", "--json"], ["pool", "sample", "-n", "2", "--json"]):
+        done = _run_blocked(f"sys.argv = ['gtnpipe', *{args!r}]\nfrom gtnpipe.cli import main\nmain()")
+        assert done.returncode == 0, done.stderr
+        assert "mbv3-28" in done.stdout or len(json.loads(done.stdout)) == 2
+
+
 def test_python_m_gtnpipe_cli_runs_the_cli() -> None:
     """What torchrun runs (torchrun ... -m gtnpipe.cli teacher ...)."""
     done = subprocess.run([sys.executable, "-m", "gtnpipe.cli", "devices", "list", "--json"], capture_output=True,

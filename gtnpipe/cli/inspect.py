@@ -39,9 +39,9 @@ def data_info(
 def pool_info(space: SpaceOpt = "mbv3-28", as_json: JsonOpt = False) -> None:
     """Search space, pool size, and the MACs/params range (at Fashion-MNIST's 1x28x28, 10 classes)."""
     with running(as_json=as_json):
-        from gtnpipe import pipeline
+        from gtnpipe.space.pool import pool_info as info_of
 
-        info = pipeline.pool_info(space=space)
+        info = info_of(space=space)
     if as_json:
         return emit_json(info)
     c, out = info["choices"], stdout()
@@ -64,9 +64,9 @@ def pool_sample(
 ) -> None:
     """Random distinct students from the pool, with their MACs and params."""
     with running(as_json=as_json):
-        from gtnpipe import pipeline
+        from gtnpipe.space.pool import pool_sample as sample_of
 
-        rows = pipeline.pool_sample(n, seed=seed, space=space)
+        rows = sample_of(n, seed=seed, space=space)
     if as_json:
         return emit_json(rows)
     table = Table(value_column("depths"), value_column("MACs (M)", justify="right"),
