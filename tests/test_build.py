@@ -245,7 +245,9 @@ def test_two_builds_at_once_share_one_cache(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "gtnpipe.cli", "build", "--recipe", str(TINY_RECIPE), "--out", str(tmp_path / "art"),
            "--cache-dir", str(cache_dir), "--iterations", "2", "--accuracy-samples", str(ACCURACY_SAMPLES),
            "--no-progress", "--json"]
-    procs = [subprocess.Popen([*cmd, "--device", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # one torch thread each: two processes of two spinning OpenMP threads on 2 cores slow each other many times over
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*cmd, "--device", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for d in ("host", "x86-server")]
     outs = [p.communicate(timeout=HANG_TIMEOUT_S) for p in procs]
     for p, (_, stderr) in zip(procs, outs):
