@@ -41,18 +41,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.timeout = HANG_TIMEOUT_S
 
 
-# Tests that share an expensive session fixture run on one pytest-xdist worker (make test runs `-n 2 --dist
-# loadgroup`), so it is built once; every other test is grouped with its file, which keeps module fixtures single.
-SHARED_SESSION_FIXTURES = ("deploy_case",)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if SLOW_FIXTURES.intersection(fixtures) or item.nodeid.split("[")[0] in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-        shared = [f for f in SHARED_SESSION_FIXTURES if f in fixtures]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)
