@@ -106,19 +106,25 @@ def _long_arch_ids(n: int) -> list[str]:
     return [space.largest().id] + [space.sample(random.Random(i)).id for i in range(n - 1)]
 
 
-@pytest.mark.parametrize(("columns", "terminal"), [(40, False), (40, True), (60, True), (80, True)])
-def test_search_results_keep_arch_ids_whole(columns: int, terminal: bool, capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real evolution search (on the host's cost model, accuracy a fixed function of the arch) printed as
-    `gtnpipe search` prints it."""
-    from gtnpipe.cli.build import _print_search
+@pytest.fixture(scope="module")
+def search_result():  # noqa: ANN201
+    """A real evolution search (on the host's cost model, accuracy a fixed function of the arch), run once."""
     from gtnpipe.devices.cost import CostModel
     from gtnpipe.search.evolution import SearchConfig, evolution_search
     from gtnpipe.space.spaces import TaskShape
 
     space = get_space("mbv3-28")
     model = CostModel(load_profile("host"), space, TaskShape(in_channels=1, image_hw=(28, 28), num_classes=10))
-    result = evolution_search(model, lambda a: 80.0 + sum(a.depths) / 4, SearchConfig(population=16, iterations=4))
+    return evolution_search(model, lambda a: 80.0 + sum(a.depths) / 4, SearchConfig(population=16, iterations=4))
+
+
+@pytest.mark.parametrize(("columns", "terminal"), [(40, False), (40, True), (60, True), (80, True)])
+def test_search_results_keep_arch_ids_whole(columns: int, terminal: bool, search_result,  # noqa: ANN001
+                                            capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search result printed as `gtnpipe search` prints it."""
+    from gtnpipe.cli.build import _print_search
+
+    result = search_result
     _set_width(monkeypatch, columns, terminal)
     _print_search(result, loo_rmse=0.5, plot=Path("some/where/pareto.png"))
     out = _plain(capsys.readouterr().out)
