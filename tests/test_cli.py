@@ -104,7 +104,7 @@ def test_data_info_json() -> None:
     result = runner.invoke(app, ["data", "info", "--recipe", "quick", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
-    assert info["splits"] == {"train": 3000, "val": 1000, "test": 2000}
+    assert info["splits"] == {"train": 6000, "val": 1000, "test": 2000}
     assert (info["channels"], info["image_hw"], len(info["classes"])) == (1, [28, 28], 10)
     assert len(info["fingerprint"]) == 64
 
