@@ -69,7 +69,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("gtnpipe")
-# Fashion-MNIST's shape, for pool statistics when no dataset is named.
 
 
 @dataclass(frozen=True)
