@@ -207,8 +207,7 @@ def choose_precision(profile: DeviceProfile, compiled: Mapping[str, CompiledPrec
                           + "; ".join(f"{p}: {r['reason']}" for p, r in rows.items())
                           + ". Allow another precision in the profile's 'precisions', or relax the [budgets] field named "
                           "above (max_accuracy_drop_points, model_size_mb)")
-    p50 = {p: rows[p]["latency_ms_p50"] for p in passing}
-    timed = {p: ms for p, ms in p50.items() if ms is not None}
+    timed = {p: ms for p in passing if (ms := rows[p]["latency_ms_p50"]) is not None}
     if len(timed) == len(passing):
         chosen = min(timed, key=timed.__getitem__)
         why = "fastest measured here within the accuracy limit and size budget"

@@ -13,9 +13,10 @@ from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.config.recipes import PredictorConfig
 from gtnpipe.devices.cost import COST_MODEL_VERSION, CostModel, table_path
 from gtnpipe.fsutil import sha256_file
+from gtnpipe.models.supernet import Supernet
 from gtnpipe.search.accuracy import AccuracyPredictor, inherited_accuracy
 from gtnpipe.search.evolution import SearchConfig, SearchResult, check_feasible, evolution_search
-from gtnpipe.space.spaces import SearchSpace, TaskShape
+from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
 from gtnpipe.stages.keys import Stage
 from gtnpipe.stages.training import TeacherInput, load_supernet, teacher_input
 from gtnpipe.stages.workspace import DataRef, Workspace, run_stage
@@ -94,12 +95,9 @@ def accuracy_predictor(ws: Workspace, inp: AccuracyInput) -> AccuracyOutcome:
     def build(staging: Any, meta: dict[str, Any]) -> None:
         start = time.perf_counter()
         net = supernet if supernet is not None else load_supernet(ws, inp.supernet_from)
-        norm = Normalizer(ws.data.mean, ws.data.std)
         space = inp.space
-        cfg = inp.predictor
-        archs = [space.smallest(), space.largest(), *space.sample_many(cfg.samples - 2, seed=inp.seed)]
-        top1 = [inherited_accuracy(net, a, ws.data.train, ws.data.val, norm, bn_images=cfg.bn_images,
-                                   eval_batch_size=cfg.eval_batch_size)
+        archs = [space.smallest(), space.largest(), *space.sample_many(inp.predictor.samples - 2, seed=inp.seed)]
+        top1 = [_inherited(ws, net, a, inp.predictor)
                 for a in track(archs, description="accuracy predictor: students measured", disable=not ws.progress,
                                console=Console(stderr=True))]
         AccuracyPredictor.fit(space, archs, top1).save(staging / "predictor.json")
@@ -115,10 +113,13 @@ def inherited_accuracies(ws: Workspace, archs: list[str]) -> list[float]:
     """Val top-1 of each arch with the GTN-trained supernet's weights (BN recalibrated), as the predictor is fitted."""
     inp = accuracy_input(ws)
     supernet = load_supernet(ws, inp.supernet_from)
-    norm = Normalizer(ws.data.mean, ws.data.std)
-    cfg = inp.predictor
-    return [inherited_accuracy(supernet, ws.space.parse(a), ws.data.train, ws.data.val, norm, bn_images=cfg.bn_images,
-                               eval_batch_size=cfg.eval_batch_size) for a in archs]
+    return [_inherited(ws, supernet, ws.space.parse(a), inp.predictor) for a in archs]
+
+
+def _inherited(ws: Workspace, supernet: Supernet, arch: ArchConfig, cfg: PredictorConfig) -> float:
+    """Val top-1 of `arch` with the supernet's weights, BN recalibrated, as the predictor's settings say."""
+    return inherited_accuracy(supernet, arch, ws.data.train, ws.data.val, Normalizer(ws.data.mean, ws.data.std),
+                              bn_images=cfg.bn_images, eval_batch_size=cfg.eval_batch_size)
 
 
 def search_input(ws: Workspace, profile: DeviceProfile, *, config: SearchConfig | None = None,
