@@ -11,7 +11,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# The packages are installed by uv (36 s here against 190 s with pip, fresh venv, empty caches). uv does not read
+# The packages are installed by uv (69 s here against 190 s with pip, fresh venv). --compile-bytecode: this machine sets
+# PYTHONDONTWRITEBYTECODE, so a module not compiled at install is compiled again by every process (torch + nncf:
+# 10 s to import, 5 s compiled). uv does not read
 # pip's configuration: it gets pip's find-links, where a machine may keep wheels such as torch's CPU build.
 FIND_LINKS = $(shell echo "$${PIP_FIND_LINKS:-$$($(PYTHON) -m pip config get global.find-links 2>/dev/null)}")
 # actionlint runs ShellCheck on every `run:` script of the workflows; Debian's shellcheck package if none is installed
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "gtnpipe needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==0.13.9
-	UV_FIND_LINKS="$(FIND_LINKS)" $(BIN)/uv pip install --quiet --python $(BIN)/python \
+	UV_FIND_LINKS="$(FIND_LINKS)" $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python \
 		-e '.[dev,train,build,onnx,openvino,tflite,tensorrt]'
 	touch $(STAMP)
 
