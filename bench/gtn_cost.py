@@ -29,7 +29,7 @@ from gtnpipe import pipeline
 from gtnpipe.config.recipes import load_recipe
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.models.teacher import build_teacher
-from gtnpipe.space.spaces import get_space
+from gtnpipe.stages.workspace import resolve
 from gtnpipe.training.gtn import GenericTeacherTrainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="steps per model per round")
     args = parser.parse_args()
-    rec = load_recipe(args.recipe)
-    space, task = get_space(rec.space), pipeline.FASHION_MNIST_TASK
+    task = pipeline.FASHION_MNIST_TASK
+    rec, space = resolve(load_recipe(args.recipe), task.image_hw)
+    assert rec.teacher is not None
     torch.manual_seed(0)
     batch = rec.train.teacher.batch_size
     x, y = torch.randn(batch, task.in_channels, *task.image_hw), torch.randint(0, task.num_classes, (batch,))

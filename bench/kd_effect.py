@@ -34,7 +34,7 @@ from gtnpipe import pipeline
 from gtnpipe.config.recipes import load_recipe
 from gtnpipe.space.counting import count
 from gtnpipe.space.spaces import get_space
-from gtnpipe.stages.workspace import Workspace
+from gtnpipe.stages.workspace import Workspace, resolve
 
 HERE = Path(__file__).parent
 STUDENTS_FILE = HERE / "kd_students.json"
@@ -131,9 +131,8 @@ def main() -> None:
         sftn_students = [students[0]]
     else:
         sftn_students = [students[0], students[len(students) // 2], students[-1]]
-    rec = load_recipe(recipe)
-    space = get_space(rec.space)
     task = pipeline.FASHION_MNIST_TASK
+    rec, space = resolve(load_recipe(recipe), task.image_hw)
     started = time.perf_counter()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
@@ -182,9 +181,9 @@ def training_flops(macs_per_image: float, images: int, epochs: int) -> float:
 def summarise(runs: list[dict], teachers: dict[str, Any], students: list[str], seeds: list[int], recipe: str,
               rec: Any, space: Any, task: Any) -> dict[str, Any]:
     from gtnpipe.models.counting import count_module
-    from gtnpipe.models.teacher import build_teacher
+    from gtnpipe.models.teacher import build_teacher, teacher_for
 
-    teacher_macs = count_module(build_teacher(rec.teacher, space, task), task).macs
+    teacher_macs = count_module(build_teacher(teacher_for(space, rec.teacher), space, task), task).macs
     n_train = rec.data.train_subset or 55000
     teacher_rows = {}
     for name, t in teachers.items():

@@ -30,9 +30,9 @@ from gtnpipe.config.recipes import load_recipe
 from gtnpipe.devices.cost import CostModel
 from gtnpipe.search.accuracy import spearman
 from gtnpipe.search.evolution import SearchConfig, evolution_search, random_search
-from gtnpipe.space.spaces import ArchConfig, get_space
+from gtnpipe.space.spaces import ArchConfig
 from gtnpipe.stages.search import AccuracyOutcome
-from gtnpipe.stages.workspace import Workspace
+from gtnpipe.stages.workspace import Workspace, resolve
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -49,7 +49,7 @@ def rank_correlation(recipe: str, accuracy_recipe: str, cache_dir: Path | None,
     rows = [r for r in report["table"] if "gtn" in r]
     if len(rows) < 4:
         return None
-    space = get_space(load_recipe(accuracy_recipe).space)
+    space = resolve(load_recipe(accuracy_recipe), pipeline.FASHION_MNIST_TASK.image_hw)[1]
     archs = [ArchConfig.from_id(r["arch"]) for r in rows]
     inherited = pipeline.inherited_accuracies(Workspace.open(accuracy_recipe, cache_dir=cache_dir), [a.id for a in archs])
     predicted = [acc.predictor.predict(space, a) for a in archs]
@@ -130,7 +130,8 @@ def main() -> None:
         return write(result)
 
     acc = pipeline.accuracy_predictor(Workspace.open(accuracy_recipe, cache_dir=args.cache_dir))
-    space, task = get_space(load_recipe(accuracy_recipe).space), pipeline.FASHION_MNIST_TASK
+    task = pipeline.FASHION_MNIST_TASK
+    space = resolve(load_recipe(accuracy_recipe), task.image_hw)[1]
 
     def score(arch: ArchConfig) -> float:
         return acc.predictor.predict(space, arch)

@@ -25,9 +25,8 @@ from gtnpipe.config.recipes import load_recipe
 from gtnpipe.data.datasets import load_dataset
 from gtnpipe.models.counting import count_module
 from gtnpipe.models.static import build_static
-from gtnpipe.models.teacher import build_teacher
-from gtnpipe.space.spaces import get_space
-from gtnpipe.stages.workspace import task_of
+from gtnpipe.models.teacher import build_teacher, teacher_for
+from gtnpipe.stages.workspace import resolve, task_of
 from gtnpipe.training.train import fit, seed_everything
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,9 +38,9 @@ def main() -> None:
     parser.add_argument("--recipe", default="default")
     args = parser.parse_args()
 
-    recipe = load_recipe(args.recipe)
-    space = get_space(recipe.space)
-    n_train = len(load_dataset(recipe.data.source, val_size=recipe.data.val_size).train)
+    full = load_dataset(load_recipe(args.recipe).data.source, val_size=load_recipe(args.recipe).data.val_size)
+    recipe, space = resolve(load_recipe(args.recipe), full.image_hw)
+    n_train = len(full.train)
     rows = []
     for name in ("teacher", "largest", "smallest"):
         cfg = recipe.train.teacher if name == "teacher" else recipe.train.student
@@ -50,7 +49,7 @@ def main() -> None:
         seed_everything(0)
         timed = load_dataset(recipe.data.source, val_size=1, train_subset=args.steps * cfg.batch_size, test_subset=1)
         task = task_of(timed)
-        model = (build_teacher(recipe.teacher, space, task) if name == "teacher"
+        model = (build_teacher(teacher_for(space, recipe.teacher), space, task) if name == "teacher"
                  else build_static(space.parse(name), space, task))
         warm = load_dataset(recipe.data.source, val_size=1, train_subset=5 * cfg.batch_size, test_subset=1)
         fit(model, warm, cfg, seed=0, run_id="warmup", progress=False)

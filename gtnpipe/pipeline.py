@@ -278,7 +278,7 @@ def data_info(ws: Workspace) -> dict[str, Any]:
     data = ws.data
     return {"name": data.name, "fingerprint": data.fingerprint, "classes": list(data.classes), "channels": data.channels,
             "image_hw": list(data.image_hw), "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "mean": list(data.mean), "std": list(data.std)}
+            "mean": list(data.mean), "std": list(data.std), "space": ws.space.name, "skipped": list(data.skipped)}
 
 
 def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,

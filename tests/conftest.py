@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gtnpipe.data.datasets import Dataset, load_dataset
@@ -104,3 +105,27 @@ class DeployCase:
 @pytest.fixture(scope="session")
 def deploy_case(tmp_path_factory: pytest.TempPathFactory) -> DeployCase:
     return DeployCase(tmp_path_factory.mktemp("deploy"))
+
+
+def make_colour_folder(root: Path, *, classes: int = 3, per_class: int = 30, seed: int = 0,
+                       sides_px: tuple[int, int] = (48, 120)) -> Path:
+    """An ImageFolder of colour images of mixed sizes, PNG and JPEG, that a small network can learn: class k is a
+    blob of hue k/classes on a noisy background, at a random place and size; a few images are grey. Returns root."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k in range(classes):
+        folder = root / f"class{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        hue = np.array([np.cos(2 * np.pi * (k / classes + j / 3)) for j in range(3)]) * 100 + 128
+        for i in range(per_class):
+            w, h = (int(v) for v in rng.integers(*sides_px, size=2))
+            img = rng.normal(100, 30, size=(h, w, 3))
+            cy, cx, r = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w, rng.uniform(0.2, 0.35) * min(w, h)
+            yy, xx = np.mgrid[:h, :w]
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = hue
+            pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+            if i % 7 == 3:  # grey ones in every split (the test split takes every 5th file)
+                pil = pil.convert("L")
+            pil.save(folder / (f"{i:03d}.jpg" if i % 2 else f"{i:03d}.png"), quality=95)
+    return root

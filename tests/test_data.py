@@ -265,7 +265,7 @@ def test_subset_sizes_out_of_range(
 def test_train_subset_at_the_limit_is_fine(stamped_npz: tuple[Path, np.ndarray, np.ndarray]) -> None:
     path, _, _ = stamped_npz
     assert len(load_dataset(str(path), val_size=100, train_subset=500).train) == 500
-    assert len(load_dataset(str(path), val_size=599).train) == 1
+    assert len(load_dataset(str(path), val_size=300).train) == 300  # half: the most validation may take
 
 
 # --- Fashion-MNIST missing or corrupt ---------------------------------------------------------
@@ -575,7 +575,7 @@ def test_image_folder_jpeg(fmnist_small: Dataset, tmp_path: Path) -> None:
         (root / name).mkdir(parents=True)
         for i, img in enumerate(originals[name]):
             Image.fromarray(img).save(root / name / f"{i:03d}.JPG", quality=95)
-    (root / "bag" / "notes.txt").write_text("not an image")
+    (root / "bag" / ".DS_Store").write_bytes(b"\0\1")  # hidden files are not data: ignored
     src = load_source(str(root))
     assert (len(src.train), len(src.test)) == (8, 2)
     # JPEG is lossy: close to the source, not equal.
@@ -594,7 +594,7 @@ def test_image_folder_mixed_sizes(fmnist_small: Dataset, tmp_path: Path) -> None
     msg = str(info.value)
     assert f"{root / 'bag' / '000.png'} is 28x28" in msg
     assert f"{root / 'bag' / '001.png'} is 24x20" in msg
-    assert "resize them all to one size" in msg
+    assert "give --image-size N" in msg
 
 
 def test_image_folder_train_test_different_sizes(fmnist_small: Dataset, tmp_path: Path) -> None:
@@ -603,8 +603,9 @@ def test_image_folder_train_test_different_sizes(fmnist_small: Dataset, tmp_path
     for name in ("a", "b"):
         _write_pngs(root / "train" / name, imgs[:2])
         _write_pngs(root / "test" / name, imgs[2:, :20, :20])
-    with pytest.raises(DataError, match=r"train images are \(1, 28, 28\) but test images are \(1, 20, 20\)"):
+    with pytest.raises(DataError, match=r"images differ in size: .* is 28x28 but .* is 20x20 .*--image-size N"):
         load_source(str(root))
+    assert load_source(str(root), image_size=24).test.x.shape[1:] == (1, 24, 24)
 
 
 def test_image_folder_needs_two_classes(fmnist_small: Dataset, tmp_path: Path) -> None:
@@ -631,7 +632,7 @@ def test_image_folder_bad_layouts(fmnist_small: Dataset, tmp_path: Path) -> None
     root = tmp_path / "hollow"
     _write_pngs(root / "a", imgs[:5])
     (root / "b").mkdir()
-    with pytest.raises(DataError, match="class folder\\(s\\) with no PNG/JPEG images: b"):
+    with pytest.raises(DataError, match="class folder\\(s\\) with no image files: b"):
         load_source(str(root))
     # Fewer than 5 images per class: nothing for test.
     few = tmp_path / "few"
@@ -655,7 +656,7 @@ def test_image_folder_unreadable_image(fmnist_small: Dataset, tmp_path: Path) ->
     _write_pngs(broken / "a", imgs[:5])
     _write_pngs(broken / "b", imgs[:5])
     (broken / "b" / "002.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match=r"002\.png: cannot read image"):
+    with pytest.raises(DataError, match=r"002\.png: not an image Pillow can read .*--skip-unreadable"):
         load_source(str(broken))
 
 
@@ -711,3 +712,82 @@ def test_idx_folder_header_longer_than_body(tmp_path: Path) -> None:
         handle.write(labels[:-10])  # a valid gzip of a short body
     with pytest.raises(DataError, match=r"header says \(10000,\) but holds 9990 bytes"):
         load_source(str(root))
+
+
+# --- images of mixed sizes and modes, unreadable files, val_size as a share (bring-your-own data) -------------------
+
+
+def _colour_image(width: int, height: int, *, centre: tuple[int, int, int], sides: tuple[int, int, int]) -> Image.Image:
+    """`width` x `height` RGB: the middle half of the longer side in `centre`, the rest in `sides`."""
+    arr = np.empty((height, width, 3), dtype=np.uint8)
+    arr[:] = sides
+    if width >= height:
+        arr[:, width // 4 : width - width // 4] = centre
+    else:
+        arr[height // 4 : height - height // 4] = centre
+    return Image.fromarray(arr)
+
+
+def test_mixed_size_colour_folder_resized_to_the_centre_square(tmp_path: Path) -> None:
+    """Shorter side to image_size, then the centre square: for a 2:1 image that is exactly its middle half."""
+    root = tmp_path / "mixed"
+    blue, red = (0, 0, 255), (255, 0, 0)
+    sizes = [(40, 20), (20, 40), (64, 32), (33, 17), (100, 50), (24, 12)]
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            _colour_image(w, h, centre=blue, sides=red).save(root / cls / f"{i}.jpg" if i % 2 else root / cls / f"{i}.png",
+                                                             quality=98)
+    grey = np.full((30, 30), 77, dtype=np.uint8)  # a grey image among colour ones becomes RGB (its value in each channel)
+    Image.fromarray(grey).save(root / "a" / "grey.png")
+    src = load_source(str(root), image_size=16)
+    x = np.concatenate([src.train.x, src.test.x])
+    assert x.shape[1:] == (3, 16, 16) and len(x) == 2 * len(sizes) + 1
+    colour = x[x[:, 0, 0, 0] != 77]
+    inner = colour[:, :, 2:-2, 2:-2].astype(float)  # away from the bilinear seam at the crop's edge
+    assert inner[:, 2].mean() > 240 and inner[:, 0].mean() < 15  # blue centre kept, red sides cropped away
+    assert (x[x[:, 0, 0, 0] == 77] == 77).all()
+    # without image_size the same folder is refused, naming both sizes and the option
+    with pytest.raises(DataError, match=r"images differ in size: .* is 40x20 but .* is 20x40 .*--image-size N"):
+        load_source(str(root))
+
+
+def test_image_size_resizes_arrays_too(fmnist_small: Dataset, tmp_path: Path) -> None:
+    arrays = _npz_arrays(fmnist_small)
+    np.savez(tmp_path / "d.npz", **arrays)
+    src = load_source(str(tmp_path / "d.npz"), image_size=14)
+    assert src.train.x.shape[1:] == (1, 14, 14)
+    # bilinear 2:1 shrink with antialiasing: each pixel close to the mean of its 2x2 block
+    blocks = arrays["x_train"][:50].reshape(50, 14, 2, 14, 2).mean(axis=(2, 4))
+    assert np.abs(src.train.x[:50, 0].astype(float) - blocks).mean() < 12
+
+
+def test_non_image_and_corrupt_files_fail_or_are_skipped(fmnist_small: Dataset, tmp_path: Path) -> None:
+    root = tmp_path / "dirty"
+    imgs = _class_images(fmnist_small, 3, 10)
+    _write_pngs(root / "a", imgs[:5])
+    _write_pngs(root / "b", imgs[5:])
+    (root / "a" / "notes.txt").write_text("not an image")
+    good = (root / "b" / "000.png").read_bytes()
+    (root / "b" / "cut.png").write_bytes(good[: len(good) // 2])  # truncated: the header reads, the pixels do not
+    with pytest.raises(DataError, match=r"notes\.txt: not an image Pillow can read"):
+        load_source(str(root))
+    (root / "a" / "notes.txt").unlink()
+    with pytest.raises(DataError, match=r"cut\.png: not an image Pillow can read"):
+        load_source(str(root))
+    (root / "a" / "notes.txt").write_text("not an image")
+    src = load_source(str(root), skip_unreadable=True)
+    assert sorted(src.skipped) == ["a/notes.txt", "b/cut.png"]
+    assert len(src.train) + len(src.test) == 10
+    data = load_dataset(str(root), val_size=0, skip_unreadable=True)
+    assert data.skipped == src.skipped
+
+
+def test_val_size_as_a_share(stamped_npz: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    path, _, _ = stamped_npz
+    n = len(load_source(str(path)).train)
+    for share in (0.1, 0.25, 0.5):
+        data = load_dataset(str(path), val_size=share)
+        assert len(data.val) == round(share * n) and len(data.train) == n - round(share * n)
+    with pytest.raises(DataError, match=r"at most half .* lower val_size"):
+        load_dataset(str(path), val_size=n // 2 + 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import pytest
 
@@ -19,7 +19,8 @@ from gtnpipe.config.recipes import (
     recipes_dir,
 )
 from gtnpipe.errors import ConfigError
-from gtnpipe.space.spaces import SPACES
+from gtnpipe.models.teacher import SPACE_TEACHERS, teacher_for
+from gtnpipe.space.spaces import AUTO, SPACES, space_for
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"
 
@@ -63,8 +64,9 @@ def test_shipped_recipe_loads(name: str) -> None:
     assert recipe.name == name
     # what loading alone does not check: the recipe names a registered space, and its teacher has a stage for each
     # of the space's stages (build_teacher refuses it otherwise, after the data is loaded)
-    assert recipe.space in SPACES
-    assert len(recipe.teacher.widths) == SPACES[recipe.space].num_stages
+    assert recipe.space in SPACES or recipe.space == AUTO
+    space = space_for((28, 28)) if recipe.space == AUTO else SPACES[recipe.space]  # every shipped recipe: Fashion-MNIST
+    assert len(teacher_for(space, recipe.teacher).widths) == space.num_stages
     # By name, by str path and by Path: the same recipe.
     path = recipes_dir() / f"{name}.toml"
     with open(path, "rb") as handle:
@@ -103,8 +105,9 @@ def _expected_from_raw(cls: type, raw: dict[str, Any]) -> Any:
         if f.name not in raw:
             continue
         value = raw[f.name]
-        if dataclasses.is_dataclass(hints[f.name]):
-            value = _expected_from_raw(hints[f.name], value)
+        hint = next((a for a in get_args(hints[f.name]) if dataclasses.is_dataclass(a)), hints[f.name])  # X | None
+        if dataclasses.is_dataclass(hint):
+            value = _expected_from_raw(hint, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
@@ -118,13 +121,13 @@ def test_tiny_recipe_by_path() -> None:
     assert r.name == "tiny"
     assert r == _expected_from_raw(Recipe, raw)
     # Keys the file leaves out come from the dataclass defaults.
-    assert r.space == raw.get("space", "mbv3-28")
+    assert r.space == raw.get("space", AUTO)
     assert r.data.source == raw["data"].get("source", "fashion-mnist")
     assert r.train.teacher.optimizer == raw["train"]["teacher"].get("optimizer", "sgd")
     assert r.train.teacher.epochs == raw["train"]["teacher"]["epochs"] > 0
     # A few hundred images and a narrow teacher: what the tests rely on.
     assert 0 < r.data.train_subset <= 1024
-    assert max(r.teacher.widths) <= 64
+    assert r.teacher is not None and max(r.teacher.widths) <= 64
     assert load_recipe(str(TINY)) == r
 
 
@@ -132,7 +135,7 @@ def test_minimal_recipe(tmp_path: Path) -> None:
     r = load_recipe(write_recipe(tmp_path, VALID_TRAIN, name="minimal"))
     assert r.name == "minimal"
     assert r.data == DataConfig()
-    assert r.teacher == TeacherConfig()
+    assert r.teacher is None and r.space == AUTO  # the data's space, and that space's own teacher
     assert r.train.teacher == r.train.student == TrainConfig(epochs=4)
 
 
@@ -180,7 +183,8 @@ INVALID = {
     ),
     "unknown key in data": (
         "[data]\nval = 3\n" + VALID_TRAIN,
-        ["unknown key 'data.val'", "allowed keys in [data]: source, split_seed, test_subset, train_subset, val_size"],
+        ["unknown key 'data.val'", "allowed keys in [data]: image_size, skip_unreadable, source, split_seed, test_subset, "
+                                   "train_subset, val_size"],
     ),
     "string for int": (
         '[train.teacher]\nepochs = "ten"\n[train.student]\nepochs = 4\n',
@@ -260,7 +264,7 @@ INVALID = {
     ),
     "negative val_size": (
         "[data]\nval_size = -1\n" + VALID_TRAIN,
-        ["[data] 'val_size' must be >= 0 (0 means all), got -1"],
+        ["[data] 'val_size' must be >= 0, got -1"],
     ),
     "widths and blocks differ in length": (
         "[teacher]\nwidths = [64, 128]\nblocks = [2, 2, 2]\n" + VALID_TRAIN,
@@ -345,3 +349,28 @@ def test_non_finite_decay_and_momentum_rejected(tmp_path: Path, field: str) -> N
     path = write_recipe(tmp_path, f"[train.teacher]\nepochs = 4\n{field} = nan\n[train.student]\nepochs = 4\n")
     with pytest.raises(ConfigError, match=field):
         load_recipe(path)
+
+
+# --- [data] for bring-your-own images, the space and teacher that follow the data ------------------------------------
+
+
+def test_val_size_is_a_count_or_a_share(tmp_path: Path) -> None:
+    count = load_recipe(write_recipe(tmp_path, "[data]\nval_size = 500\n" + VALID_TRAIN, name="count"))
+    share = load_recipe(write_recipe(tmp_path, "[data]\nval_size = 0.2\nimage_size = 64\n" + VALID_TRAIN, name="share"))
+    assert count.data.val_size == 500 and isinstance(count.data.val_size, int)
+    assert share.data.val_size == 0.2 and share.data.image_size == 64
+    assert DataConfig().val_size == 0.1  # bring-your-own data: 10%
+    for bad, message in (("0.7", r"\[data\] 'val_size' = 0.7: a share .* must be in \[0, 0.5\]"),
+                         ('"ten"', r"'data.val_size' must be a number"), ("-3", r"'val_size' must be >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(write_recipe(tmp_path, f"[data]\nval_size = {bad}\n" + VALID_TRAIN, name="bad"))
+    with pytest.raises(ConfigError, match=r"'image_size' = 4 is too small"):
+        load_recipe(write_recipe(tmp_path, "[data]\nimage_size = 4\n" + VALID_TRAIN, name="bad"))
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_space_has_a_teacher_with_one_stage_per_student_stage(name: str) -> None:
+    assert len(SPACE_TEACHERS[name].widths) == len(SPACE_TEACHERS[name].blocks) == SPACES[name].num_stages
+    assert teacher_for(SPACES[name]) == SPACE_TEACHERS[name]
+    own = TeacherConfig(stem_width=8, widths=(8,) * SPACES[name].num_stages, blocks=(1,) * SPACES[name].num_stages)
+    assert teacher_for(SPACES[name], own) == own  # a recipe's [teacher] wins

@@ -19,13 +19,12 @@ from gtnpipe.config.profiles import load_profile
 from gtnpipe.config.recipes import PredictorConfig, load_recipe
 from gtnpipe.deploy.timing import Machine
 from gtnpipe.search.evolution import SearchConfig
-from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.space.spaces import TaskShape
 from gtnpipe.stages import deploy, keys, search, training
 from gtnpipe.stages.keys import Stage, stage_key
-from gtnpipe.stages.workspace import DataRef, run_stage
+from gtnpipe.stages.workspace import DataRef, resolve, run_stage
 
-REC = load_recipe(TINY_RECIPE)
-SPACE = get_space(REC.space)
+REC, SPACE = resolve(load_recipe(TINY_RECIPE), (28, 28))
 TASK = TaskShape(1, (28, 28), 10)
 DATA = DataRef(REC.data, "0" * 64)
 HOST = load_profile("host")
@@ -56,7 +55,7 @@ def _changed(value: Any) -> list[Any]:
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, int):
-        return [value + 1, value - 1]
+        return [value + 1, value - 1, value + 16]  # +16: a size field whose small values are invalid
     if isinstance(value, float):
         return [value + 0.5, value / 2]
     if isinstance(value, str):
@@ -203,3 +202,25 @@ def test_stage_inputs_must_be_frozen() -> None:
 
     with pytest.raises(TypeError, match="frozen dataclass"):
         stage_key(Loose())
+
+
+# --- bring-your-own data: the workspace follows the data --------------------------------------------------------
+
+
+def test_own_data_gets_its_space_teacher_and_a_ten_percent_val_split(tmp_path: Path) -> None:
+    from conftest import make_colour_folder
+
+    from gtnpipe.models.teacher import SPACE_TEACHERS
+    from gtnpipe.stages.workspace import Workspace
+
+    root = make_colour_folder(tmp_path / "own", classes=3, per_class=20)
+    ws = Workspace.open("quick", data_source=str(root), image_size=64, cache_dir=tmp_path / "cache", progress=False)
+    # quick's Fashion-MNIST settings (slices, mbv3-28, its 4-stage teacher) give way to the data's
+    assert ws.space.name == ws.recipe.space == "mbv3-32"
+    assert ws.teacher == SPACE_TEACHERS["mbv3-32"] == ws.recipe.teacher
+    assert ws.task == TaskShape(3, (64, 64), 3)
+    n_train = 3 * 16  # every 5th image per class is test
+    assert (len(ws.data.train) + len(ws.data.val), len(ws.data.val), len(ws.data.test)) == (n_train, round(0.1 * n_train), 12)
+    assert ws.recipe.train == load_recipe("quick").train  # the training settings stay
+    # the same images at 128 px: OFA's space
+    assert Workspace.open("quick", data_source=str(root), image_size=128, progress=False).space.name == "mbv3-224"

@@ -17,7 +17,7 @@ from gtnpipe.models.counting import count_module
 from gtnpipe.models.static import build_static
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.space.counting import count
-from gtnpipe.space.spaces import SPACES, ArchConfig, Block, TaskShape, get_space
+from gtnpipe.space.spaces import SPACES, ArchConfig, Block, TaskShape, get_space, space_for
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -188,6 +188,16 @@ def test_macs_and_params_are_exact(seed: int) -> None:
         assert count(arch, SPACE, TASK) == count_module(net, TASK), arch.id
 
 
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_space_counts_exactly_and_round_trips_ids_at_its_resolution(name: str) -> None:
+    space = SPACES[name]
+    task = TaskShape(3, (space.nominal_px, space.nominal_px), 100)
+    for arch in [space.smallest(), space.largest(), *space.sample_many(3, seed=1)]:
+        assert count(arch, space, task) == count_module(build_static(arch, space, task), task), (name, arch.id)
+    for arch in space.sample_many(200, seed=2):
+        assert space.parse(arch.id) == arch
+
+
 @pytest.mark.parametrize("task", [TaskShape(3, (32, 32), 100), TaskShape(1, (27, 31), 2)])
 def test_macs_follow_the_task_shape(task: TaskShape) -> None:
     arch = SPACE.sample_many(1, seed=9)[0]
@@ -206,8 +216,22 @@ def test_every_registered_space_builds_and_extracts(name: str) -> None:
         assert torch.allclose(net.extract(arch).eval()(x), net(x, arch), atol=1e-5)
 
 
+@pytest.mark.parametrize(("side", "expected"), [(16, "mbv3-28"), (28, "mbv3-28"), (31, "mbv3-28"), (32, "mbv3-32"),
+                                               (64, "mbv3-32"), (95, "mbv3-32"), (96, "mbv3-224"), (224, "mbv3-224")])
+def test_auto_space_follows_the_shorter_side(side: int, expected: str) -> None:
+    assert space_for((side, side)).name == expected
+    assert space_for((side, side + 40)).name == expected  # the shorter side decides
+    space = get_space(expected)
+    assert space.image_px[0] <= side <= space.image_px[1] and space.image_px[0] <= space.nominal_px <= space.image_px[1]
+
+
+def test_auto_space_outside_every_range_names_the_ranges() -> None:
+    with pytest.raises(ArchError, match=r"no search space is built for 8x8 images .*mbv3-28 16-31 px.*--image-size"):
+        space_for((8, 8))
+
+
 def test_unknown_space_lists_the_known_ones() -> None:
-    with pytest.raises(ArchError, match="known spaces: mbv3-28"):
+    with pytest.raises(ArchError, match="known spaces: mbv3-224, mbv3-28, mbv3-32"):
         get_space("resnet")
 
 

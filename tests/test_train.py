@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from gtnpipe.errors import TrainError
 from gtnpipe.models.static import build_static
 from gtnpipe.space.spaces import TaskShape, get_space
 from gtnpipe.stages.workspace import Workspace
-from gtnpipe.training.train import Normalizer, _schedule, augment_batch, evaluate, fit, seed_everything
+from gtnpipe.training.train import Normalizer, _schedule, augment_batch, evaluate, fit, recalibrate_bn, seed_everything
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -102,6 +103,26 @@ def test_fit_learns_and_is_deterministic(fmnist_small: Dataset) -> None:
     c = _student()
     rc = fit(c, fmnist_small, CFG, seed=8, run_id="c", progress=False)
     assert rc.history[0].train_loss != ra.history[0].train_loss  # the seed sets the data order
+
+
+@pytest.mark.slow
+def test_precise_bn_recomputes_the_statistics_after_the_last_epoch(fmnist_small: Dataset) -> None:
+    """precise_bn_images: the running statistics are those of the final weights over that many training images
+    (the same as recalibrating after a plain fit), and they go into the val and test figures."""
+    cfg = TrainConfig(epochs=1, batch_size=128)
+    plain, precise = _student(), _student()
+    r_plain = fit(plain, fmnist_small, cfg, seed=3, run_id="p", progress=False)
+    r_precise = fit(precise, fmnist_small, dataclasses.replace(cfg, precise_bn_images=256), seed=3, run_id="q",
+                    progress=False)
+    norm = Normalizer(fmnist_small.mean, fmnist_small.std)
+    recalibrate_bn(plain, fmnist_small.train, norm, images=256, seed=3)
+    buffers = [n for n, _ in plain.named_buffers() if "running" in n]
+    assert buffers
+    for name in buffers:
+        torch.testing.assert_close(precise.get_buffer(name), plain.get_buffer(name), rtol=1e-5, atol=1e-6)
+    assert r_precise.test_top1 == evaluate(plain, fmnist_small.test, norm)
+    assert r_precise.history[-1].val_top1 == evaluate(plain, fmnist_small.val, norm)
+    assert r_plain.test_top1 != r_precise.test_top1  # the stale statistics scored differently
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,9 +29,12 @@ from rich.table import Column, Table
 from gtnpipe.errors import GtnpipeError
 from gtnpipe.progress import Progress
 
+if TYPE_CHECKING:
+    from gtnpipe.stages.workspace import Workspace
+
 __all__ = [
-    "CacheOpt", "JsonOpt", "ProgressOpt", "RecipeOpt", "SpaceOpt", "emit_json", "fail", "id_column", "print_table",
-    "running", "stderr", "stdout", "value_column",
+    "CacheOpt", "DataOpt", "ImageSizeOpt", "JsonOpt", "ProgressOpt", "RecipeOpt", "SkipUnreadableOpt", "SpaceOpt",
+    "emit_json", "fail", "id_column", "open_workspace", "print_table", "running", "stderr", "stdout", "value_column",
 ]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout (implies --no-progress).")]
@@ -41,6 +44,15 @@ CacheOpt = Annotated[
     typer.Option("--cache-dir", envvar="GTNPIPE_CACHE", help="Cache folder [default: ~/.cache/gtnpipe]."),
 ]
 SpaceOpt = Annotated[str, typer.Option("--space", help="Search space name.")]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", help="Your own images instead of the recipe's data: a folder of class sub-folders (optionally under "
+    "train/ and test/), a .npz, or fashion-mnist. The search space and teacher then follow the images' resolution and "
+    "10% of the training images become the validation split; the recipe's training settings stay.")]
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    "--image-size", min=8, help="Resize every image to N x N (shorter side to N, then the centre square) "
+    "[default: the recipe's data.image_size, or the images' own size].")]
+SkipUnreadableOpt = Annotated[bool, typer.Option(
+    "--skip-unreadable", help="Leave out image files that cannot be decoded (counted in the output) instead of failing.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress: bars, and status lines on "
                                            "stderr, gtnpipe's and its libraries' (NNCF's). Warnings and errors show either way.")]
 
@@ -159,3 +171,17 @@ def _stdout_to_stderr(active: bool) -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def open_workspace(recipe: str, *, cache_dir: Path | None = None, data: str | None = None, image_size: int | None = None,
+                   skip_unreadable: bool = False, progress: bool = True) -> Workspace:
+    """The command's Workspace (recipe, data, cache); files the data loader skipped are reported on stderr."""
+    from gtnpipe.stages.workspace import Workspace
+
+    ws = Workspace.open(recipe, cache_dir=cache_dir, data_source=data, image_size=image_size,
+                        skip_unreadable=skip_unreadable or None, progress=progress)
+    if ws.data.skipped:
+        first = ", ".join(ws.data.skipped[:3]) + (", ..." if len(ws.data.skipped) > 3 else "")
+        stderr().print(f"[yellow]warning[/] skipped {len(ws.data.skipped)} unreadable file(s) of {escape(ws.data.name)}: "
+                       f"{escape(first)}")
+    return ws

@@ -12,12 +12,16 @@ from rich.table import Table
 
 from gtnpipe.cli._common import (
     CacheOpt,
+    DataOpt,
+    ImageSizeOpt,
     JsonOpt,
     ProgressOpt,
     RecipeOpt,
+    SkipUnreadableOpt,
     emit_json,
     fail,
     id_column,
+    open_workspace,
     print_table,
     running,
     stdout,
@@ -33,6 +37,9 @@ __all__ = ["build", "search"]
 def search(
     device: Annotated[str, typer.Option("--device", "-d", help="Device profile name or path to your own .toml.")],
     recipe: RecipeOpt = "quick",
+    data: DataOpt = None,
+    image_size: ImageSizeOpt = None,
+    skip_unreadable: SkipUnreadableOpt = False,
     cache_dir: CacheOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the Pareto front as a PNG here.")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Evolution generations.")] = 500,
@@ -48,7 +55,8 @@ def search(
         from gtnpipe import pipeline
         from gtnpipe.search.evolution import SearchConfig
 
-        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled)
+        ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
+                            skip_unreadable=skip_unreadable, progress=p.enabled)
         found = pipeline.search_device(ws, device, config=SearchConfig(iterations=iterations))  # the stage build runs
         result, acc = found.result, found.predictor
         if plot is not None:
@@ -91,6 +99,9 @@ def build(
     device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Device profile name or path (repeatable).")] = None,
     all_devices: Annotated[bool, typer.Option("--all", help="Every shipped device profile.")] = False,
     recipe: RecipeOpt = "quick",
+    data: DataOpt = None,
+    image_size: ImageSizeOpt = None,
+    skip_unreadable: SkipUnreadableOpt = False,
     out_dir: Annotated[Path, typer.Option("--out", help="Artifacts folder: one sub-folder per device.")] = Path("artifacts"),
     teacher: Annotated[str, typer.Option("--teacher", help="gtn (the generic teacher), vanilla or none.")] = "gtn",
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Search generations.")] = 500,
@@ -119,7 +130,8 @@ def build(
         from gtnpipe import pipeline
         from gtnpipe.search.evolution import SearchConfig
 
-        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled)
+        ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
+                            skip_unreadable=skip_unreadable, progress=p.enabled)
         for name in devices:
             results.append(pipeline.build_device(
                 ws, name, out=out_dir, teacher=teacher, config=SearchConfig(iterations=iterations),

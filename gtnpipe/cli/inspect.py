@@ -7,7 +7,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gtnpipe.cli._common import JsonOpt, RecipeOpt, SpaceOpt, emit_json, id_column, print_table, running, stdout, value_column
+from gtnpipe.cli._common import (
+    DataOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    RecipeOpt,
+    SkipUnreadableOpt,
+    SpaceOpt,
+    emit_json,
+    id_column,
+    open_workspace,
+    print_table,
+    running,
+    stdout,
+    value_column,
+)
 
 __all__ = ["data_app", "pool_app"]
 
@@ -17,15 +31,19 @@ pool_app = typer.Typer(help="Inspect the student pool (the supernet's search spa
 
 @data_app.command("info")
 def data_info(
-    data: Annotated[str | None, typer.Option("--data", help="fashion-mnist, an image folder or a .npz.")] = None,
+    data: DataOpt = None,
+    image_size: ImageSizeOpt = None,
+    skip_unreadable: SkipUnreadableOpt = False,
     recipe: RecipeOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
-    """Dataset source, fingerprint, shape, classes and split sizes (splits as the recipe carves them)."""
+    """Dataset source, fingerprint, shape, classes, split sizes (as the recipe carves them) and the search space
+    the data gets."""
     with running(as_json=as_json):
         from gtnpipe import pipeline
 
-        info = pipeline.data_info(pipeline.Workspace.open(recipe, data_source=data, progress=False))
+        info = pipeline.data_info(open_workspace(recipe, data=data, image_size=image_size,
+                                                 skip_unreadable=skip_unreadable, progress=False))
     if as_json:
         return emit_json(info)
     out = stdout()
@@ -33,6 +51,8 @@ def data_info(
     out.print(f"images: {info['channels']} x {info['image_hw'][0]} x {info['image_hw'][1]} (C x H x W), "
               f"{len(info['classes'])} classes: {', '.join(info['classes'])}")
     out.print("splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+    skipped = f"; skipped {len(info['skipped'])} unreadable file(s)" if info["skipped"] else ""
+    out.print(f"search space: {info['space']}{skipped}")
 
 
 @pool_app.command("info")

@@ -93,6 +93,10 @@ def _convert(hint: Any, value: Any, *, where: str, dotted: str) -> Any:
                 f"{where}: '{dotted}' = {value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}"
             )
         return value
+    if origin in (Union, types.UnionType) and set(get_args(hint)) == {int, float}:  # a count or a share: kept as given
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{dotted}' must be a number, got {value!r}")
+        return value
     if origin in (Union, types.UnionType):
         args: Sequence[Any] = [a for a in get_args(hint) if a is not type(None)]
         if len(args) != 1:

@@ -11,13 +11,17 @@ import hashlib
 import os
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gtnpipe.errors import DataError, DatasetMissing
 from gtnpipe.fsutil import canonical_json, sha256_file
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "FASHION_MNIST",
@@ -44,7 +48,6 @@ _FASHION_MNIST_SHA256 = {
 _FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 # ImageFolder trees without train/ and test/ sub-folders: this share of each class becomes test.
 _IMAGEFOLDER_TEST_FRACTION = 0.2
 
@@ -67,6 +70,7 @@ class Source:
     train: Split
     test: Split
     fingerprint: str  # sha256 over the source files' own sha256s
+    skipped: tuple[str, ...] = ()  # unreadable files left out (skip_unreadable), relative to the source folder
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class Dataset:
     fingerprint: str
     mean: tuple[float, ...]  # per channel, in [0, 1], over the train split
     std: tuple[float, ...]
+    skipped: tuple[str, ...] = ()  # unreadable files left out (skip_unreadable)
 
     @property
     def channels(self) -> int:
@@ -100,24 +105,35 @@ def fashion_mnist_dir() -> Path:
 def load_dataset(
     source: str = FASHION_MNIST,
     *,
-    val_size: int,
+    val_size: int | float,
     train_subset: int = 0,
     test_subset: int = 0,
     split_seed: int = 0,
+    image_size: int = 0,
+    skip_unreadable: bool = False,
 ) -> Dataset:
     """Load `source` and carve a deterministic validation split from its training data.
 
     Args:
         source: "fashion-mnist", a folder (ImageFolder tree or the four MNIST-style IDX
             files) or a .npz with x_train, y_train, x_test, y_test.
-        val_size: images moved from train to validation (chosen by a seeded permutation).
+        val_size: images moved from train to validation (chosen by a seeded permutation): a count (int) or a
+            share of the training images (float below 1); at most half of them.
         train_subset, test_subset: keep only this many (0 = all); train's are taken from the
             same permutation, so a smaller subset is a prefix of a larger one.
+        image_size: > 0 resizes every image to image_size x image_size (shorter side, then the centre square).
+        skip_unreadable: leave out (and list in `Dataset.skipped`) image-folder files that are not images Pillow
+            can decode, instead of failing on the first.
     """
-    src = load_source(source)
+    src = load_source(source, image_size=image_size, skip_unreadable=skip_unreadable)
     n_train = len(src.train)
-    if not 0 <= val_size < n_train:
-        raise DataError(f"val_size={val_size} must be at least 0 and below the {n_train} training images of {src.name}")
+    n_val = round(val_size * n_train) if isinstance(val_size, float) else val_size
+    if not 0 <= n_val <= n_train // 2:
+        raise DataError(
+            f"val_size={val_size} would take {n_val} of the {n_train} training images of {src.name}; at most half "
+            f"({n_train // 2}) can be validation images: lower val_size ([data] val_size, e.g. 0.1 for 10%)"
+        )
+    val_size = n_val
     perm = np.random.default_rng(split_seed).permutation(n_train)
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     if train_subset:
@@ -141,25 +157,57 @@ def load_dataset(
     sq_255 = np.array([np.dot(c.astype(np.float64), c) / c.size for c in per_channel])
     mean = tuple(float(m) / 255.0 for m in mean_255)
     std = tuple(max(float(np.sqrt(max(q - m * m, 0.0))) / 255.0, 1e-3) for m, q in zip(mean_255, sq_255))
-    return Dataset(src.name, src.classes, train, val, test, src.fingerprint, mean, std)
+    return Dataset(src.name, src.classes, train, val, test, src.fingerprint, mean, std, src.skipped)
 
 
-def load_source(source: str) -> Source:
+def load_source(source: str, *, image_size: int = 0, skip_unreadable: bool = False) -> Source:
     if source == FASHION_MNIST:
-        return _load_idx_folder(fashion_mnist_dir(), name=FASHION_MNIST, expected_sha256=_FASHION_MNIST_SHA256)
+        src = _load_idx_folder(fashion_mnist_dir(), name=FASHION_MNIST, expected_sha256=_FASHION_MNIST_SHA256)
+        return _resized_source(src, image_size)
     path = Path(source)
     if not path.exists():
         raise DatasetMissing(
-            f"dataset {source!r} not found: give '{FASHION_MNIST}', a folder of class sub-folders of PNG/JPEG images, "
+            f"dataset {source!r} not found: give '{FASHION_MNIST}', a folder of class sub-folders of images, "
             "or a .npz file with x_train, y_train, x_test, y_test"
         )
     if path.is_file():
         if path.suffix != ".npz":
             raise DataError(f"{path}: a dataset file must be a .npz with x_train, y_train, x_test, y_test")
-        return _load_npz(path)
+        return _resized_source(_load_npz(path), image_size)
     if all((path / name).exists() for name in _FASHION_MNIST_SHA256):
-        return _load_idx_folder(path, name=path.name, expected_sha256=None)
-    return _load_image_folder(path)
+        return _resized_source(_load_idx_folder(path, name=path.name, expected_sha256=None), image_size)
+    return _load_image_folder(path, image_size=image_size, skip_unreadable=skip_unreadable)
+
+
+def _resized_source(src: Source, image_size: int) -> Source:
+    """Arrays (IDX, .npz) resized like image-folder images when `image_size` asks for another size."""
+    if not image_size or src.train.x.shape[2:] == (image_size, image_size):
+        return src
+    return replace(src, train=Split(_resize_array(src.train.x, image_size), src.train.y),
+                   test=Split(_resize_array(src.test.x, image_size), src.test.y))
+
+
+def _resize_array(x: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    mode = "L" if x.shape[1] == 1 else "RGB"
+    return np.stack([_to_chw(square(Image.fromarray(img[0] if mode == "L" else img.transpose(1, 2, 0), mode), size))
+                     for img in x])
+
+
+def square(image: Image.Image, size: int) -> Image.Image:
+    """`image` as size x size: the shorter side scaled to `size` (bilinear, antialiased when shrinking), then the
+    centre square (Pillow's ImageOps.fit), as evaluation pipelines resize ImageNet-style images."""
+    from PIL import Image, ImageOps
+
+    if image.size == (size, size):
+        return image
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
+
+
+def _to_chw(image: Image.Image) -> np.ndarray:
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _fingerprint(kind: str, file_hashes: dict[str, str]) -> str:
@@ -274,28 +322,36 @@ def _checked_split(x: np.ndarray, y: np.ndarray, n_classes: int, what: str) -> S
 
 # --- ImageFolder --------------------------------------------------------------------------
 
-def _load_image_folder(root: Path) -> Source:
-    if (root / "train").is_dir() and (root / "test").is_dir():
+def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool) -> Source:
+    has_split = (root / "train").is_dir() and (root / "test").is_dir()
+    if has_split:
         classes = _class_dirs(root / "train")
         if _class_dirs(root / "test") != classes:
             raise DataError(f"{root}: train/ and test/ must hold the same class sub-folders")
         train_files, test_files = _list_images(root / "train", classes), _list_images(root / "test", classes)
     else:
         classes = _class_dirs(root)
-        files = _list_images(root, classes)
-        train_files, test_files = _split_files(files, len(classes))
+        train_files, test_files = _list_images(root, classes), []
+    skipped: list[Path] = []
+    images = _decode_all([p for p, _ in train_files + test_files], image_size, skipped, skip_unreadable=skip_unreadable)
+    train_files = [f for f in train_files if f[0] in images]
+    test_files = [f for f in test_files if f[0] in images]
+    if not has_split:
+        train_files, test_files = _split_files(train_files, len(classes))
+    for name, files in (("train", train_files), ("test", test_files)):
+        empty = [c for label, c in enumerate(classes) if not any(lab == label for _, lab in files)]
+        if empty:
+            raise DataError(f"{root}: no readable image of class(es) {', '.join(empty)} in the {name} split")
+    x_train, y_train = _stack(train_files, images)
+    x_test, y_test = _stack(test_files, images)
     hashes = {str(p.relative_to(root)): sha256_file(p) for p, _ in sorted(train_files + test_files)}
-    mode = _common_mode([p for p, _ in train_files + test_files])
-    x_train, y_train = _read_images(train_files, mode)
-    x_test, y_test = _read_images(test_files, mode)
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"{root}: train images are {x_train.shape[1:]} but test images are {x_test.shape[1:]} (C, H, W)")
     return Source(
         root.name,
         classes,
         _checked_split(x_train, y_train, len(classes), f"{root} train"),
         _checked_split(x_test, y_test, len(classes), f"{root} test"),
-        _fingerprint("imagefolder", hashes),
+        _fingerprint("imagefolder", {**hashes, **({"image_size": str(image_size)} if image_size else {})}),
+        tuple(str(p.relative_to(root)) for p in skipped),
     )
 
 
@@ -310,15 +366,16 @@ def _class_dirs(root: Path) -> tuple[str, ...]:
 
 
 def _list_images(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+    """Every file under each class folder (hidden files and folders aside: .DS_Store and the like are not data)."""
     files = [
         (p, label)
         for label, name in enumerate(classes)
         for p in sorted((root / name).rglob("*"))
-        if p.suffix.lower() in _IMAGE_SUFFIXES
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root / name).parts)
     ]
     empty = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in files)]
     if empty:
-        raise DataError(f"{root}: class folder(s) with no PNG/JPEG images: {', '.join(empty)}")
+        raise DataError(f"{root}: class folder(s) with no image files: {', '.join(empty)}")
     return files
 
 
@@ -337,35 +394,42 @@ def _split_files(files: list[tuple[Path, int]], n_classes: int) -> tuple[list[tu
     return train, test
 
 
-def _common_mode(paths: list[Path]) -> str:
-    from PIL import Image, UnidentifiedImageError  # Pillow is needed only for image folders
+def _decode_all(paths: list[Path], image_size: int, skipped: list[Path], *, skip_unreadable: bool) -> dict[Path, np.ndarray]:
+    """Each image decoded once to uint8 CHW (grey or RGB; resized when `image_size`): a file Pillow cannot decode,
+    truncated ones included, fails here naming it, or with `skip_unreadable` is left out and listed in `skipped`.
+    Grey images become RGB when any image is colour. Without `image_size`, all must share one size."""
+    from PIL import Image, UnidentifiedImageError
 
-    modes = set()
+    out: dict[Path, np.ndarray] = {}
+    first: tuple[tuple[int, int], Path] | None = None
     for p in paths:
         try:
             with Image.open(p) as im:
-                modes.add("L" if im.mode in ("L", "1", "I;16", "I") else "RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise DataError(f"{p}: cannot read image ({err})") from err
-    return "RGB" if "RGB" in modes else "L"
-
-
-def _read_images(files: list[tuple[Path, int]], mode: str) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
-
-    arrays, sizes = [], {}
-    for path, _ in files:
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert(mode), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as err:
-            raise DataError(f"{path}: cannot read image ({err})") from err
-        sizes.setdefault(arr.shape[:2], path)
-        if len(sizes) > 1:
-            (first_size, first_path), (size, _) = list(sizes.items())[:2]
+                im.load()
+                image = im.convert("L" if im.mode in ("L", "1", "I;16", "I", "LA") else "RGB")
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            if not skip_unreadable:
+                raise DataError(
+                    f"{p}: not an image Pillow can read ({type(err).__name__}: {err}); remove the file, or skip "
+                    "every unreadable file with --skip-unreadable ([data] skip_unreadable = true)"
+                ) from err
+            skipped.append(p)
+            continue
+        if image_size:
+            image = square(image, image_size)
+        if first is None:
+            first = (image.size, p)
+        elif image.size != first[0]:
+            (w0, h0), p0 = first
             raise DataError(
-                f"images differ in size: {first_path} is {first_size[1]}x{first_size[0]} but {path} is {size[1]}x{size[0]} "
-                "(width x height); resize them all to one size first"
+                f"images differ in size: {p0} is {w0}x{h0} but {p} is {image.size[0]}x{image.size[1]} (width x "
+                "height); give --image-size N (or [data] image_size = N in the recipe) to resize them all to N x N"
             )
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    return np.stack(arrays), np.array([label for _, label in files], dtype=np.int64)
+        out[p] = _to_chw(image)
+    if any(a.shape[0] == 3 for a in out.values()):
+        out = {p: np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for p, a in out.items()}
+    return out
+
+
+def _stack(files: list[tuple[Path, int]], images: dict[Path, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return np.stack([images[p] for p, _ in files]), np.array([label for _, label in files], dtype=np.int64)

@@ -14,7 +14,16 @@ from gtnpipe.errors import ConfigError
 from gtnpipe.models.static import StagedNet, init_weights
 from gtnpipe.space.spaces import SearchSpace, TaskShape
 
-__all__ = ["BasicBlock", "build_teacher"]
+# The teacher of each search space, used when a recipe has no [teacher]: one ResNet stage per student stage, at the
+# student's strides (the GTN's branches join the teacher at any stage boundary). Several times the largest student's
+# MACs, as a teacher should be (`gtnpipe pool info --space NAME` prints both).
+SPACE_TEACHERS: dict[str, TeacherConfig] = {
+    "mbv3-28": TeacherConfig(stem_width=32, widths=(64, 128, 192, 256), blocks=(2, 2, 2, 1)),
+    "mbv3-32": TeacherConfig(stem_width=32, widths=(48, 96, 160, 224, 320), blocks=(1, 2, 2, 2, 1)),
+    "mbv3-224": TeacherConfig(stem_width=32, widths=(48, 96, 160, 224, 320), blocks=(1, 2, 2, 2, 1)),
+}
+
+__all__ = ["SPACE_TEACHERS", "BasicBlock", "build_teacher", "teacher_for"]
 
 
 class BasicBlock(nn.Module):
@@ -35,6 +44,17 @@ class BasicBlock(nn.Module):
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return torch.relu(out + self.shortcut(x))
+
+
+def teacher_for(space: SearchSpace, configured: TeacherConfig | None = None) -> TeacherConfig:
+    """The recipe's [teacher] when it has one, else the space's (SPACE_TEACHERS)."""
+    if configured is not None:
+        return configured
+    try:
+        return SPACE_TEACHERS[space.name]
+    except KeyError as err:
+        raise ConfigError(f"search space {space.name!r} has no default teacher; give the recipe a [teacher] section with "
+                          f"one width and block count per stage ({space.num_stages} stages)") from err
 
 
 def build_teacher(config: TeacherConfig, space: SearchSpace, task: TaskShape) -> StagedNet:

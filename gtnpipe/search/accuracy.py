@@ -17,31 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from gtnpipe.data.datasets import Split
 from gtnpipe.fsutil import atomic_write_bytes
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.space.spaces import ArchConfig, SearchSpace
-from gtnpipe.training.train import Normalizer, evaluate
+from gtnpipe.training.train import Normalizer, evaluate, recalibrate_bn
 
 __all__ = ["AccuracyPredictor", "inherited_accuracy", "recalibrate_bn", "spearman"]
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, split: Split, norm: Normalizer, *, images: int = 512, batch_size: int = 128,
-                   seed: int = 0) -> None:
-    """Recompute every BatchNorm's running mean/var as the plain average over `images` training images."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average
-    idx = np.random.default_rng(seed).permutation(len(split))[:images]
-    model.train()
-    for start in range(0, len(idx), batch_size):
-        model(norm(torch.from_numpy(split.x[idx[start:start + batch_size]])))
-    model.train(False)
 
 
 def inherited_accuracy(supernet: Supernet, arch: ArchConfig, train: Split, val: Split, norm: Normalizer, *,

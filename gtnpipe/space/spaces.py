@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 
 from gtnpipe.errors import ArchError
 
-__all__ = ["SPACES", "ArchConfig", "Block", "SearchSpace", "StageSpec", "TaskShape", "get_space"]
+__all__ = ["AUTO", "SPACES", "ArchConfig", "Block", "SearchSpace", "StageSpec", "TaskShape", "get_space", "space_for"]
 
 
 class Block(NamedTuple):
@@ -71,12 +71,18 @@ class SearchSpace:
     expand_ratios: tuple[int, ...] = (3, 4, 6)
     kernel_sizes: tuple[int, ...] = (3, 5, 7)
     stem_stride: int = 1
+    # the input sides (px, the shorter one) this space is built for: `space = "auto"` picks the space whose range
+    # holds the data's resolution, and `nominal_px` is where `gtnpipe pool info` counts MACs by default
+    image_px: tuple[int, int] = (16, 31)
+    nominal_px: int = 28
     head_dropout: float = 0.1
     se_divisor: int = 8  # SE width = make_divisible(mid / 4, se_divisor), as MobileNetV3
 
     def __post_init__(self) -> None:
         if any(k % 2 == 0 for k in self.kernel_sizes):
             raise ValueError(f"kernel_sizes must be odd, got {self.kernel_sizes}")
+        if not self.image_px[0] <= self.nominal_px <= self.image_px[1]:
+            raise ValueError(f"nominal_px={self.nominal_px} must lie in image_px={self.image_px}")
         for name in ("depths", "expand_ratios", "kernel_sizes"):
             values = getattr(self, name)
             if not values or list(values) != sorted(set(values)) or values[0] < 1:
@@ -212,25 +218,61 @@ def make_divisible(value: float, divisor: int) -> int:
     return out + divisor if out < 0.9 * value else out
 
 
-# Sized for 28-32 px inputs: stem at full resolution, then 14, 7, 4, 4 (for 28 px).
+# MobileNetV3's stage skeleton (Howard et al. 2019, Table 1): widths, strides, SE and activations per stage.
+_MBV3_STAGES = (
+    StageSpec(width=24, stride=2, se=False, act="relu"),
+    StageSpec(width=40, stride=2, se=True, act="relu"),
+    StageSpec(width=80, stride=2, se=False, act="hswish"),
+    StageSpec(width=112, stride=1, se=True, act="hswish"),
+    StageSpec(width=160, stride=2, se=True, act="hswish"),
+)
+
 SPACES: dict[str, SearchSpace] = {
+    # 28-31 px (Fashion-MNIST): stem at full resolution, then 14, 7, 4, 4 for 28 px (total stride 8).
     "mbv3-28": SearchSpace(
         name="mbv3-28",
         stem_width=16,
         first_width=16,
-        stages=(
-            StageSpec(width=24, stride=2, se=False, act="relu"),
-            StageSpec(width=40, stride=2, se=True, act="relu"),
-            StageSpec(width=80, stride=2, se=False, act="hswish"),
-            StageSpec(width=112, stride=1, se=True, act="hswish"),
-        ),
+        stages=_MBV3_STAGES[:4],
         final_width=448,
         head_width=512,
         # OFA uses depths 2-4; allowing 1 (the stride block alone) widens the MACs range
         # from 4.8x to 8.6x at 28 px, which the device budgets of small targets need.
         depths=(1, 2, 3, 4),
+        image_px=(16, 31),
+        nominal_px=28,
+    ),
+    # 32-95 px (CIFAR-size): MobileNetV3's five stages with the stem at full resolution (total stride 16: 2x2 at
+    # the last stage for 32 px, 4x4 for 64 px), and a head sized for tens of classes rather than ImageNet's 1000.
+    "mbv3-32": SearchSpace(
+        name="mbv3-32",
+        stem_width=16,
+        first_width=16,
+        stages=_MBV3_STAGES,
+        final_width=640,
+        head_width=1024,
+        depths=(1, 2, 3, 4),
+        image_px=(32, 95),
+        nominal_px=32,
+    ),
+    # 96-224 px and up: Once-for-All's MobileNetV3 space, `ofa_mbv3_d234_e346_k357_w1.0` (Cai et al. 2020): stem
+    # stride 2, MobileNetV3-Large's stages (total stride 32: 7x7 at 224 px), final 960, head 1280, depths 2-4,
+    # expand ratios 3/4/6, kernels 3/5/7.
+    "mbv3-224": SearchSpace(
+        name="mbv3-224",
+        stem_width=16,
+        first_width=16,
+        stages=_MBV3_STAGES,
+        final_width=960,
+        head_width=1280,
+        depths=(2, 3, 4),
+        stem_stride=2,
+        image_px=(96, 1024),
+        nominal_px=224,
     ),
 }
+
+AUTO = "auto"  # a recipe's `space`: the space whose image_px range holds the data's resolution (space_for)
 
 
 def get_space(name: str) -> SearchSpace:
@@ -238,3 +280,14 @@ def get_space(name: str) -> SearchSpace:
         return SPACES[name]
     except KeyError as err:
         raise ArchError(f"unknown search space {name!r}; known spaces: {', '.join(sorted(SPACES))}") from err
+
+
+def space_for(image_hw: tuple[int, int]) -> SearchSpace:
+    """The space built for images of this size: the one whose `image_px` range holds the shorter side."""
+    side = min(image_hw)
+    for space in SPACES.values():
+        if space.image_px[0] <= side <= space.image_px[1]:
+            return space
+    ranges = ", ".join(f"{s.name} {s.image_px[0]}-{s.image_px[1]} px" for s in SPACES.values())
+    raise ArchError(f"no search space is built for {image_hw[0]}x{image_hw[1]} images (shorter side {side} px): "
+                    f"{ranges}; resize the data with --image-size (or [data] image_size in the recipe)")

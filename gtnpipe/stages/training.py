@@ -183,7 +183,7 @@ def train_input(ws: Workspace, model: str) -> TrainInput:
     """The input that trains `model` ('teacher', an arch id, 'largest' or 'smallest') with the recipe's settings."""
     rec = ws.recipe
     if model == "teacher":
-        return TrainInput(None, rec.teacher, rec.train.teacher, rec.seed, ws.space, ws.task, ws.data_ref)
+        return TrainInput(None, ws.teacher, rec.train.teacher, rec.seed, ws.space, ws.task, ws.data_ref)
     return TrainInput(ws.space.parse(model).id, None, rec.train.student, rec.seed, ws.space, ws.task, ws.data_ref)
 
 
@@ -203,7 +203,7 @@ def teacher_input(ws: Workspace, method: str, *, student: str | None = None) -> 
         train_cfg = replace(train_cfg, epochs=rec.gtn.finetune_epochs,
                             warmup_epochs=min(train_cfg.warmup_epochs, rec.gtn.finetune_epochs / 2))
     arch = ws.space.parse(student).id if student is not None else None
-    return TeacherInput(method, arch, rec.teacher, train_cfg, rec.gtn, rec.seed, init, ws.space, ws.task, ws.data_ref)
+    return TeacherInput(method, arch, ws.teacher, train_cfg, rec.gtn, rec.seed, init, ws.space, ws.task, ws.data_ref)
 
 
 def distill_input(ws: Workspace, arch: str, *, teacher: str = "gtn", seed: int | None = None) -> DistillInput:
@@ -291,7 +291,7 @@ def train_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> TeacherOutco
 def load_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> tuple[StagedNet, TeacherOutcome]:
     """The teacher network (trained first if needed), in eval mode."""
     outcome = train_teacher(ws, inp)
-    return load_weights(ws, build_teacher(ws.recipe.teacher, inp.space, inp.task), inp).train(False), outcome
+    return load_weights(ws, build_teacher(ws.teacher, inp.space, inp.task), inp).train(False), outcome
 
 
 def load_supernet(ws: Workspace, inp: TeacherInput) -> Supernet:

@@ -11,13 +11,14 @@ from typing import Any, TypeVar
 import torch
 
 from gtnpipe.cache import Cache, Entry
-from gtnpipe.config.recipes import DataConfig, Recipe, load_recipe
+from gtnpipe.config.recipes import DataConfig, Recipe, TeacherConfig, load_recipe
 from gtnpipe.data.datasets import Dataset, load_dataset
-from gtnpipe.space.spaces import SearchSpace, TaskShape, get_space
+from gtnpipe.models.teacher import teacher_for
+from gtnpipe.space.spaces import AUTO, SearchSpace, TaskShape, get_space, space_for
 from gtnpipe.stages.keys import Stage, stage_spec
 from gtnpipe.training import distributed
 
-__all__ = ["DataRef", "Workspace", "load_weights", "run_stage", "task_of"]
+__all__ = ["DataRef", "Workspace", "load_weights", "resolve", "run_stage", "task_of"]
 
 WEIGHTS = "weights.pt"
 N = TypeVar("N", bound=torch.nn.Module)
@@ -51,16 +52,40 @@ class Workspace:
 
     @classmethod
     def open(cls, recipe: str | Path | Recipe = "quick", *, cache_dir: Path | None = None, data_source: str | None = None,
-             progress: bool = True) -> Workspace:
+             image_size: int | None = None, skip_unreadable: bool | None = None, progress: bool = True) -> Workspace:
+        """Load the recipe and its data. `data_source` (the CLI's --data) brings the user's own data: it replaces the
+        recipe's [data] with `DataConfig(source=data_source)` (val_size 10%, every image) and makes the space and
+        the teacher follow the data ("auto", the space's teacher); the recipe's training settings stay.
+        `image_size` (--image-size) resizes every image to that square size; `skip_unreadable` (--skip-unreadable)
+        overrides [data] skip_unreadable."""
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+        if data_source is not None:
+            rec = replace(rec, data=DataConfig(source=data_source), space=AUTO, teacher=None)
+        if image_size is not None:
+            rec = replace(rec, data=replace(rec.data, image_size=image_size))
+        if skip_unreadable is not None:
+            rec = replace(rec, data=replace(rec.data, skip_unreadable=skip_unreadable))
         cfg = rec.data
-        source = data_source or cfg.source
-        data = load_dataset(source, val_size=cfg.val_size, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
-                            split_seed=cfg.split_seed)
-        ref = DataRef(replace(cfg, source=source), data.fingerprint)
-        return cls(rec, data, get_space(rec.space), task_of(data), Cache(cache_dir), ref, progress)
+        data = load_dataset(cfg.source, val_size=cfg.val_size, train_subset=cfg.train_subset,
+                            test_subset=cfg.test_subset, split_seed=cfg.split_seed, image_size=cfg.image_size,
+                            skip_unreadable=cfg.skip_unreadable)
+        rec, space = resolve(rec, data.image_hw)
+        return cls(rec, data, space, task_of(data), Cache(cache_dir), DataRef(cfg, data.fingerprint), progress)
+
+    @property
+    def teacher(self) -> TeacherConfig:
+        """The teacher's shape (the recipe's [teacher] or the space's own, resolved when the workspace opened)."""
+        assert self.recipe.teacher is not None
+        return self.recipe.teacher
 
 
+
+
+def resolve(recipe: Recipe, image_hw: tuple[int, int]) -> tuple[Recipe, SearchSpace]:
+    """The recipe as it runs on images of `image_hw`: a concrete space ("auto" resolved by the data's resolution) and
+    teacher (the space's own when the recipe has no [teacher]), so the cache keys name what was trained."""
+    space = space_for(image_hw) if recipe.space == AUTO else get_space(recipe.space)
+    return replace(recipe, space=space.name, teacher=teacher_for(space, recipe.teacher)), space
 
 
 def run_stage(cache: Cache, inp: Stage, build: Callable[[Path, dict[str, Any]], None]) -> tuple[Entry, bool]:

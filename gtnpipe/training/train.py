@@ -30,7 +30,8 @@ from gtnpipe.errors import TrainError
 from gtnpipe.fsutil import atomic_write_bytes
 from gtnpipe.training import distributed
 
-__all__ = ["EpochLog", "FitResult", "LossFn", "Normalizer", "augment_batch", "evaluate", "fit", "seed_everything"]
+__all__ = ["EpochLog", "FitResult", "LossFn", "Normalizer", "augment_batch", "evaluate", "fit", "recalibrate_bn",
+           "seed_everything"]
 
 # loss_fn(model, x, y, idx) -> (loss, logits); idx are the batch's indices into the train split
 # (so a distillation loss can look up cached teacher logits).
@@ -81,6 +82,21 @@ def augment_batch(x: torch.Tensor, *, padding_px: int, generator: torch.Generato
         x = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     flip = torch.rand(n, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: Split, norm: Normalizer, *, images: int = 512, batch_size: int = 128,
+                   seed: int = 0) -> None:
+    """Recompute every BatchNorm's running mean/var as the plain average over `images` training images."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    idx = np.random.default_rng(seed).permutation(len(split))[:images]
+    model.train()
+    for start in range(0, len(idx), batch_size):
+        model(norm(torch.from_numpy(split.x[idx[start:start + batch_size]])))
+    model.train(False)
 
 
 @torch.no_grad()
@@ -236,6 +252,8 @@ def fit(
                 seen += len(idx)
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen)
             distributed.average_buffers(model)
+            if epoch == cfg.epochs - 1 and cfg.precise_bn_images:  # the same images on every rank: the same statistics
+                recalibrate_bn(eval_model, data.train, norm, images=cfg.precise_bn_images, seed=seed)
             val_top1 = evaluate(eval_model, data.val, norm, batch_size=cfg.eval_batch_size) if len(data.val) else float("nan")
             history.append(EpochLog(epoch + 1, loss_sum / seen, 100.0 * correct / seen, val_top1,
                                     time.perf_counter() - t_epoch))
