@@ -247,3 +247,14 @@ def test_part_costs_add_up_and_match_module_parts() -> None:
     for i, stage in enumerate(net.stages):
         assert parts.stages[i] == count_module(stage, TaskShape(x.shape[1], tuple(x.shape[2:]), 10)), i
         x = stage(x)
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_space_has_a_nominal_task_at_its_nominal_resolution(name: str) -> None:
+    from gtnpipe.space.pool import NOMINAL_TASKS, pool_info
+
+    task = NOMINAL_TASKS[name]
+    assert task.image_hw == (SPACES[name].nominal_px,) * 2
+    info = pool_info(space=name)
+    assert info["task"] == {"in_channels": task.in_channels, "image_hw": task.image_hw, "num_classes": task.num_classes}
+    assert info["smallest"]["macs"] == count(SPACES[name].smallest(), SPACES[name], task).macs < info["largest"]["macs"]

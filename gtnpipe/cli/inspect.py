@@ -57,7 +57,8 @@ def data_info(
 
 @pool_app.command("info")
 def pool_info(space: SpaceOpt = "mbv3-28", as_json: JsonOpt = False) -> None:
-    """Search space, pool size, and the MACs/params range (at Fashion-MNIST's 1x28x28, 10 classes)."""
+    """Search space, pool size, and the MACs/params range at the space's nominal input (mbv3-28: Fashion-MNIST's
+    1x28x28, 10 classes; mbv3-32: CIFAR-10's 3x32x32; mbv3-224: ImageNet's 3x224x224, 1000 classes)."""
     with running(as_json=as_json):
         from gtnpipe.space.pool import pool_info as info_of
 
@@ -68,6 +69,9 @@ def pool_info(space: SpaceOpt = "mbv3-28", as_json: JsonOpt = False) -> None:
     out.print(f"[bold]{info['space']}[/]: {len(info['stages'])} elastic stages, depths {c['depths']}, "
               f"kernels {c['kernel_sizes']}, expand ratios {c['expand_ratios']}")
     out.print(f"pool size: {info['pool_size']:,} distinct students ({info['pool_size']:.2e})")
+    t = info["task"]
+    out.print(f"at {t['in_channels']}x{t['image_hw'][0]}x{t['image_hw'][1]}, {t['num_classes']} classes "
+              f"(the space is built for {info['image_px'][0]}-{info['image_px'][1]} px):")
     small, large = info["smallest"], info["largest"]
     out.print(f"MACs: {small['macs'] / 1e6:.2f}M .. {large['macs'] / 1e6:.2f}M "
               f"({large['macs'] / small['macs']:.1f}x); params: {small['params'] / 1e6:.2f}M .. "
