@@ -1,7 +1,7 @@
 """How well does the cost model predict latency, memory and size on this machine (`host`)?
 
-Needs the host's measured table (device_profiles/tables/host.json, from
-`gtnpipe bench --calibrate --device host`). Draws 50 students with a seed the calibration
+Needs the host's measured table for mbv3-28 at 1x28x28 (device_profiles/tables/host/mbv3-28_1x28x28_10cls.json,
+from `gtnpipe latency-table --device host`). Draws 50 students with a seed the calibration
 did not use (and checks none of them was a calibration network), exports each to ONNX,
 measures its p50/p90 latency in ONNX Runtime at the profile's threads and batch, its peak
 RSS in a fresh process and its file size, and compares with the predictions: the
@@ -30,6 +30,7 @@ from gtnpipe.deploy.backends import runtime_version
 from gtnpipe.deploy.export import export_onnx
 from gtnpipe.deploy.timing import measure_peak_rss_mb
 from gtnpipe.devices.cost import CostModel, roofline_ms, table_path
+from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.measure.host_table import calibration_archs, time_models
 from gtnpipe.models.static import build_static
 from gtnpipe.space.schedule import units
@@ -40,7 +41,7 @@ EVAL_SEED = 20261124
 
 
 def model_table_networks(device: str) -> list[dict]:
-    return json.loads(table_path(device).read_text())["measured"]["networks"]
+    return json.loads(table_path(device, "mbv3-28", pipeline.FASHION_MNIST_TASK).read_text())["measured"]["networks"]
 
 
 def errors(predicted: list[float], measured: list[float], tolerance: float) -> dict[str, float]:
@@ -60,8 +61,8 @@ def main() -> None:
 
     profile = load_profile(args.device)
     space, task = get_space("mbv3-28"), pipeline.FASHION_MNIST_TASK
-    if not table_path(profile.name).exists():
-        raise SystemExit(f"no measured table for {profile.name}: run 'gtnpipe bench --calibrate --device {profile.name}'")
+    if not table_path(profile.name, space.name, task).exists():
+        raise SystemExit(f"no measured table for {profile.name}: run '{measure_command(profile.name, space.name, task)}'")
     model = CostModel(profile, space, task)
     overhead = model.table.memory_overhead_mb if model.table else profile.hardware.runtime_overhead_mb
     calibrated = set(calibration_archs(space, 100))

@@ -27,6 +27,7 @@ from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
 from gtnpipe.deploy.parity import BuildFailure, CompiledPrecision, PrecisionRow, choose_precision
 from gtnpipe.deploy.timing import Machine
 from gtnpipe.devices.cost import CostModel, table_write_path
+from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.errors import BackendBuildError, ParityError
 from gtnpipe.measure.host_table import build_calibration_kit, calibrate
 from gtnpipe.measure.kit import table_summary
@@ -218,7 +219,9 @@ def _predicted_and_checks(ws: Workspace, profile: DeviceProfile, search: SearchO
     if measured is not None and cost_model.table_machine not in (None, here):
         warnings.append(f"the {profile.name} latency table was measured on '{cost_model.table_machine}', this build ran on "
                         f"'{here}': predicted and measured-here latencies describe different machines; if this machine "
-                        f"is the device, run 'gtnpipe latency-table --device {profile.name}' and rebuild")
+                        f"is the device, run '{measure_command(profile.name, ws.space.name, ws.task)}' and rebuild")
+    if cost_model.table is None:  # e.g. no table for this space and input: say so, and how to measure one
+        warnings.append(f"latency predicted by the roofline estimate: {cost_model.table_note}")
     violations = []
     size_mb = compiled.meta["size_bytes"] / 1e6
     if compiled.meta["deployed_format"] and size_mb > profile.budgets.model_size_mb:
@@ -287,7 +290,7 @@ def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskSh
     """Measure the device's latency table here (run this ON the device) and write it where search reads it."""
     profile = load_profile(device)
     table = calibrate(profile, get_space(space), task, n_networks=n_networks, runs=runs, rounds=rounds, progress=progress)
-    path = table_write_path(profile.name, tables_dir)  # the user data directory unless told: never into the package
+    path = table_write_path(profile.name, space, task, tables_dir)  # the user data directory unless told: never the package
     table.save(path)
     return table_summary(table, path)
 

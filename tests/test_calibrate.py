@@ -72,7 +72,7 @@ def test_a_kit_timed_without_torch_writes_the_table_the_cost_model_uses(host_kit
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
-    path = table_path("host", tmp_path)
+    path = table_path("host", SPACE.name, TASK, tmp_path)
     assert info["table"] == str(path) and info["units"] == len(kit["units"])
     table = LatencyTable.from_json(path.read_text(), where=str(path))
     assert table.measured["runs"] == 10 and table.measured["kit"]["sha256"] == sha256_file(host_kit / KIT_FILE)
@@ -109,15 +109,15 @@ def test_an_openvino_kit_is_timed_in_openvino(tmp_path: Path) -> None:
     assert len(kit["files"]) == 2 * (len(kit["units"]) + len(kit["networks"]))  # .xml + .bin each
     table = calibrate_from_kit(kit_dir, nuc, runs=5, rounds=1)
     assert (table.device, table.runtime, table.threads) == ("intel-nuc", "openvino", nuc.threads)
-    table.save(table_path("intel-nuc", tmp_path))
+    table.save(table_path("intel-nuc", SPACE.name, TASK, tmp_path))
     _check_table(table, kit, tmp_path, "intel-nuc")
 
 
 @pytest.mark.slow
 def test_calibrating_this_host_in_one_go(tmp_path: Path) -> None:
     table = calibrate(load_profile("host"), SPACE, TASK, n_networks=2, runs=5, rounds=1)
-    table.save(table_path("host", tmp_path))
-    assert LatencyTable.from_json(table_path("host", tmp_path).read_text(), where="t") == table
+    table.save(table_path("host", SPACE.name, TASK, tmp_path))
+    assert LatencyTable.from_json(table_path("host", SPACE.name, TASK, tmp_path).read_text(), where="t") == table
     assert CostModel(load_profile("host"), SPACE, TASK, tables_dir=tmp_path).estimate(SPACE.smallest()).latency_source \
         == "measured-table"
 

@@ -198,3 +198,10 @@ def test_core_dependencies_leave_out_the_training_stack() -> None:
     extras = project["optional-dependencies"]
     assert "torch==2.13.0" in extras["train"]
     assert all(not any(d.startswith("torch") for d in extras[runtime]) for runtime in ("onnx", "openvino", "tflite"))
+
+
+@pytest.mark.parametrize("bad", ["3x224", "2x28x28", "axbxc", "3x0x28"])
+def test_latency_table_input_must_be_channels_by_height_by_width(bad: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "gtnpipe.cli", "latency-table", "--device", "host", "--input", bad],
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    assert done.returncode == 2 and f"--input {bad!r}: give channels x height x width" in done.stderr

@@ -97,7 +97,7 @@ def _table(tmp_path: Path, **changes: object) -> Path:
               "batch_size": HOST.batch_size, "space": SPACE.name, "task": TASK, "precisions": {"fp32": precision},
               "measured": {}} | changes
     table = LatencyTable(**fields)  # type: ignore[arg-type]
-    path = table_path("host", tmp_path)
+    path = table_path("host", SPACE.name, TASK, tmp_path)
     table.save(path)
     assert LatencyTable.from_json(path.read_text(), where="t") == table
     return path
@@ -124,7 +124,9 @@ def test_a_table_for_other_settings_falls_back_to_the_roofline(tmp_path: Path) -
 
 
 def test_a_corrupt_table_says_how_to_rebuild_it(tmp_path: Path) -> None:
-    table_path("host", tmp_path).write_text('{"schema": 1, "device": "host"}')
+    path = table_path("host", SPACE.name, TASK, tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"schema": 1, "device": "host"}')
     with pytest.raises(ConfigError, match="not a valid latency table.*gtnpipe latency-table --device NAME. on that device"):
         CostModel(HOST, SPACE, TASK, tables_dir=tmp_path)
 
@@ -153,3 +155,17 @@ def test_int8_size_is_the_formula_times_the_runtimes_measured_factor() -> None:
     assert model_size_bytes(schedule, "fp32", runtime="tflite") == model_size_bytes(schedule, "fp32")
     pi4 = CostModel(load_profile("raspberry-pi-4"), SPACE, TASK)  # plans for int8 in TFLite
     assert pi4.estimate(SPACE.smallest()).model_size_mb * MB == pytest.approx(round(plain * INT8_SIZE_FACTOR["tflite"]))
+
+
+def test_a_table_is_read_only_for_its_space_and_input(tmp_path: Path) -> None:
+    """The 1x28x28 table is not the table of a 3x64x64 task, nor of another space at 1x28x28: the cost model falls
+    back to the roofline and names the command that measures the missing table."""
+    _table(tmp_path)
+    assert CostModel(HOST, SPACE, TASK, tables_dir=tmp_path).estimate(SPACE.smallest()).latency_source == "measured-table"
+    colour = TaskShape(3, (64, 64), 10)
+    for space, task in ((get_space("mbv3-32"), colour), (SPACE, colour), (get_space("mbv3-32"), TASK)):
+        model = CostModel(HOST, space, task, tables_dir=tmp_path)
+        assert model.table is None and model.estimate(space.smallest()).latency_source == "roofline-estimate"
+        h, w = task.image_hw
+        assert (f"gtnpipe latency-table --device host --space {space.name} --input {task.in_channels}x{h}x{w} "
+                f"--classes {task.num_classes}") in model.table_note

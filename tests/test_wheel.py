@@ -189,8 +189,8 @@ def test_installed_wheel_lists_shows_and_benchmarks(installed: InstalledWheel, h
     # the wheel itself holds every shipped profile, table and recipe as package data
     with zipfile.ZipFile(installed.wheel) as whl:
         names = set(whl.namelist())
-    for folder, pattern in (("device_profiles", "*.toml"), ("device_profiles/tables", "*.json"), ("recipes", "*.toml")):
-        shipped = {p.name for p in (REPO / folder).glob(pattern)}
+    for folder, pattern in (("device_profiles", "*.toml"), ("device_profiles/tables", "*/*.json"), ("recipes", "*.toml")):
+        shipped = {p.relative_to(REPO / folder).as_posix() for p in (REPO / folder).glob(pattern)}
         assert shipped and {f"gtnpipe/{folder}/{n}" for n in shipped} <= names, folder
 
     installed.wait()
@@ -204,7 +204,7 @@ def test_installed_wheel_lists_shows_and_benchmarks(installed: InstalledWheel, h
     assert listed.returncode == 0, listed.stderr
     devices = json.loads(listed.stdout)
     assert [d["name"] for d in devices] == known_profiles()
-    assert {d["name"] for d in devices if d["measured_table"]} == {p.stem for p in shipped_tables_dir().glob("*.json")}
+    assert {d["name"] for d in devices if d["measured_table"]} == {p.parent.name for p in shipped_tables_dir().glob("*/*.json")}
 
     shown = installed.run("gtnpipe", "devices", "show", "raspberry-pi-4", "--json")
     assert shown.returncode == 0, shown.stderr
@@ -263,19 +263,27 @@ def test_user_data_dir_is_the_platform_one_unless_overridden(tmp_path: Path, mon
 
 
 def test_the_users_table_is_found_before_the_shipped_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gtnpipe.space.spaces import TaskShape
+
     monkeypatch.setenv(resources.DATA_DIR_ENV, str(tmp_path))
-    shipped = shipped_tables_dir() / "host.json"
+    fmnist, colour = TaskShape(1, (28, 28), 10), TaskShape(3, (224, 224), 1000)
+    name = "host/mbv3-28_1x28x28_10cls.json"
+    shipped = shipped_tables_dir() / name
     assert shipped.is_file() and table_dirs() == (tmp_path / "tables", shipped_tables_dir())
-    assert table_path("host") == shipped
+    assert table_path("host", "mbv3-28", fmnist) == shipped
+    # keyed by space and input: the 28-px table is never the table for another input or space
+    assert table_path("host", "mbv3-224", colour) == tmp_path / "tables" / "host/mbv3-224_3x224x224_1000cls.json"
+    assert not table_path("host", "mbv3-28", TaskShape(3, (28, 28), 10)).exists()
     # calibration writes to the user's folder, never into the package, even while a shipped table exists
-    assert table_write_path("host") == tmp_path / "tables" / "host.json"
-    assert table_write_path("host", tmp_path / "elsewhere") == tmp_path / "elsewhere" / "host.json"
-    (tmp_path / "tables").mkdir()
-    shutil.copyfile(shipped, tmp_path / "tables" / "host.json")
-    assert table_path("host") == tmp_path / "tables" / "host.json"
+    assert table_write_path("host", "mbv3-28", fmnist) == tmp_path / "tables" / name
+    assert table_write_path("host", "mbv3-28", fmnist, tmp_path / "elsewhere") == tmp_path / "elsewhere" / name
+    (tmp_path / "tables" / "host").mkdir(parents=True)
+    shutil.copyfile(shipped, tmp_path / "tables" / name)
+    assert table_path("host", "mbv3-28", fmnist) == tmp_path / "tables" / name
     # no table anywhere: the path where one would be written, which the cost model reports as missing
-    assert table_path("jetson-nano") == tmp_path / "tables" / "jetson-nano.json" and not table_path("jetson-nano").exists()
-    assert table_path("host", tmp_path / "elsewhere") == tmp_path / "elsewhere" / "host.json"
+    missing = table_path("jetson-nano", "mbv3-28", fmnist)
+    assert missing == tmp_path / "tables" / "jetson-nano/mbv3-28_1x28x28_10cls.json" and not missing.exists()
+    assert table_path("host", "mbv3-28", fmnist, tmp_path / "elsewhere") == tmp_path / "elsewhere" / name
 
 
 def test_the_cost_model_names_both_folders_when_no_table_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,4 +293,6 @@ def test_the_cost_model_names_both_folders_when_no_table_exists(tmp_path: Path, 
     monkeypatch.setenv(resources.DATA_DIR_ENV, str(tmp_path))
     model = CostModel(load_profile("jetson-nano"), get_space("mbv3-28"), TaskShape(1, (28, 28), 10))
     assert model.table is None
-    assert f"no measured table jetson-nano.json in {tmp_path / 'tables'} or {shipped_tables_dir()}" in model.table_note
+    assert (f"no measured table for jetson-nano at mbv3-28 1x28x28 (10 classes) in {tmp_path / 'tables'} or "
+            f"{shipped_tables_dir()}; measure one on the device: gtnpipe latency-table --device jetson-nano --space mbv3-28 "
+            "--input 1x28x28 --classes 10") in model.table_note

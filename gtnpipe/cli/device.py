@@ -39,6 +39,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device profile n
 KitOpt = Annotated[Path | None, typer.Option("--kit", help="Time this latency kit (made on the host by 'gtnpipe latency-kit') "
                                              "instead of compiling here; needs no torch.")]
 RoundsOpt = Annotated[int, typer.Option("--rounds", min=1, help="Interleaved timing passes (the median is kept).")]
+TableSpaceOpt = Annotated[str, typer.Option("--space", help="The search space whose blocks the table times.")]
+InputOpt = Annotated[str, typer.Option("--input", help="The input the table is for, CxHxW (e.g. 3x224x224).")]
+ClassesOpt = Annotated[int, typer.Option("--classes", min=2, help="Classes of the task (the head's last layer).")]
 TablesDirOpt = Annotated[Path | None, typer.Option("--tables-dir", help="Write the table here [default: tables/ in "
                                                    "the user data directory, where search looks first].")]
 TABLE_RUNS = 200  # timed runs per unit: what `gtnpipe bench --calibrate` has always used (bench's --runs default)
@@ -71,8 +74,8 @@ def bench(
         if device is None:
             fail("--calibrate needs --device NAME (e.g. --device host); it is now 'gtnpipe latency-table --device NAME'")
         stderr().print("[yellow]note[/]: 'gtnpipe bench --calibrate' is now 'gtnpipe latency-table'")
-        return _latency_table(device, kit=kit, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=progress,
-                              as_json=as_json)
+        return _latency_table(device, kit=kit, runs=runs, rounds=rounds, tables_dir=tables_dir, space="mbv3-28",
+                              input_shape="1x28x28", classes=10, progress=progress, as_json=as_json)
     if artifact is None:
         fail("give an artifact folder (gtnpipe bench artifacts/host); the device's latency table is "
              "'gtnpipe latency-table --device NAME'")
@@ -109,22 +112,39 @@ def _print_bench(result: dict[str, Any], written: Path) -> None:
 def latency_table(
     device: DeviceOpt,
     kit: KitOpt = None,
+    space: TableSpaceOpt = "mbv3-28",
+    input_shape: InputOpt = "1x28x28",
+    classes: ClassesOpt = 10,
     runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs per unit and network.")] = TABLE_RUNS,
     rounds: RoundsOpt = 10,
     tables_dir: TablesDirOpt = None,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """On the device itself: measure its per-block latency table, which search and build then read.
+    """On the device itself: measure its per-block latency table for one search space and input, which search and
+    build then read for that space and input only.
 
     Without --kit every unit of the pool and the fit networks are compiled and timed here (needs torch);
-    with --kit DIR the models come precompiled from 'gtnpipe latency-kit' on the host (no torch needed).
+    with --kit DIR the models come precompiled from 'gtnpipe latency-kit' on the host (no torch needed; the kit
+    fixes the space and input).
     """
-    _latency_table(device, kit=kit, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=progress, as_json=as_json)
+    _latency_table(device, kit=kit, runs=runs, rounds=rounds, tables_dir=tables_dir, space=space,
+                   input_shape=input_shape, classes=classes, progress=progress, as_json=as_json)
 
 
-def _latency_table(device: str, *, kit: Path | None, runs: int, rounds: int, tables_dir: Path | None, progress: bool,
-                   as_json: bool) -> None:
+def _task(input_shape: str, classes: int) -> Any:
+    from gtnpipe.space.spaces import TaskShape
+
+    parts = input_shape.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts) or parts[0] not in ("1", "3"):
+        fail(f"--input {input_shape!r}: give channels x height x width with 1 or 3 channels, e.g. 3x224x224")
+    c, h, w = (int(p) for p in parts)
+    return TaskShape(c, (h, w), classes)
+
+
+def _latency_table(device: str, *, kit: Path | None, runs: int, rounds: int, tables_dir: Path | None, space: str,
+                   input_shape: str, classes: int, progress: bool, as_json: bool) -> None:
+    task = _task(input_shape, classes)
     with running(progress=progress, as_json=as_json) as p:
         if kit is not None:  # on the device: torch-free, so not through pipeline (which imports torch)
             from gtnpipe.measure.kit import calibrate_device_from_kit
@@ -133,7 +153,8 @@ def _latency_table(device: str, *, kit: Path | None, runs: int, rounds: int, tab
         else:
             from gtnpipe import pipeline
 
-            info = pipeline.calibrate_device(device, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=p.say)
+            info = pipeline.calibrate_device(device, space=space, task=task, runs=runs, rounds=rounds,
+                                             tables_dir=tables_dir, progress=p.say)
     if as_json:
         return emit_json(info)
     stdout().print(f"[bold]{escape(info['device'])}[/]: {info['units']} units timed in {info['seconds']:.0f} s; whole network "
@@ -147,6 +168,9 @@ def latency_kit(
     out_dir: Annotated[Path, typer.Option("--out", help="Kit folder to write (an old kit there is replaced).")],
     n_networks: Annotated[int, typer.Option("--networks", min=2, help="Random whole networks for the fit, besides the "
                                             "smallest and the largest.")] = 30,
+    space: TableSpaceOpt = "mbv3-28",
+    input_shape: InputOpt = "1x28x28",
+    classes: ClassesOpt = 10,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -159,7 +183,8 @@ def latency_kit(
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
 
-        info = pipeline.make_calibration_kit(device, out_dir, n_networks=n_networks, progress=p.say)
+        info = pipeline.make_calibration_kit(device, out_dir, space=space, task=_task(input_shape, classes),
+                                             n_networks=n_networks, progress=p.say)
     if as_json:
         return emit_json(info)
     stdout().print(f"[bold]{escape(info['device'])}[/]: latency kit for {info['runtime']} in {escape(str(info['kit']))}: "
@@ -172,10 +197,10 @@ def devices_list(as_json: JsonOpt = False) -> None:
     """The shipped device profiles: runtime, precisions, budgets, and whether a measured latency table exists."""
     with running(as_json=as_json):
         from gtnpipe.config.profiles import known_profiles, load_profile
-        from gtnpipe.devices.latency_table import table_path
+        from gtnpipe.devices.latency_table import device_tables
 
         profiles = [load_profile(name) for name in known_profiles()]
-        measured = {p.name: table_path(p.name).is_file() for p in profiles}  # the user's own table, or a shipped one
+        measured = {p.name: bool(device_tables(p.name)) for p in profiles}  # the user's own tables, or shipped ones
     if as_json:
         return emit_json([{**p.to_dict(), "measured_table": measured[p.name]} for p in profiles])
     table = Table(id_column("device"), value_column("runtime"), value_column("precisions"), value_column("threads x batch"),

@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gtnpipe.config.profiles import Budgets, DeviceProfile
-from gtnpipe.devices.latency_table import TABLE_SCHEMA, LatencyTable, PrecisionTable, table_dirs, table_path, table_write_path
+from gtnpipe.devices.latency_table import (
+    TABLE_SCHEMA,
+    LatencyTable,
+    PrecisionTable,
+    measure_command,
+    table_dirs,
+    table_path,
+    table_write_path,
+)
 from gtnpipe.errors import ConfigError
 from gtnpipe.space.counting import count
 from gtnpipe.space.schedule import Layer, Unit, units
@@ -159,11 +167,15 @@ class CostModel:
         self._memo: dict[ArchConfig, CostEstimate] = {}
 
     def _find_table(self, tables_dir: Path | None) -> tuple[PrecisionTable | None, str]:
-        path = table_path(self.profile.name, tables_dir)  # the user's own table first, then the shipped one
+        task = TaskShape.of(self.task)
+        # the user's own table first, then the shipped one; only one measured for this space and input
+        path = table_path(self.profile.name, self.space.name, task, tables_dir)
         if not path.exists():
             looked = [tables_dir] if tables_dir is not None else list(table_dirs())
-            return None, (f"no measured table {path.name} in {' or '.join(map(str, looked))}; run "
-                          f"'gtnpipe latency-table --device {self.profile.name}' on the device")
+            h, w = task.image_hw
+            return None, (f"no measured table for {self.profile.name} at {self.space.name} {task.in_channels}x{h}x{w} "
+                          f"({task.num_classes} classes) in {' or '.join(map(str, looked))}; measure one on the device: "
+                          f"{measure_command(self.profile.name, self.space.name, task)}")
         table = _read_table(path, path.stat().st_mtime_ns)
         expected = (self.profile.name, self.profile.runtime.name, self.profile.threads, self.profile.batch_size,
                     self.space.name, TaskShape.of(self.task))

@@ -1,4 +1,8 @@
-"""The measured latency table's format (<device>.json) and where tables are found.
+"""The measured latency table's format (<device>/<space>_<C>x<H>x<W>_<N>cls.json) and where tables are found.
+
+A table is keyed by the device, the search space and the input (channels, size, classes): the units it times are
+that space's blocks at that resolution, so a table measured at 1x28x28 is never read for 3x224x224 (search falls
+back to the roofline estimate and names the command that measures the missing table). Its precisions are inside.
 
 Tables are searched in the user data directory first (`user_tables_dir()`: what `gtnpipe latency-table`
 measured on this machine or was copied from a device), then among the tables shipped with gtnpipe
@@ -20,8 +24,8 @@ from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_bytes
 from gtnpipe.space.spaces import TaskShape
 
-__all__ = ["TABLE_SCHEMA", "LatencyTable", "PrecisionTable", "shipped_tables_dir", "table_dirs", "table_path",
-           "table_write_path", "user_tables_dir"]
+__all__ = ["TABLE_SCHEMA", "LatencyTable", "PrecisionTable", "device_tables", "measure_command", "shipped_tables_dir",
+           "table_dirs", "table_name", "table_path", "table_write_path", "user_tables_dir"]
 
 TABLE_SCHEMA = 1
 
@@ -101,18 +105,37 @@ def table_dirs() -> tuple[Path, ...]:
     return user_tables_dir(), shipped_tables_dir()
 
 
-def table_path(device: str, tables_dir: Path | None = None) -> Path:
-    """The table the cost model reads for `device`: in `tables_dir` when given, else the first of `table_dirs()`
-    that has one; with none anywhere, where `gtnpipe latency-table` would write it (`table_write_path`)."""
+def table_name(device: str, space: str, task: TaskShape) -> str:
+    """The table's path below a tables folder: `<device>/<space>_<C>x<H>x<W>_<N>cls.json`."""
+    h, w = task.image_hw
+    return f"{device}/{space}_{task.in_channels}x{h}x{w}_{task.num_classes}cls.json"
+
+
+def measure_command(device: str, space: str, task: TaskShape) -> str:
+    """The command that measures this table on the device."""
+    h, w = task.image_hw
+    return (f"gtnpipe latency-table --device {device} --space {space} --input {task.in_channels}x{h}x{w} "
+            f"--classes {task.num_classes}")
+
+
+def table_path(device: str, space: str, task: TaskShape, tables_dir: Path | None = None) -> Path:
+    """The table the cost model reads for `device` at (`space`, `task`): in `tables_dir` when given, else the first of
+    `table_dirs()` that has one; with none anywhere, where `gtnpipe latency-table` would write it (`table_write_path`)."""
+    name = table_name(device, space, task)
     if tables_dir is not None:
-        return tables_dir / f"{device}.json"
+        return tables_dir / name
     for folder in table_dirs():
-        if (folder / f"{device}.json").is_file():
-            return folder / f"{device}.json"
-    return table_write_path(device)
+        if (folder / name).is_file():
+            return folder / name
+    return table_write_path(device, space, task)
 
 
-def table_write_path(device: str, tables_dir: Path | None = None) -> Path:
+def table_write_path(device: str, space: str, task: TaskShape, tables_dir: Path | None = None) -> Path:
     """Where a table measured for `device` is written: in `tables_dir` when given, else in the user data directory
     (never into the installed package: it may be read-only, and a reinstall would lose the table)."""
-    return (tables_dir or user_tables_dir()) / f"{device}.json"
+    return (tables_dir or user_tables_dir()) / table_name(device, space, task)
+
+
+def device_tables(device: str) -> list[Path]:
+    """Every table measured for `device`, the user's own and the shipped ones (any space and input)."""
+    return sorted(p for folder in table_dirs() for p in (folder / device).glob("*.json") if p.is_file())

@@ -182,6 +182,6 @@ def calibrate_device_from_kit(kit_dir: Path, device: str | Path, *, runs: int = 
     """
     profile = load_profile(device)
     table = calibrate_from_kit(kit_dir, profile, runs=runs, rounds=rounds, progress=progress)
-    path = table_write_path(profile.name, tables_dir)
+    path = table_write_path(profile.name, table.space, table.task, tables_dir)
     table.save(path)
     return table_summary(table, path)

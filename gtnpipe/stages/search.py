@@ -124,7 +124,7 @@ def _inherited(ws: Workspace, supernet: Supernet, arch: ArchConfig, cfg: Predict
 
 def search_input(ws: Workspace, profile: DeviceProfile, *, config: SearchConfig | None = None,
                  accuracy_samples: int | None = None) -> SearchInput:
-    table = table_path(profile.name)
+    table = table_path(profile.name, ws.space.name, ws.task)
     return SearchInput(profile, accuracy_input(ws, samples=accuracy_samples), config or SearchConfig(),
                        sha256_file(table) if table.exists() else None, COST_MODEL_VERSION, ws.space, ws.task)
 
