@@ -26,7 +26,8 @@ from gtnpipe.errors import TrainError
 from gtnpipe.models.static import build_static
 from gtnpipe.space.spaces import TaskShape, get_space
 from gtnpipe.stages.workspace import Workspace
-from gtnpipe.training.train import Normalizer, _schedule, augment_batch, evaluate, fit, recalibrate_bn, seed_everything
+from gtnpipe.training.augment import crop_flip
+from gtnpipe.training.train import Normalizer, _schedule, evaluate, fit, recalibrate_bn, seed_everything
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -41,16 +42,16 @@ def _student(seed: int = 0) -> nn.Module:
 
 def test_augment_is_a_shifted_possibly_flipped_crop() -> None:
     x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
-    out = augment_batch(x, padding_px=2, generator=torch.Generator().manual_seed(0))
+    out = crop_flip(x, padding_px=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = F.pad(x, (2,) * 4)
     for i in range(16):
         candidates = [padded[i, :, dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
         candidates += [c.flip(2) for c in candidates]
         assert any(torch.equal(out[i], c) for c in candidates)
-    again = augment_batch(x, padding_px=2, generator=torch.Generator().manual_seed(0))
+    again = crop_flip(x, padding_px=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
-    assert not torch.equal(out, augment_batch(x, padding_px=2, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(out, crop_flip(x, padding_px=2, generator=torch.Generator().manual_seed(1)))
 
 
 def test_normalizer_uses_train_statistics() -> None:

@@ -82,8 +82,14 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     warmup_epochs: float = 0.0
-    augment: Literal["none", "crop-flip"] = "crop-flip"
+    # crop-flip: pad by crop_padding_px, random crop, flip (small images); resized-crop: a random box of
+    # resized_crop_scale of the area and resized_crop_ratio aspect, resized back, flipped (photos: torchvision's
+    # RandomResizedCrop); gtnpipe.training.augment
+    augment: Literal["none", "crop-flip", "resized-crop"] = "crop-flip"
     crop_padding_px: int = 2
+    resized_crop_scale: tuple[float, float] = (0.35, 1.0)  # share of the image's area (ImageNet recipes: 0.08-1)
+    resized_crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # width / height of the box
+    color_jitter: float = 0.0  # > 0: brightness, contrast and saturation factors drawn from [1 - s, 1 + s]
     eval_batch_size: int = 100  # val images per forward pass: on a 2-core CPU 1000 at once ran 1.8x slower than 64
     # > 0: after the last epoch, every BatchNorm's running statistics recomputed as the plain average over this many
     # training images (PreciseBN, Wu & Johnson 2021). A short schedule leaves statistics of early weights in the
@@ -100,12 +106,26 @@ class TrainConfig:
             raise ValueError(f"'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"'warmup_epochs' must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        lo, hi = self.resized_crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"'resized_crop_scale' must be two shares 0 < low <= high <= 1, got {list(self.resized_crop_scale)}")
+        lo, hi = self.resized_crop_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"'resized_crop_ratio' must be two aspect ratios 0 < low <= high, "
+                             f"got {list(self.resized_crop_ratio)}")
+        if not 0 <= self.color_jitter < 1:
+            raise ValueError(f"'color_jitter' must be in [0, 1), got {self.color_jitter}")
         if self.precise_bn_images < 0:
             raise ValueError(f"'precise_bn_images' must be >= 0 (0: off), got {self.precise_bn_images}")
         for name in ("weight_decay", "momentum", "crop_padding_px", "warmup_epochs", "label_smoothing"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"'{name}' must be a finite number >= 0, got {value}")
+
+    @property
+    def augments(self) -> bool:
+        """Whether the images change from epoch to epoch (a teacher's logits cannot then be computed once)."""
+        return self.augment != "none" or self.color_jitter > 0
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,7 @@ def distill_student(ws: Workspace, inp: DistillInput) -> DistillOutcome:
         else:
             net = build_static(student, inp.space, inp.task)
         logits = None
-        if teacher_net is not None and inp.teacher is not None and inp.train.augment == "none":
+        if teacher_net is not None and inp.teacher is not None and not inp.train.augments:
             logits = _teacher_logits(ws, teacher_net, LogitsInput(inp.teacher, inp.data))
         result = distill(net, teacher_net, ws.data, inp.train, inp.distill, seed=inp.seed,
                          run_id=inp.key, checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), cached_logits=logits,

@@ -71,7 +71,7 @@ def distill(
     for p in teacher.parameters():
         p.requires_grad_(False)
     norm = Normalizer(data.mean, data.std)
-    if train_cfg.augment == "none":
+    if not train_cfg.augments:
         logits = cached_logits if cached_logits is not None else teacher_logits(teacher, data.train, norm)
         if logits.shape[0] != len(data.train):
             raise ValueError(f"cached teacher logits cover {logits.shape[0]} images, the train split has {len(data.train)}")

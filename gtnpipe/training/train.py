@@ -1,4 +1,4 @@
-"""One training loop for any model: SGD/AdamW, warmup + cosine, label smoothing, crop/flip.
+"""One training loop for any model: SGD/AdamW, warmup + cosine, label smoothing, augmentation (training.augment).
 
 Deterministic given a seed: the data order and augmentation of epoch e come from a
 generator seeded with (seed, e), and the global RNG (dropout) is reseeded per epoch too.
@@ -29,6 +29,7 @@ from gtnpipe.data.datasets import Dataset, Split
 from gtnpipe.errors import TrainError
 from gtnpipe.fsutil import atomic_write_bytes
 from gtnpipe.training import distributed
+from gtnpipe.training.augment import color_jitter, crop_flip, resized_crop_flip
 
 __all__ = ["EpochLog", "FitResult", "LossFn", "Normalizer", "augment_batch", "evaluate", "fit", "recalibrate_bn",
            "seed_everything"]
@@ -70,18 +71,15 @@ class Normalizer:
         return ((x_uint8.float() / 255.0 - self.mean) / self.std).to(memory_format=torch.channels_last)
 
 
-def augment_batch(x: torch.Tensor, *, padding_px: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, per image (vectorised)."""
-    n, _, h, w = x.shape
-    if padding_px:
-        padded = F.pad(x, (padding_px,) * 4)
-        oy = torch.randint(0, 2 * padding_px + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * padding_px + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
-        x = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+def augment_batch(x: torch.Tensor, cfg: TrainConfig, *, generator: torch.Generator) -> torch.Tensor:
+    """The recipe's augmentation (`augment`, then `color_jitter`) of a batch of uint8 images (gtnpipe.training.augment)."""
+    if cfg.augment == "crop-flip":
+        x = crop_flip(x, padding_px=cfg.crop_padding_px, generator=generator)
+    elif cfg.augment == "resized-crop":
+        x = resized_crop_flip(x, scale=cfg.resized_crop_scale, ratio=cfg.resized_crop_ratio, generator=generator)
+    if cfg.color_jitter:
+        x = color_jitter(x, cfg.color_jitter, generator=generator)
+    return x
 
 
 @torch.no_grad()
@@ -234,8 +232,8 @@ def fit(
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 xb = x_train[idx]
-                if cfg.augment == "crop-flip":  # on the whole batch, so the generator stays in step on every rank
-                    xb = augment_batch(xb, padding_px=cfg.crop_padding_px, generator=generator)
+                if cfg.augments:  # on the whole batch, so the generator stays in step on every rank
+                    xb = augment_batch(xb, cfg, generator=generator)
                 idx, xb, yb = idx[rank::world], xb[rank::world], y_train[idx][rank::world]
                 loss, logits = loss_fn(net, norm(xb), yb, idx)
                 if not torch.isfinite(loss):
