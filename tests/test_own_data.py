@@ -76,13 +76,15 @@ def test_build_and_bench_on_a_mixed_size_colour_folder(tmp_path: Path) -> None:
     profile.write_text(text)
 
     done = _gtnpipe("build", "--device", str(profile), "--recipe", str(recipe), "--out", str(tmp_path / "art"),
-                    "--cache-dir", str(tmp_path / "cache"), "--iterations", "20", "--no-progress", "--json")
+                    "--cache-dir", str(tmp_path / "cache"), "--iterations", "20", "--train-device", "cpu", "--no-progress",
+                    "--json")
     assert done.returncode in (0, 3), done.stderr
     result = json.loads(done.stdout)[0]
     artifact = tmp_path / "art" / "host-64"
     manifest = load_manifest(artifact)
     assert manifest["model"]["input"]["shape"] == [1, 3, 64, 64]
     assert manifest["model"]["classes"] == ["class0", "class1", "class2"]
+    assert manifest["provenance"]["student_trained_on"] == "cpu"
     assert result["arch"] == manifest["model"]["arch"] and result["predicted"]["latency_source"] == "roofline-estimate"
     # no table for mbv3-32 at 3x64x64: the build says so and names the command that measures one
     assert any("gtnpipe latency-table --device host-64 --space mbv3-32 --input 3x64x64 --classes 3" in w

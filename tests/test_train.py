@@ -229,3 +229,28 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert resumed_out["test_top1"] == clean["test_top1"]
+
+
+# --- where training runs -----------------------------------------------------------------------------------------
+
+
+def test_train_device_resolves_or_says_why_not() -> None:
+    from gtnpipe.training.device import describe, train_device
+
+    assert train_device("cpu") == torch.device("cpu") and describe(torch.device("cpu")) == "cpu"
+    if torch.cuda.is_available():
+        assert train_device("auto").type == "cuda"
+        return
+    assert train_device("auto") == torch.device("cpu")  # no GPU here: auto is the CPU
+    for name in ("cuda", "cuda:1", "CUDA:0"):
+        with pytest.raises(TrainError, match=rf"--train-device {name}: torch .* sees no GPU here; train with --train-device cpu"):
+            train_device(name)
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(TrainError, match="allowed values are auto, cpu, cuda and cuda:N"):
+            train_device(bad)
+
+
+def test_unknown_train_device_is_a_cli_error() -> None:
+    done = subprocess.run([sys.executable, "-m", "gtnpipe.cli", "train", "--model", "smallest", "--recipe", str(TINY_RECIPE),
+                           "--train-device", "gpu", "--no-progress"], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    assert done.returncode == 2 and "--train-device 'gpu': allowed values are auto, cpu, cuda and cuda:N" in done.stderr

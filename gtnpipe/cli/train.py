@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gtnpipe.cli._common import CacheOpt, JsonOpt, ProgressOpt, RecipeOpt, emit_json, running, stdout
+from gtnpipe.cli._common import CacheOpt, JsonOpt, ProgressOpt, RecipeOpt, TrainDeviceOpt, emit_json, running, stdout
 
 __all__ = ["distill", "teacher", "train"]
 
@@ -28,6 +28,7 @@ def train(
     model: Annotated[str, typer.Option("--model", "-m", help="'teacher', an arch id, 'largest' or 'smallest'.")],
     recipe: RecipeOpt = "quick",
     cache_dir: CacheOpt = None,
+    train_device: TrainDeviceOpt = "auto",
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -39,7 +40,8 @@ def train(
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
 
-        result = pipeline.train_model(pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled), model)
+        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
+        result = pipeline.train_model(ws, model)
     state = "cache hit" if result.cached else "trained"
     _report(result, f"[bold]{result.model}[/] ({state}, key {result.key[:12]}): test top-1 [bold]{result.test_top1:.2f}%[/] "
                     f"(val {result.val_top1:.2f}%), {result.macs / 1e6:.2f}M MACs, {result.params / 1e6:.3f}M params, "
@@ -52,6 +54,7 @@ def teacher(
     student: Annotated[str | None, typer.Option("--student", help="Arch id: the SFTN teacher's student.")] = None,
     recipe: RecipeOpt = "quick",
     cache_dir: CacheOpt = None,
+    train_device: TrainDeviceOpt = "auto",
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -64,7 +67,7 @@ def teacher(
         from gtnpipe.training import distributed
 
         distributed.init_from_env()
-        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled)
+        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
         result = pipeline.train_teacher(ws, method, student=student)
     state = "cache hit" if result.cached else "trained"
     target = f" for {result.student}" if result.student else ""
@@ -79,6 +82,7 @@ def distill(
     recipe: RecipeOpt = "quick",
     seed: Annotated[int | None, typer.Option("--seed", help="Student seed [default: the recipe's].")] = None,
     cache_dir: CacheOpt = None,
+    train_device: TrainDeviceOpt = "auto",
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -88,7 +92,7 @@ def distill(
         from gtnpipe.training import distributed
 
         distributed.init_from_env()
-        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, progress=p.enabled)
+        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
         result = pipeline.distill_student(ws, arch, teacher=teacher, seed=seed)
     state = "cache hit" if result.cached else "trained"
     _report(result, f"[bold]{result.arch}[/] from {result.teacher} teacher ({state}, key {result.key}): test top-1 "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gtnpipe.data.datasets import Split
 from gtnpipe.fsutil import atomic_write_bytes
@@ -28,11 +29,11 @@ __all__ = ["AccuracyPredictor", "inherited_accuracy", "recalibrate_bn", "spearma
 
 
 def inherited_accuracy(supernet: Supernet, arch: ArchConfig, train: Split, val: Split, norm: Normalizer, *,
-                       bn_images: int = 512, eval_batch_size: int = 100) -> float:
-    """Top-1 (%) on `val` of `arch` with the supernet's weights and recalibrated BN statistics."""
-    student = supernet.extract(arch)
-    recalibrate_bn(student, train, norm, images=bn_images)
-    return evaluate(student, val, norm, batch_size=eval_batch_size)
+                       bn_images: int = 512, eval_batch_size: int = 100, device: torch.device | None = None) -> float:
+    """Top-1 (%) on `val` of `arch` with the supernet's weights and recalibrated BN statistics (run on `device`)."""
+    student = supernet.extract(arch).to(device or "cpu")
+    recalibrate_bn(student, train, norm, images=bn_images, device=device)
+    return evaluate(student, val, norm, batch_size=eval_batch_size, device=device)
 
 
 def spearman(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> float:

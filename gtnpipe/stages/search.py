@@ -119,7 +119,7 @@ def inherited_accuracies(ws: Workspace, archs: list[str]) -> list[float]:
 def _inherited(ws: Workspace, supernet: Supernet, arch: ArchConfig, cfg: PredictorConfig) -> float:
     """Val top-1 of `arch` with the supernet's weights, BN recalibrated, as the predictor's settings say."""
     return inherited_accuracy(supernet, arch, ws.data.train, ws.data.val, Normalizer(ws.data.mean, ws.data.std),
-                              bn_images=cfg.bn_images, eval_batch_size=cfg.eval_batch_size)
+                              bn_images=cfg.bn_images, eval_batch_size=cfg.eval_batch_size, device=ws.train_device)
 
 
 def search_input(ws: Workspace, profile: DeviceProfile, *, config: SearchConfig | None = None,

@@ -18,6 +18,7 @@ from gtnpipe.space.counting import count
 from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
 from gtnpipe.stages.keys import Stage
 from gtnpipe.stages.workspace import WEIGHTS, DataRef, Workspace, load_weights, run_stage
+from gtnpipe.training.device import describe
 from gtnpipe.training.distill import distill, teacher_logits
 from gtnpipe.training.gtn import train_generic_teacher
 from gtnpipe.training.train import Normalizer, fit, seed_everything
@@ -142,6 +143,7 @@ class TrainOutcome:
     seconds_per_epoch: float
     entry_path: str
     resumed_from_epoch: int = 0  # > 0 when this call continued an interrupted run
+    trained_on: str = "cpu"  # gtnpipe.training.device.describe of where it trained
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ class DistillOutcome:
     init: str
     train_seconds: float
     entry_path: str
+    trained_on: str = "cpu"  # where it trained (gtnpipe.training.device.describe)
 
 
 # --- inputs from a workspace ---------------------------------------------------------------
@@ -234,13 +237,13 @@ def train_model(ws: Workspace, inp: TrainInput) -> TrainOutcome:
         net = inp.build_net()
         result = fit(net, ws.data, inp.train, seed=inp.seed, run_id=inp.key,
                      checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), progress=ws.progress,
-                     description="teacher" if inp.arch is None else "student")
+                     description="teacher" if inp.arch is None else "student", device=ws.train_device)
         resumed_from_epoch = result.resumed_from_epoch
         cost = count_module(net, inp.task)  # equals the analytic count for students (tested)
         meta |= {"model": inp.name, "test_top1": result.test_top1, "val_top1": result.history[-1].val_top1,
                  "epochs": len(result.history),
                  "seconds_per_epoch": sum(h.seconds for h in result.history) / len(result.history),
-                 "macs": cost.macs, "params": cost.params}
+                 "macs": cost.macs, "params": cost.params, "trained_on": describe(ws.train_device)}
         torch.save(net.state_dict(), staging / WEIGHTS)
 
     entry, cached = run_stage(ws.cache, inp, build)
@@ -270,13 +273,14 @@ def train_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> TeacherOutco
         result, trainer = train_generic_teacher(
             teacher, supernet, ws.data, inp.train, inp.gtn, seed=inp.seed, run_id=inp.key,
             checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key),
-            fixed_arch=ArchConfig.from_id(inp.student) if inp.student else None, progress=ws.progress)
+            fixed_arch=ArchConfig.from_id(inp.student) if inp.student else None, progress=ws.progress,
+            device=ws.train_device)
         meta |= {"method": inp.method, "student": inp.student, "test_top1": result.test_top1,
                  "epochs": len(result.history), "train_seconds": sum(h.seconds for h in result.history),
                  "log": trainer.log.summary(), "init_from": init.key if init else None,
                  "init_epochs": init.epochs if init else 0,
                  "init_train_seconds": init.seconds_per_epoch * init.epochs if init else 0.0,
-                 "init_test_top1": init.test_top1 if init else None}
+                 "init_test_top1": init.test_top1 if init else None, "trained_on": describe(ws.train_device)}
         torch.save(teacher.state_dict(), staging / WEIGHTS)
         torch.save(supernet.state_dict(), staging / "supernet.pt")
 
@@ -302,7 +306,8 @@ def load_supernet(ws: Workspace, inp: TeacherInput) -> Supernet:
 
 def _teacher_logits(ws: Workspace, teacher: StagedNet, inp: LogitsInput) -> torch.Tensor:
     def build(staging: Any, meta: dict[str, Any]) -> None:
-        torch.save(teacher_logits(teacher, ws.data.train, Normalizer(ws.data.mean, ws.data.std)), staging / "logits.pt")
+        torch.save(teacher_logits(teacher, ws.data.train, Normalizer(ws.data.mean, ws.data.std), device=ws.train_device),
+                   staging / "logits.pt")
 
     entry, _ = run_stage(ws.cache, inp, build)
     logits: torch.Tensor = torch.load(entry.file("logits.pt"), weights_only=True)
@@ -327,17 +332,18 @@ def distill_student(ws: Workspace, inp: DistillInput) -> DistillOutcome:
             logits = _teacher_logits(ws, teacher_net, LogitsInput(inp.teacher, inp.data))
         result = distill(net, teacher_net, ws.data, inp.train, inp.distill, seed=inp.seed,
                          run_id=inp.key, checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), cached_logits=logits,
-                         progress=ws.progress)
+                         progress=ws.progress, device=ws.train_device)
         cost = count(student, inp.space, inp.task)
         meta |= {"test_top1": result.test_top1, "val_top1": result.history[-1].val_top1, "macs": cost.macs,
-                 "params": cost.params, "train_seconds": sum(h.seconds for h in result.history)}
+                 "params": cost.params, "train_seconds": sum(h.seconds for h in result.history),
+                 "trained_on": describe(ws.train_device)}
         torch.save(net.state_dict(), staging / WEIGHTS)
 
     entry, cached = run_stage(ws.cache, inp, build)
     m = entry.meta
     return DistillOutcome(student.id, inp.method, inp.teacher.key if inp.teacher is not None else None, inp.key, cached,
                           m["test_top1"], m["val_top1"], m["macs"], m["params"], inp.seed, inp.init,
-                          m["train_seconds"], str(entry.path))
+                          m["train_seconds"], str(entry.path), m.get("trained_on", "cpu"))
 
 
 def load_distilled_net(ws: Workspace, inp: DistillInput) -> StagedNet:

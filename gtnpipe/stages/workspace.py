@@ -17,6 +17,7 @@ from gtnpipe.models.teacher import teacher_for
 from gtnpipe.space.spaces import AUTO, SearchSpace, TaskShape, get_space, space_for
 from gtnpipe.stages.keys import Stage, stage_spec
 from gtnpipe.training import distributed
+from gtnpipe.training.device import train_device as resolve_train_device
 
 __all__ = ["DataRef", "Workspace", "load_weights", "resolve", "run_stage", "task_of"]
 
@@ -49,15 +50,18 @@ class Workspace:
     cache: Cache
     data_ref: DataRef
     progress: bool = True
+    # where training and the accuracy predictor's evaluations run; recorded in cache entries, not in their keys
+    train_device: torch.device = torch.device("cpu")
 
     @classmethod
     def open(cls, recipe: str | Path | Recipe = "quick", *, cache_dir: Path | None = None, data_source: str | None = None,
-             image_size: int | None = None, skip_unreadable: bool | None = None, progress: bool = True) -> Workspace:
+             image_size: int | None = None, skip_unreadable: bool | None = None, train_device: str = "auto",
+             progress: bool = True) -> Workspace:
         """Load the recipe and its data. `data_source` (the CLI's --data) brings the user's own data: it replaces the
         recipe's [data] with `DataConfig(source=data_source)` (val_size 10%, every image) and makes the space and
         the teacher follow the data ("auto", the space's teacher); the recipe's training settings stay.
         `image_size` (--image-size) resizes every image to that square size; `skip_unreadable` (--skip-unreadable)
-        overrides [data] skip_unreadable."""
+        overrides [data] skip_unreadable. `train_device` (--train-device): auto (CUDA when available), cpu, cuda[:N]."""
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         if data_source is not None:
             rec = replace(rec, data=DataConfig(source=data_source), space=AUTO, teacher=None)
@@ -70,7 +74,8 @@ class Workspace:
                             test_subset=cfg.test_subset, split_seed=cfg.split_seed, image_size=cfg.image_size,
                             skip_unreadable=cfg.skip_unreadable)
         rec, space = resolve(rec, data.image_hw)
-        return cls(rec, data, space, task_of(data), Cache(cache_dir), DataRef(cfg, data.fingerprint), progress)
+        return cls(rec, data, space, task_of(data), Cache(cache_dir), DataRef(cfg, data.fingerprint), progress,
+                   resolve_train_device(train_device))
 
     @property
     def teacher(self) -> TeacherConfig:

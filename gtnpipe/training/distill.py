@@ -33,12 +33,15 @@ def logit_scale(logits: torch.Tensor, target_std: float) -> float:
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 1000) -> torch.Tensor:
-    """The teacher's logits (eval mode) for every image of `split`, in order."""
+def teacher_logits(teacher: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 1000,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """The teacher's logits (eval mode) for every image of `split`, in order, on the CPU (computed on `device`)."""
     was_training = teacher.training
     teacher.train(False)
+    teacher.to(device or "cpu")
     x = torch.from_numpy(split.x)
-    out = torch.cat([teacher(norm(x[i : i + batch_size])) for i in range(0, len(split), batch_size)])
+    out = torch.cat([teacher(norm(x[i : i + batch_size].to(device or "cpu"))).float().cpu()
+                     for i in range(0, len(split), batch_size)])
     teacher.train(was_training)
     return out
 
@@ -55,6 +58,7 @@ def distill(
     checkpoint_dir: Path | None = None,
     cached_logits: torch.Tensor | None = None,
     progress: bool = True,
+    device: torch.device | None = None,
 ) -> FitResult:
     """Train `student` in place by KD from `teacher` (None: plain CE, the no-KD baseline).
 
@@ -64,27 +68,27 @@ def distill(
     """
     if teacher is None:
         return fit(student, data, train_cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir,
-                   progress=progress, description="student (no KD)")
+                   progress=progress, description="student (no KD)", device=device)
     if kd_cfg is None:
         raise ValueError("distillation from a teacher needs its [distill] settings (kd_cfg)")
-    teacher.train(False)
+    teacher.train(False).to(device or "cpu")
     for p in teacher.parameters():
         p.requires_grad_(False)
     norm = Normalizer(data.mean, data.std)
     if not train_cfg.augments:
-        logits = cached_logits if cached_logits is not None else teacher_logits(teacher, data.train, norm)
+        logits = cached_logits if cached_logits is not None else teacher_logits(teacher, data.train, norm, device=device)
         if logits.shape[0] != len(data.train):
             raise ValueError(f"cached teacher logits cover {logits.shape[0]} images, the train split has {len(data.train)}")
     else:
         logits = None
     scale = 1.0
     if kd_cfg.teacher_logit_std:
-        train_logits = logits if logits is not None else teacher_logits(teacher, data.train, norm)
+        train_logits = logits if logits is not None else teacher_logits(teacher, data.train, norm, device=device)
         scale = logit_scale(train_logits, kd_cfg.teacher_logit_std)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if logits is not None:
-            t = logits[idx]
+            t = logits[idx].to(x.device, non_blocking=True)
         else:
             with torch.no_grad():
                 t = teacher(x)
@@ -93,5 +97,7 @@ def distill(
                        label_smoothing=train_cfg.label_smoothing), s
 
     kd: LossFn = loss_fn
-    return fit(student, data, train_cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir, loss_fn=kd,
-               progress=progress, description="student (KD)")
+    result = fit(student, data, train_cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir, loss_fn=kd,
+                 progress=progress, description="student (KD)", device=device)
+    teacher.to("cpu")
+    return result

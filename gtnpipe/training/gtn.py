@@ -106,7 +106,7 @@ class ArchSampler(nn.Module):
         """One ascent step on E[reward] + entropy_bonus * H, by the score-function estimator."""
         if not archs:
             return
-        rewards = rewards.detach().float()
+        rewards = rewards.detach().float().to(self.baseline.device)
         if int(self.updates) == 0:
             self.baseline.copy_(rewards.mean())
         advantages = rewards - self.baseline
@@ -260,6 +260,7 @@ def train_generic_teacher(
     checkpoint_dir: Path | None = None,
     fixed_arch: ArchConfig | None = None,
     progress: bool = True,
+    device: torch.device | None = None,
 ) -> tuple[FitResult, GenericTeacherTrainer]:
     """Train `teacher` (and the shared `supernet` weights) in place as a GTN, or as an SFTN teacher
     for `fixed_arch`. Returns the fit result (teacher top-1) and the trainer (its log and sampler)."""
@@ -271,5 +272,5 @@ def train_generic_teacher(
 
     result = fit(trainer, data, train_cfg, seed=seed, run_id=run_id, checkpoint_dir=checkpoint_dir, loss_fn=loss_fn,
                  progress=progress, description="sftn teacher" if fixed_arch else "gtn teacher",
-                 find_unused_parameters=True, eval_model=teacher)
+                 find_unused_parameters=True, eval_model=teacher, device=device)
     return result, trainer

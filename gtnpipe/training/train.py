@@ -68,7 +68,8 @@ class Normalizer:
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
         # channels-last activations: oneDNN's depthwise and 1x1 convolutions run faster on them on a CPU (the largest
         # mbv3-28 student's training step 2.40 s vs 3.14 s at batch 128 on 2 Zen 3 cores; weights stay as they are)
-        return ((x_uint8.float() / 255.0 - self.mean) / self.std).to(memory_format=torch.channels_last)
+        mean, std = self.mean.to(x_uint8.device), self.std.to(x_uint8.device)
+        return ((x_uint8.float() / 255.0 - mean) / std).to(memory_format=torch.channels_last)
 
 
 def augment_batch(x: torch.Tensor, cfg: TrainConfig, *, generator: torch.Generator) -> torch.Tensor:
@@ -84,7 +85,7 @@ def augment_batch(x: torch.Tensor, cfg: TrainConfig, *, generator: torch.Generat
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, split: Split, norm: Normalizer, *, images: int = 512, batch_size: int = 128,
-                   seed: int = 0) -> None:
+                   seed: int = 0, device: torch.device | None = None) -> None:
     """Recompute every BatchNorm's running mean/var as the plain average over `images` training images."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
@@ -93,20 +94,21 @@ def recalibrate_bn(model: nn.Module, split: Split, norm: Normalizer, *, images: 
     idx = np.random.default_rng(seed).permutation(len(split))[:images]
     model.train()
     for start in range(0, len(idx), batch_size):
-        model(norm(torch.from_numpy(split.x[idx[start:start + batch_size]])))
+        model(norm(torch.from_numpy(split.x[idx[start:start + batch_size]]).to(device or "cpu")))
     model.train(False)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 100) -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(model: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 100,
+             device: torch.device | None = None) -> float:
+    """Top-1 accuracy in percent, the batches run on `device` (default the CPU; the model must be there)."""
     was_training = model.training
     model.train(False)
     correct = 0
     x_all, y_all = torch.from_numpy(split.x), torch.from_numpy(split.y)
     for start in range(0, len(split), batch_size):
-        logits = model(norm(x_all[start : start + batch_size]))
-        correct += int((logits.argmax(1) == y_all[start : start + batch_size]).sum())
+        logits = model(norm(x_all[start : start + batch_size].to(device or "cpu")))
+        correct += int((logits.argmax(1).cpu() == y_all[start : start + batch_size]).sum())
     model.train(was_training)
     return 100.0 * correct / max(len(split), 1)
 
@@ -152,7 +154,8 @@ def _deterministic() -> Iterator[None]:
     """torch's deterministic-algorithms switch for the duration of a fit, restored after
     (used as a decorator: a @contextmanager is also one)."""
     previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    # CUDA has no deterministic kernel for a few backward passes (adaptive average pooling): warn there, not fail
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
     try:
         yield
     finally:
@@ -173,6 +176,7 @@ def fit(
     description: str = "train",
     find_unused_parameters: bool = False,
     eval_model: nn.Module | None = None,
+    device: torch.device | None = None,
 ) -> FitResult:
     """Train `model` in place on `data.train`, evaluating on val every epoch and on test at the end.
 
@@ -184,14 +188,23 @@ def fit(
             parameters without gradient (a supernet's inactive blocks).
         eval_model: what val/test top-1 is measured on when `model(x)` is not a classifier
             (e.g. the teacher inside a generic-teacher training module); default `model`.
+        device: where the model trains (gtnpipe.training.device; default the CPU). On CUDA: batches copied from
+            pinned memory without blocking, bf16 autocast, and the model back on the CPU when done. The batches and
+            their augmentation are drawn on the CPU either way, so the data order does not depend on the device.
 
     Under torchrun every rank takes its share of each batch of `cfg.batch_size` (so the
     hyperparameters mean the same at any world size; a last batch smaller than the batch
     size is dropped), gradients are averaged, and rank 0 writes the checkpoints.
     """
     eval_model = eval_model if eval_model is not None else model
+    device = device or torch.device("cpu")
+    on_gpu = device.type == "cuda"
+    model.to(device)
+    eval_model.to(device)
     norm = Normalizer(data.mean, data.std)
     x_train, y_train = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
+    if on_gpu:  # page-locked host memory: the per-batch copies overlap with compute (non_blocking)
+        x_train, y_train = x_train.pin_memory(), y_train.pin_memory()
     n = len(data.train)
     rank, world = distributed.rank(), distributed.world_size()
     steps_per_epoch = math.ceil(n / cfg.batch_size) if world == 1 else n // cfg.batch_size
@@ -235,7 +248,9 @@ def fit(
                 if cfg.augments:  # on the whole batch, so the generator stays in step on every rank
                     xb = augment_batch(xb, cfg, generator=generator)
                 idx, xb, yb = idx[rank::world], xb[rank::world], y_train[idx][rank::world]
-                loss, logits = loss_fn(net, norm(xb), yb, idx)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                    loss, logits = loss_fn(net, norm(xb), yb, idx)
                 if not torch.isfinite(loss):
                     raise TrainError(
                         f"{description}: loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
@@ -251,16 +266,18 @@ def fit(
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen)
             distributed.average_buffers(model)
             if epoch == cfg.epochs - 1 and cfg.precise_bn_images:  # the same images on every rank: the same statistics
-                recalibrate_bn(eval_model, data.train, norm, images=cfg.precise_bn_images, seed=seed)
-            val_top1 = evaluate(eval_model, data.val, norm, batch_size=cfg.eval_batch_size) if len(data.val) else float("nan")
+                recalibrate_bn(eval_model, data.train, norm, images=cfg.precise_bn_images, seed=seed, device=device)
+            val_top1 = (evaluate(eval_model, data.val, norm, batch_size=cfg.eval_batch_size, device=device)
+                        if len(data.val) else float("nan"))
             history.append(EpochLog(epoch + 1, loss_sum / seen, 100.0 * correct / seen, val_top1,
                                     time.perf_counter() - t_epoch))
             bar.update(task, description=f"{description} {epoch + 1}/{cfg.epochs} val {val_top1:5.1f}%")
             if ckpt_path is not None and rank == 0:
                 _save_checkpoint(ckpt_path, run_id, epoch + 1, model, optimizer, scheduler, history)
             distributed.barrier()
-    test_top1 = evaluate(eval_model, data.test, norm, batch_size=cfg.eval_batch_size)
+    test_top1 = evaluate(eval_model, data.test, norm, batch_size=cfg.eval_batch_size, device=device)
     model.train(False)
+    model.to("cpu")  # what follows (export, caching, comparison) expects the CPU
     return FitResult(tuple(history), test_top1, start_epoch, time.perf_counter() - t_start)
 
 
