@@ -15,8 +15,9 @@ from gtnpipe.models.static import StagedNet, init_weights
 from gtnpipe.space.spaces import SearchSpace, TaskShape
 
 # The teacher of each search space, used when a recipe has no [teacher]: one ResNet stage per student stage, at the
-# student's strides (the GTN's branches join the teacher at any stage boundary). Several times the largest student's
-# MACs, as a teacher should be (`gtnpipe pool info --space NAME` prints both).
+# student's strides (the GTN's branches join the teacher at any stage boundary). At each space's nominal task the
+# teacher has 1.6-2.5x the largest student's MACs: 88.8M (mbv3-28, 1x28x28), 76.5M (mbv3-32, 3x32x32), 937M
+# (mbv3-224, 3x224x224, 1000 classes).
 SPACE_TEACHERS: dict[str, TeacherConfig] = {
     "mbv3-28": TeacherConfig(stem_width=32, widths=(64, 128, 192, 256), blocks=(2, 2, 2, 1)),
     "mbv3-32": TeacherConfig(stem_width=32, widths=(48, 96, 160, 224, 320), blocks=(1, 2, 2, 2, 1)),
