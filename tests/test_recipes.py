@@ -25,8 +25,8 @@ from gtnpipe.space.spaces import AUTO, SPACES, space_for
 TINY = Path(__file__).parent / "data" / "tiny.toml"
 
 TRAIN_KEYS = (
-    "augment, batch_size, crop_padding_px, epochs, eval_batch_size, label_smoothing, lr, momentum, nesterov, "
-    "optimizer, warmup_epochs, weight_decay"
+    "augment, batch_size, color_jitter, crop_padding_px, epochs, eval_batch_size, label_smoothing, lr, momentum, "
+    "nesterov, optimizer, precise_bn_images, resized_crop_ratio, resized_crop_scale, warmup_epochs, weight_decay"
 )
 TOP_KEYS = "data, description, distill, gtn, name, predictor, seed, space, teacher, train"
 

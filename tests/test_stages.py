@@ -64,7 +64,7 @@ def _changed(value: Any) -> list[Any]:
         return [alternatives.get(value, value + "x"), value + "x", value + ",!=0.0.1"]  # the last: a version range
     if isinstance(value, tuple):
         if value and isinstance(value[0], int | float) and not isinstance(value[0], bool):
-            return [(value[0] + 1, *value[1:]), value[:-1]]
+            return [(value[0] + 1, *value[1:]), value[:-1], (value[0] / 2, *value[1:])]  # the last: a (low, high) range
         return [value[::-1], value[:-1], (*value, *value[:1])]
     return []
 
