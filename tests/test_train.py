@@ -250,6 +250,7 @@ def test_train_device_resolves_or_says_why_not() -> None:
             train_device(bad)
 
 
+@pytest.mark.slow  # a CLI process that imports torch: 5 s
 def test_unknown_train_device_is_a_cli_error() -> None:
     done = subprocess.run([sys.executable, "-m", "gtnpipe.cli", "train", "--model", "smallest", "--recipe", str(TINY_RECIPE),
                            "--train-device", "gpu", "--no-progress"], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
