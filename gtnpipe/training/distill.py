@@ -36,13 +36,13 @@ def logit_scale(logits: torch.Tensor, target_std: float) -> float:
 def teacher_logits(teacher: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 1000,
                    device: torch.device | None = None) -> torch.Tensor:
     """The teacher's logits (eval mode) for every image of `split`, in order, on the CPU (computed on `device`)."""
-    was_training = teacher.training
+    was_training, was_on = teacher.training, next(teacher.parameters()).device
     teacher.train(False)
     teacher.to(device or "cpu")
     x = torch.from_numpy(split.x)
     out = torch.cat([teacher(norm(x[i : i + batch_size].to(device or "cpu"))).float().cpu()
                      for i in range(0, len(split), batch_size)])
-    teacher.train(was_training)
+    teacher.train(was_training).to(was_on)
     return out
 
 

@@ -278,6 +278,7 @@ def fit(
     test_top1 = evaluate(eval_model, data.test, norm, batch_size=cfg.eval_batch_size, device=device)
     model.train(False)
     model.to("cpu")  # what follows (export, caching, comparison) expects the CPU
+    eval_model.to("cpu")
     return FitResult(tuple(history), test_top1, start_epoch, time.perf_counter() - t_start)
 
 
