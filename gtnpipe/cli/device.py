@@ -30,6 +30,7 @@ from gtnpipe.cli._common import (
     stdout,
     value_column,
 )
+from gtnpipe.space.spaces import TaskShape  # pure Python: the CLI stays torch-free
 
 __all__ = ["bench", "devices_app", "latency_kit", "latency_table"]
 
@@ -132,9 +133,8 @@ def latency_table(
                    input_shape=input_shape, classes=classes, progress=progress, as_json=as_json)
 
 
-def _task(input_shape: str, classes: int) -> Any:
-    from gtnpipe.space.spaces import TaskShape
-
+def _task(input_shape: str, classes: int) -> TaskShape:
+    """--input CxHxW and --classes N as a TaskShape; anything else is an error that shows the form."""
     parts = input_shape.lower().split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts) or parts[0] not in ("1", "3"):
         fail(f"--input {input_shape!r}: give channels x height x width with 1 or 3 channels, e.g. 3x224x224")

@@ -7,7 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-from gtnpipe.cli._common import CacheOpt, JsonOpt, ProgressOpt, RecipeOpt, TrainDeviceOpt, emit_json, running, stdout
+from gtnpipe.cli._common import (
+    CacheOpt,
+    JsonOpt,
+    ProgressOpt,
+    RecipeOpt,
+    TrainDeviceOpt,
+    emit_json,
+    open_workspace,
+    running,
+    stdout,
+)
 
 __all__ = ["distill", "teacher", "train"]
 
@@ -40,7 +50,7 @@ def train(
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
 
-        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
+        ws = open_workspace(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
         result = pipeline.train_model(ws, model)
     state = "cache hit" if result.cached else "trained"
     _report(result, f"[bold]{result.model}[/] ({state}, key {result.key[:12]}): test top-1 [bold]{result.test_top1:.2f}%[/] "
@@ -67,7 +77,7 @@ def teacher(
         from gtnpipe.training import distributed
 
         distributed.init_from_env()
-        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
+        ws = open_workspace(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
         result = pipeline.train_teacher(ws, method, student=student)
     state = "cache hit" if result.cached else "trained"
     target = f" for {result.student}" if result.student else ""
@@ -92,7 +102,7 @@ def distill(
         from gtnpipe.training import distributed
 
         distributed.init_from_env()
-        ws = pipeline.Workspace.open(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
+        ws = open_workspace(recipe, cache_dir=cache_dir, train_device=train_device, progress=p.enabled)
         result = pipeline.distill_student(ws, arch, teacher=teacher, seed=seed)
     state = "cache hit" if result.cached else "trained"
     _report(result, f"[bold]{result.arch}[/] from {result.teacher} teacher ({state}, key {result.key}): test top-1 "

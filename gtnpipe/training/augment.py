@@ -53,7 +53,7 @@ def resized_crop_flip(x: torch.Tensor, *, scale: tuple[float, float], ratio: tup
     centre_y = (1 - box_h) * (2 * u[:, 3] - 1)
     flip = torch.rand(n, generator=generator) < 0.5
     theta = torch.zeros(n, 2, 3, dtype=torch.float32)
-    theta[:, 0, 0] = (box_w * torch.where(flip, -1.0, 1.0).double()).float()
+    theta[:, 0, 0] = (box_w * (1 - 2 * flip.double())).float()  # a negative x scale mirrors the box
     theta[:, 0, 2] = centre_x.float()
     theta[:, 1, 1] = box_h.float()
     theta[:, 1, 2] = centre_y.float()
@@ -68,9 +68,8 @@ def color_jitter(x: torch.Tensor, strength: float, *, generator: torch.Generator
     factors = 1 + strength * (2 * torch.rand(n, 3, 1, 1, 1, generator=generator) - 1)
     out = x.float() * factors[:, 0]
     out = out.clamp(0, 255)
-    grey = _grey(out)
-    out = ((out - grey.mean(dim=(1, 2, 3), keepdim=True)) * factors[:, 1] + grey.mean(dim=(1, 2, 3), keepdim=True))
-    out = out.clamp(0, 255)
+    mean_grey = _grey(out).mean(dim=(1, 2, 3), keepdim=True)
+    out = ((out - mean_grey) * factors[:, 1] + mean_grey).clamp(0, 255)
     if c == 3:
         grey = _grey(out)
         out = ((out - grey) * factors[:, 2] + grey).clamp(0, 255)
