@@ -7,6 +7,8 @@ Layout under the root (default ~/.cache/gtnpipe, or GTNPIPE_CACHE, or --cache-di
     work/<kind>/<key>/        resumable scratch space (training checkpoints) until the entry exists
     locks/<kind>-<key>.lock   held while an entry is built, so two processes never build one twice
     quarantine/               corrupt entries, moved aside (never silently used, never deleted)
+    data-index/               image folders' per-file sha256 and decode facts (gtnpipe.data.datasets), so a
+                              folder is hashed once; trusted while a file's size and mtime are unchanged
 
 An entry is built in a temp folder and renamed into place, so readers see it whole or not at
 all; `entry.json` is written last inside it. A key is the sha256 of the canonical JSON of

@@ -149,9 +149,8 @@ class _StageLog:
 
 
 def _torch_logits(model: Deployable, ws: Workspace) -> np.ndarray:
-    with torch.no_grad():
-        logits: np.ndarray = model(torch.from_numpy(to_unit_float(ws.data.test.x))).numpy()
-    return logits
+    with torch.no_grad():  # 512 images at a time: a test split on disk is decoded a chunk at a time
+        return np.concatenate([model(torch.from_numpy(to_unit_float(x))).numpy() for x in ws.data.test.chunks(512)])
 
 
 def _top1(logits: np.ndarray, ws: Workspace) -> float:
@@ -281,7 +280,8 @@ def data_info(ws: Workspace) -> dict[str, Any]:
     data = ws.data
     return {"name": data.name, "fingerprint": data.fingerprint, "classes": list(data.classes), "channels": data.channels,
             "image_hw": list(data.image_hw), "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "mean": list(data.mean), "std": list(data.std), "space": ws.space.name, "skipped": list(data.skipped)}
+            "mean": list(data.mean), "std": list(data.std), "space": ws.space.name, "skipped": list(data.skipped),
+            "storage": data.storage}
 
 
 def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CacheOpt", "DataOpt", "ImageSizeOpt", "JsonOpt", "ProgressOpt", "RecipeOpt", "SkipUnreadableOpt", "SpaceOpt",
-    "TrainDeviceOpt",
+    "StorageOpt", "TrainDeviceOpt",
     "emit_json", "fail", "id_column", "open_workspace", "print_table", "running", "stderr", "stdout", "value_column",
 ]
 
@@ -57,6 +57,10 @@ TrainDeviceOpt = Annotated[str, typer.Option(
     "torch sees a GPU), cpu, cuda or cuda:N. Recorded in the cache and the manifest, not part of any cache key.")]
 SkipUnreadableOpt = Annotated[bool, typer.Option(
     "--skip-unreadable", help="Leave out image files that cannot be decoded (counted in the output) instead of failing.")]
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage", help="Where an image folder's images are while training: memory (decoded once), disk (decoded on the "
+    "fly by DataLoader workers, for data larger than memory) or auto (memory up to 2 GiB of decoded images) "
+    "[default: the recipe's data.storage]. Same results either way.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress: bars, and status lines on "
                                            "stderr, gtnpipe's and its libraries' (NNCF's). Warnings and errors show either way.")]
 
@@ -178,12 +182,14 @@ def _stdout_to_stderr(active: bool) -> Iterator[None]:
 
 
 def open_workspace(recipe: str, *, cache_dir: Path | None = None, data: str | None = None, image_size: int | None = None,
-                   skip_unreadable: bool = False, train_device: str = "auto", progress: bool = True) -> Workspace:
+                   skip_unreadable: bool = False, storage: str | None = None, train_device: str = "auto",
+                   progress: bool = True) -> Workspace:
     """The command's Workspace (recipe, data, cache); files the data loader skipped are reported on stderr."""
     from gtnpipe.stages.workspace import Workspace
 
     ws = Workspace.open(recipe, cache_dir=cache_dir, data_source=data, image_size=image_size,
-                        skip_unreadable=skip_unreadable or None, train_device=train_device, progress=progress)
+                        skip_unreadable=skip_unreadable or None, storage=storage, train_device=train_device,
+                        progress=progress)
     if ws.data.skipped:
         first = ", ".join(ws.data.skipped[:3]) + (", ..." if len(ws.data.skipped) > 3 else "")
         stderr().print(f"[yellow]warning[/] skipped {len(ws.data.skipped)} unreadable file(s) of {escape(ws.data.name)}: "

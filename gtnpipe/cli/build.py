@@ -18,6 +18,7 @@ from gtnpipe.cli._common import (
     ProgressOpt,
     RecipeOpt,
     SkipUnreadableOpt,
+    StorageOpt,
     TrainDeviceOpt,
     emit_json,
     fail,
@@ -41,6 +42,7 @@ def search(
     data: DataOpt = None,
     image_size: ImageSizeOpt = None,
     skip_unreadable: SkipUnreadableOpt = False,
+    storage: StorageOpt = None,
     train_device: TrainDeviceOpt = "auto",
     cache_dir: CacheOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the Pareto front as a PNG here.")] = None,
@@ -58,7 +60,7 @@ def search(
         from gtnpipe.search.evolution import SearchConfig
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
-                            skip_unreadable=skip_unreadable, train_device=train_device, progress=p.enabled)
+                            skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
         found = pipeline.search_device(ws, device, config=SearchConfig(iterations=iterations))  # the stage build runs
         result, acc = found.result, found.predictor
         if plot is not None:
@@ -104,6 +106,7 @@ def build(
     data: DataOpt = None,
     image_size: ImageSizeOpt = None,
     skip_unreadable: SkipUnreadableOpt = False,
+    storage: StorageOpt = None,
     train_device: TrainDeviceOpt = "auto",
     out_dir: Annotated[Path, typer.Option("--out", help="Artifacts folder: one sub-folder per device.")] = Path("artifacts"),
     teacher: Annotated[str, typer.Option("--teacher", help="gtn (the generic teacher), vanilla or none.")] = "gtn",
@@ -134,7 +137,7 @@ def build(
         from gtnpipe.search.evolution import SearchConfig
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
-                            skip_unreadable=skip_unreadable, train_device=train_device, progress=p.enabled)
+                            skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
         for name in devices:
             results.append(pipeline.build_device(
                 ws, name, out=out_dir, teacher=teacher, config=SearchConfig(iterations=iterations),

@@ -14,6 +14,7 @@ from gtnpipe.cli._common import (
     RecipeOpt,
     SkipUnreadableOpt,
     SpaceOpt,
+    StorageOpt,
     emit_json,
     id_column,
     open_workspace,
@@ -34,6 +35,7 @@ def data_info(
     data: DataOpt = None,
     image_size: ImageSizeOpt = None,
     skip_unreadable: SkipUnreadableOpt = False,
+    storage: StorageOpt = None,
     recipe: RecipeOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
@@ -43,14 +45,14 @@ def data_info(
         from gtnpipe import pipeline
 
         info = pipeline.data_info(open_workspace(recipe, data=data, image_size=image_size,
-                                                 skip_unreadable=skip_unreadable, progress=False))
+                                                 skip_unreadable=skip_unreadable, storage=storage, progress=False))
     if as_json:
         return emit_json(info)
     out = stdout()
     out.print(f"[bold]{info['name']}[/]  fingerprint {info['fingerprint'][:16]}…")
     out.print(f"images: {info['channels']} x {info['image_hw'][0]} x {info['image_hw'][1]} (C x H x W), "
               f"{len(info['classes'])} classes: {', '.join(info['classes'])}")
-    out.print("splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+    out.print("splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()) + f" (kept in {info['storage']})")
     skipped = f"; skipped {len(info['skipped'])} unreadable file(s)" if info["skipped"] else ""
     out.print(f"search space: {info['space']}{skipped}")
 

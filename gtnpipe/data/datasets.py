@@ -1,32 +1,45 @@
-"""Datasets as uint8 NCHW numpy arrays: Fashion-MNIST from Debian, an ImageFolder tree, or a .npz.
+"""Datasets as uint8 NCHW images: Fashion-MNIST from Debian, an ImageFolder tree, or a .npz.
 
 numpy only (no torch), so the on-device side (`gtnpipe bench`) can read data too.
 Channels, resolution and class count always come from the data itself.
+
+Storage: a split's images are a numpy array in memory, or for an image folder larger than memory an `ImageFiles`,
+a lazy array over the files that decodes what is indexed (DataLoader workers do it in training:
+gtnpipe.training.loader). Both give the same pixels, mean and std bit for bit, so results do not depend on it.
+An image folder's per-file sha256 (its fingerprint) and decode facts are kept in an index beside the cache, trusted
+while a file's size and modification time are unchanged: a folder is hashed once, not on every run.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import json
 import os
 import struct
 import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from gtnpipe.errors import DataError, DatasetMissing
-from gtnpipe.fsutil import canonical_json, sha256_file
+from gtnpipe.fsutil import atomic_write_json, canonical_json, sha256_file
 
 if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "AUTO_MEMORY_BYTES",
     "FASHION_MNIST",
     "FASHION_MNIST_INSTALL",
+    "STORAGES",
     "Dataset",
+    "ImageFiles",
     "Split",
     "fashion_mnist_dir",
     "load_dataset",
@@ -50,15 +63,39 @@ _FASHION_MNIST_CLASSES = (
 )
 # ImageFolder trees without train/ and test/ sub-folders: this share of each class becomes test.
 _IMAGEFOLDER_TEST_FRACTION = 0.2
+# [data] storage: "memory" (decoded once into arrays), "disk" (decoded on the fly, image folders only), or "auto":
+# memory when the folder's images, decoded as RGB at the size they train at, take at most AUTO_MEMORY_BYTES.
+STORAGES = ("auto", "memory", "disk")
+AUTO_MEMORY_BYTES = 2 * 1024**3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Split:
-    x: np.ndarray  # uint8, (N, C, H, W)
+    x: np.ndarray | ImageFiles  # uint8, (N, C, H, W); x[idx] is a numpy array either way
     y: np.ndarray  # int64, (N,)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.x, np.ndarray)
+
+    def take(self, idx: np.ndarray) -> Split:
+        """The images at `idx`, stored as this split's are (a lazy split stays on disk)."""
+        return Split(self.x[idx] if isinstance(self.x, np.ndarray) else self.x.take(idx), self.y[idx])
+
+    def chunks(self, batch_size: int) -> Iterator[np.ndarray]:
+        """The images in order, `batch_size` at a time, as uint8 arrays (decoded one chunk at a time on disk)."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start:start + batch_size]
+
+    def moments(self) -> tuple[int, ...]:
+        """Exact per-channel pixel sums, then sums of squares."""
+        if isinstance(self.x, ImageFiles):
+            return tuple(int(v) for v in self.x.moments.sum(axis=0))
+        return _moments(self.x)
 
 
 @dataclass(frozen=True)
@@ -70,6 +107,7 @@ class Source:
     train: Split
     test: Split
     fingerprint: str  # sha256 over the source files' own sha256s
+    storage: str = "memory"  # "memory" or "disk" (see STORAGES)
     skipped: tuple[str, ...] = ()  # unreadable files left out (skip_unreadable), relative to the source folder
 
 
@@ -84,6 +122,7 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, in [0, 1], over the train split
     std: tuple[float, ...]
     skipped: tuple[str, ...] = ()  # unreadable files left out (skip_unreadable)
+    storage: str = "memory"  # where the images are: "memory" (arrays) or "disk" (ImageFiles)
 
     @property
     def channels(self) -> int:
@@ -111,6 +150,8 @@ def load_dataset(
     split_seed: int = 0,
     image_size: int = 0,
     skip_unreadable: bool = False,
+    storage: str = "auto",
+    index_dir: Path | None = None,
 ) -> Dataset:
     """Load `source` and carve a deterministic validation split from its training data.
 
@@ -124,8 +165,11 @@ def load_dataset(
         image_size: > 0 resizes every image to image_size x image_size (shorter side, then the centre square).
         skip_unreadable: leave out (and list in `Dataset.skipped`) image-folder files that are not images Pillow
             can decode, instead of failing on the first.
+        storage: "memory", "disk" (an image folder's images stay files, decoded when used) or "auto" (see STORAGES).
+        index_dir: where an image folder's index (file hashes, decode facts) is kept between runs; None: not kept.
     """
-    src = load_source(source, image_size=image_size, skip_unreadable=skip_unreadable)
+    src = load_source(source, image_size=image_size, skip_unreadable=skip_unreadable, storage=storage,
+                      index_dir=index_dir)
     n_train = len(src.train)
     n_val = round(val_size * n_train) if isinstance(val_size, float) else val_size
     if not 0 <= n_val <= n_train // 2:
@@ -148,41 +192,55 @@ def load_dataset(
         if test_subset > len(test):
             raise DataError(f"test_subset={test_subset} exceeds the {len(test)} test images; lower it or set it to 0 for all")
         test_idx = np.random.default_rng(split_seed + 1).permutation(len(test))[:test_subset]
-        test = Split(test.x[test_idx], test.y[test_idx])
-    train = Split(src.train.x[train_idx], src.train.y[train_idx])
-    val = Split(src.train.x[val_idx], src.train.y[val_idx])
-    # Per-channel moments without a float64 copy of the whole split (that copy is 345 MB for 55k images).
-    per_channel = train.x.transpose(1, 0, 2, 3).reshape(train.x.shape[1], -1)
-    mean_255 = per_channel.mean(axis=1, dtype=np.float64)
-    sq_255 = np.array([np.dot(c.astype(np.float64), c) / c.size for c in per_channel])
-    mean = tuple(float(m) / 255.0 for m in mean_255)
-    std = tuple(max(float(np.sqrt(max(q - m * m, 0.0))) / 255.0, 1e-3) for m, q in zip(mean_255, sq_255))
-    return Dataset(src.name, src.classes, train, val, test, src.fingerprint, mean, std, src.skipped)
+        test = test.take(test_idx)
+    train, val = src.train.take(train_idx), src.train.take(val_idx)
+    mean, std = _mean_std(train)
+    return Dataset(src.name, src.classes, train, val, test, src.fingerprint, mean, std, src.skipped, src.storage)
 
 
-def load_source(source: str, *, image_size: int = 0, skip_unreadable: bool = False) -> Source:
-    if source == FASHION_MNIST:
-        src = _load_idx_folder(fashion_mnist_dir(), name=FASHION_MNIST, expected_sha256=_FASHION_MNIST_SHA256)
-        return _resized_source(src, image_size)
+def _mean_std(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units, from exact integer moments (the same on either storage)."""
+    moments = split.moments()
+    c = len(moments) // 2
+    count = len(split) * split.x.shape[2] * split.x.shape[3]
+    mean_255 = [s / count for s in moments[:c]]
+    var_255 = [max(q / count - m * m, 0.0) for m, q in zip(mean_255, moments[c:])]
+    return (tuple(m / 255.0 for m in mean_255),
+            tuple(max(float(np.sqrt(v)) / 255.0, 1e-3) for v in var_255))
+
+
+def load_source(source: str, *, image_size: int = 0, skip_unreadable: bool = False, storage: str = "auto",
+                index_dir: Path | None = None) -> Source:
+    if storage not in STORAGES:
+        raise DataError(f"storage {storage!r} is not one of {', '.join(STORAGES)} ([data] storage, or --storage)")
     path = Path(source)
-    if not path.exists():
+    if source != FASHION_MNIST and not path.exists():
         raise DatasetMissing(
             f"dataset {source!r} not found: give '{FASHION_MNIST}', a folder of class sub-folders of images, "
             "or a .npz file with x_train, y_train, x_test, y_test"
         )
-    if path.is_file():
-        if path.suffix != ".npz":
-            raise DataError(f"{path}: a dataset file must be a .npz with x_train, y_train, x_test, y_test")
-        return _resized_source(_load_npz(path), image_size)
-    if all((path / name).exists() for name in _FASHION_MNIST_SHA256):
-        return _resized_source(_load_idx_folder(path, name=path.name, expected_sha256=None), image_size)
-    return _load_image_folder(path, image_size=image_size, skip_unreadable=skip_unreadable)
+    if source == FASHION_MNIST or path.is_file() or all((path / name).exists() for name in _FASHION_MNIST_SHA256):
+        if storage == "disk":
+            raise DataError(f"{source}: storage 'disk' keeps an image folder's files on disk; Fashion-MNIST, IDX "
+                            "files and .npz are arrays, loaded into memory: use storage 'auto' or 'memory'")
+        if source == FASHION_MNIST:
+            src = _load_idx_folder(fashion_mnist_dir(), name=FASHION_MNIST, expected_sha256=_FASHION_MNIST_SHA256)
+        elif path.is_file():
+            if path.suffix != ".npz":
+                raise DataError(f"{path}: a dataset file must be a .npz with x_train, y_train, x_test, y_test")
+            src = _load_npz(path)
+        else:
+            src = _load_idx_folder(path, name=path.name, expected_sha256=None)
+        return _resized_source(src, image_size)
+    return _load_image_folder(path, image_size=image_size, skip_unreadable=skip_unreadable, storage=storage,
+                              index_dir=index_dir)
 
 
 def _resized_source(src: Source, image_size: int) -> Source:
     """Arrays (IDX, .npz) resized like image-folder images when `image_size` asks for another size."""
     if not image_size or src.train.x.shape[2:] == (image_size, image_size):
         return src
+    assert isinstance(src.train.x, np.ndarray) and isinstance(src.test.x, np.ndarray)
     return replace(src, train=Split(_resize_array(src.train.x, image_size), src.train.y),
                    test=Split(_resize_array(src.test.x, image_size), src.test.y))
 
@@ -310,7 +368,7 @@ def _to_labels(y: np.ndarray, what: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _checked_split(x: np.ndarray, y: np.ndarray, n_classes: int, what: str) -> Split:
+def _checked_split(x: np.ndarray | ImageFiles, y: np.ndarray, n_classes: int, what: str) -> Split:
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{what}: {x.shape[0]} images but {y.shape[0]} labels")
     if x.shape[0] == 0:
@@ -322,7 +380,62 @@ def _checked_split(x: np.ndarray, y: np.ndarray, n_classes: int, what: str) -> S
 
 # --- ImageFolder --------------------------------------------------------------------------
 
-def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool) -> Source:
+class ImageFiles:
+    """A lazy uint8 (N, C, H, W) array over image files (the disk-backed storage): indexing it decodes those files,
+    each as the in-memory storage does (converted, resized to `image_size`, grey to RGB in a colour set), so both give
+    the same pixels bit for bit. `moments` holds each image's exact per-channel sums and sums of squares (N, 2C),
+    counted once when the folder was indexed, so the split's mean and std need no pass over the pixels.
+    Picklable (paths and numbers only): DataLoader workers decode batches of it (gtnpipe.training.loader)."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, paths: tuple[Path, ...], channels: int, hw: tuple[int, int], image_size: int,
+                 moments: np.ndarray) -> None:
+        if len(paths) != len(moments):
+            raise ValueError(f"{len(paths)} paths but {len(moments)} rows of moments")
+        self.paths, self.channels, self.hw, self.image_size, self.moments = paths, channels, hw, image_size, moments
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, *self.hw)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, idx: np.ndarray) -> ImageFiles:
+        """The images at `idx`, still on disk."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return ImageFiles(tuple(self.paths[int(i)] for i in idx), self.channels, self.hw, self.image_size,
+                          self.moments[idx])
+
+    def __getitem__(self, key: int | slice | np.ndarray | list[int]) -> np.ndarray:
+        """Decoded images: one (C, H, W) for an integer, else (n, C, H, W)."""
+        if isinstance(key, int | np.integer):
+            return self._decode(self.paths[int(key)])
+        chosen = np.arange(len(self.paths))[key]
+        out = np.empty((len(chosen), self.channels, *self.hw), dtype=np.uint8)
+        for row, i in enumerate(chosen):
+            out[row] = self._decode(self.paths[int(i)])
+        return out
+
+    def _decode(self, path: Path) -> np.ndarray:
+        try:
+            arr = _decode(path, self.image_size, self.channels)
+        except _pil_errors() as err:
+            raise DataError(f"{path}: could not be decoded ({type(err).__name__}: {err}), though it could when the "
+                            "folder was indexed: it changed since; run the command again to re-index it") from err
+        if arr.shape[1:] != self.hw:
+            raise DataError(f"{path}: is {arr.shape[2]}x{arr.shape[1]} now, {self.hw[1]}x{self.hw[0]} when the folder "
+                            "was indexed: it changed since; run the command again to re-index it")
+        return arr
+
+
+def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool, storage: str,
+                       index_dir: Path | None) -> Source:
     has_split = (root / "train").is_dir() and (root / "test").is_dir()
     if has_split:
         classes = _class_dirs(root / "train")
@@ -332,27 +445,89 @@ def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool) ->
     else:
         classes = _class_dirs(root)
         train_files, test_files = _list_images(root, classes), []
+    index = _FolderIndex(root, index_dir)
+    paths = [p for p, _ in train_files + test_files]
+    if storage == "auto":
+        storage = _auto_storage(paths, image_size)
     skipped: list[Path] = []
-    images = _decode_all([p for p, _ in train_files + test_files], image_size, skipped, skip_unreadable=skip_unreadable)
-    train_files = [f for f in train_files if f[0] in images]
-    test_files = [f for f in test_files if f[0] in images]
+    if storage == "memory":
+        images = _decode_all(paths, image_size, skipped, skip_unreadable=skip_unreadable)
+        readable = set(images)
+    else:
+        facts = index.decoded(paths, image_size)
+        readable = _check_facts(facts, image_size, skipped, skip_unreadable=skip_unreadable)
+    train_files = [f for f in train_files if f[0] in readable]
+    test_files = [f for f in test_files if f[0] in readable]
     if not has_split:
         train_files, test_files = _split_files(train_files, len(classes))
     for name, files in (("train", train_files), ("test", test_files)):
         empty = [c for label, c in enumerate(classes) if not any(lab == label for _, lab in files)]
         if empty:
             raise DataError(f"{root}: no readable image of class(es) {', '.join(empty)} in the {name} split")
-    x_train, y_train = _stack(train_files, images)
-    x_test, y_test = _stack(test_files, images)
-    hashes = {str(p.relative_to(root)): sha256_file(p) for p, _ in sorted(train_files + test_files)}
+    x_train: np.ndarray | ImageFiles
+    x_test: np.ndarray | ImageFiles
+    if storage == "memory":
+        (x_train, y_train), (x_test, y_test) = _stack(train_files, images), _stack(test_files, images)
+    else:
+        (x_train, y_train), (x_test, y_test) = _lazy(train_files, facts, image_size), _lazy(test_files, facts, image_size)
+    hashes = index.hashes(sorted(p for p, _ in train_files + test_files))
+    index.save()
     return Source(
         root.name,
         classes,
         _checked_split(x_train, y_train, len(classes), f"{root} train"),
         _checked_split(x_test, y_test, len(classes), f"{root} test"),
         _fingerprint("imagefolder", {**hashes, **({"image_size": str(image_size)} if image_size else {})}),
-        tuple(str(p.relative_to(root)) for p in skipped),
+        storage=storage,
+        skipped=tuple(str(p.relative_to(root)) for p in skipped),
     )
+
+
+def _auto_storage(paths: list[Path], image_size: int) -> str:
+    """"memory" when every image decoded (as RGB) takes at most AUTO_MEMORY_BYTES, else "disk"."""
+    from PIL import Image
+
+    if image_size:
+        w = h = image_size
+    else:  # the first image whose header Pillow reads; a folder of unreadable files fails later, naming them
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    w, h = im.size
+                break
+            except _pil_errors():
+                continue
+        else:
+            return "memory"
+    return "memory" if len(paths) * 3 * w * h <= AUTO_MEMORY_BYTES else "disk"
+
+
+def _check_facts(facts: dict[Path, _Facts], image_size: int, skipped: list[Path], *, skip_unreadable: bool) -> set[Path]:
+    """The readable files of `facts`; unreadable ones fail or are skipped, and sizes must agree, as `_decode_all`."""
+    readable: set[Path] = set()
+    first: tuple[tuple[int, int], Path] | None = None
+    for p, f in facts.items():
+        if f.error is not None:
+            if not skip_unreadable:
+                raise DataError(_unreadable_message(p, f.error))
+            skipped.append(p)
+            continue
+        first = _same_size(first, f.wh, p)
+        readable.add(p)
+    return readable
+
+
+def _lazy(files: list[tuple[Path, int]], facts: dict[Path, _Facts], image_size: int) -> tuple[ImageFiles, np.ndarray]:
+    channels = 3 if any(f.mode == "RGB" for f in facts.values() if f.error is None) else 1
+    moments = np.zeros((len(files), 2 * channels), dtype=np.int64)
+    for row, (p, _) in enumerate(files):
+        m = facts[p].moments  # the image's own channels: a grey image in a colour set counts as three equal ones
+        if channels == 3 and len(m) == 2:
+            m = (m[0],) * 3 + (m[1],) * 3
+        moments[row] = m
+    w, h = facts[files[0][0]].wh
+    return (ImageFiles(tuple(p for p, _ in files), channels, (h, w), image_size, moments),
+            np.array([label for _, label in files], dtype=np.int64))
 
 
 def _class_dirs(root: Path) -> tuple[str, ...]:
@@ -381,7 +556,8 @@ def _list_images(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]
 
 def _split_files(files: list[tuple[Path, int]], n_classes: int) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
     """Per class, every 1/fraction-th file (in sorted order) goes to test: stable as files are added."""
-    train, test = [], []
+    train: list[tuple[Path, int]] = []
+    test: list[tuple[Path, int]] = []
     step = round(1 / _IMAGEFOLDER_TEST_FRACTION)
     for label in range(n_classes):
         members = [f for f in files if f[1] == label]
@@ -393,39 +569,178 @@ def _split_files(files: list[tuple[Path, int]], n_classes: int) -> tuple[list[tu
         )
     return train, test
 
+@dataclass(frozen=True)
+class _Facts:
+    """What indexing learnt of one image file at one image_size: why it cannot be decoded, or its mode ("L" or
+    "RGB"), its size after resizing (width, height) and its exact per-channel pixel sums then sums of squares."""
+
+    error: str | None
+    mode: str = ""
+    wh: tuple[int, int] = (0, 0)
+    moments: tuple[int, ...] = ()
+
+
+class _FolderIndex:
+    """Per file of an image folder: sha256 and, per image_size, `_Facts`; kept in `index_dir` (the cache's) and
+    trusted while the file's size and modification time are unchanged (as make and rsync do), so a folder is hashed
+    and checked once, not on every run. index_dir None: nothing kept."""
+
+    VERSION = 1
+
+    def __init__(self, root: Path, index_dir: Path | None) -> None:
+        self.root, resolved = root, str(root.resolve())
+        self.path = (index_dir / f"imagefolder-{hashlib.sha256(resolved.encode()).hexdigest()[:16]}.json"
+                     if index_dir is not None else None)
+        self.files: dict[str, dict[str, Any]] = {}
+        self.changed = False
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text())
+                if stored.get("version") == self.VERSION and stored.get("root") == resolved:
+                    self.files = stored["files"]
+            except (OSError, ValueError, KeyError):  # a torn or foreign index is rebuilt, never trusted
+                self.files = {}
+
+    def _entry(self, path: Path) -> tuple[str, dict[str, Any] | None]:
+        rel = str(path.relative_to(self.root))
+        st = path.stat()
+        entry = self.files.get(rel)
+        if entry is None or entry.get("bytes") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns:
+            return rel, None
+        return rel, entry
+
+    def hashes(self, paths: list[Path]) -> dict[str, str]:
+        """relative path -> sha256 of each of `paths` (hashed in threads when not known)."""
+        todo = [p for p in paths if self._entry(p)[1] is None]
+        for p, digest in zip(todo, _threaded(sha256_file, todo)):
+            self._store(p, {"sha256": digest})
+        return {rel: entry["sha256"] for rel, entry in map(self._entry, paths) if entry is not None}
+
+    def decoded(self, paths: list[Path], image_size: int) -> dict[Path, _Facts]:
+        """`_Facts` of each of `paths` at `image_size`, decoding (in threads) the files not indexed at that size."""
+        size = str(image_size)
+        todo = [p for p in paths if size not in ((self._entry(p)[1] or {}).get("decoded") or {})]
+        for p, (digest, facts) in zip(todo, _threaded(lambda q: _index_file(q, image_size), todo)):
+            _, entry = self._entry(p)
+            decoded = dict(entry.get("decoded", {})) if entry is not None and entry.get("sha256") == digest else {}
+            decoded[size] = {"error": facts.error} if facts.error else {
+                "mode": facts.mode, "wh": list(facts.wh), "moments": list(facts.moments)}
+            self._store(p, {"sha256": digest, "decoded": decoded})
+        out = {}
+        for p in paths:
+            d = self._entry(p)[1]["decoded"][size]  # type: ignore[index]
+            out[p] = _Facts(d["error"]) if "error" in d else _Facts(None, d["mode"], tuple(d["wh"]), tuple(d["moments"]))
+        return out
+
+    def _store(self, path: Path, fields: dict[str, Any]) -> None:
+        st = path.stat()
+        rel = str(path.relative_to(self.root))
+        old = self.files.get(rel, {})
+        keep = {"decoded": old["decoded"]} if "decoded" in old and old.get("sha256") == fields["sha256"] else {}
+        self.files[rel] = {**keep, **fields, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        self.changed = True
+
+    def save(self) -> None:
+        if self.path is not None and self.changed:
+            atomic_write_json(self.path, {"version": self.VERSION, "root": str(self.root.resolve()), "files": self.files})
+            self.changed = False
+
+
+
+def _pil_errors() -> tuple[type[BaseException], ...]:
+    """What Pillow raises for a file it cannot decode, truncated ones included (imported when needed)."""
+    from PIL import Image, UnidentifiedImageError
+
+    return OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError
+
+
+def _read(path: Path | io.BytesIO) -> Image.Image:
+    """The image fully decoded, as grey ("L") or "RGB"."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("L" if im.mode in ("L", "1", "I;16", "I", "LA") else "RGB")
+
+
+def _decode(path: Path, image_size: int, channels: int) -> np.ndarray:
+    """One image as uint8 (channels, H, W): read, resized when `image_size`, grey repeated to RGB when channels == 3."""
+    image = _read(path)
+    arr = _to_chw(square(image, image_size) if image_size else image)
+    return np.repeat(arr, 3, axis=0) if channels == 3 and arr.shape[0] == 1 else arr
+
+
+def _index_file(path: Path, image_size: int) -> tuple[str, _Facts]:
+    """sha256 and `_Facts` of one file, read once."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        image = _read(io.BytesIO(data))
+    except _pil_errors() as err:
+        return digest, _Facts(f"{type(err).__name__}: {err}")
+    arr = _to_chw(square(image, image_size) if image_size else image)
+    return digest, _Facts(None, image.mode, (arr.shape[2], arr.shape[1]), _moments(arr[None]))
+
+
+def _moments(x: np.ndarray, chunk_images: int = 256) -> tuple[int, ...]:
+    """Exact per-channel sums, then sums of squares, of uint8 images (N, C, H, W): integers, so any storage and any
+    order of summing gives the same mean and std."""
+    sums = np.zeros(x.shape[1], dtype=np.int64)
+    squares = np.zeros(x.shape[1], dtype=np.int64)
+    for start in range(0, x.shape[0], chunk_images):
+        chunk = x[start:start + chunk_images].astype(np.int64)
+        sums += chunk.sum(axis=(0, 2, 3))
+        squares += (chunk * chunk).sum(axis=(0, 2, 3))
+    return tuple(int(v) for v in (*sums, *squares))
+
+
+def _threaded(fn: Callable[[Path], T], items: list[Path]) -> list[T]:
+    """fn over items in threads, in order (Pillow's decoding and resizing, and hashlib, release the GIL)."""
+    if len(items) < 2:
+        return [fn(p) for p in items]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, items))
+
+
+def _unreadable_message(path: Path, error: str) -> str:
+    return (f"{path}: not an image Pillow can read ({error}); remove the file, or skip every unreadable file with "
+            "--skip-unreadable ([data] skip_unreadable = true)")
+
+
+def _same_size(first: tuple[tuple[int, int], Path] | None, wh: tuple[int, int],
+               path: Path) -> tuple[tuple[int, int], Path]:
+    """The first image's size and path; an image of another size is an error that names both and the fix."""
+    if first is None:
+        return wh, path
+    if wh != first[0]:
+        (w0, h0), p0 = first
+        raise DataError(
+            f"images differ in size: {p0} is {w0}x{h0} but {path} is {wh[0]}x{wh[1]} (width x height); give "
+            "--image-size N (or [data] image_size = N in the recipe) to resize them all to N x N"
+        )
+    return first
+
 
 def _decode_all(paths: list[Path], image_size: int, skipped: list[Path], *, skip_unreadable: bool) -> dict[Path, np.ndarray]:
-    """Each image decoded once to uint8 CHW (grey or RGB; resized when `image_size`): a file Pillow cannot decode,
-    truncated ones included, fails here naming it, or with `skip_unreadable` is left out and listed in `skipped`.
-    Grey images become RGB when any image is colour. Without `image_size`, all must share one size."""
-    from PIL import Image, UnidentifiedImageError
+    """Each image decoded once (in threads) to uint8 CHW (grey or RGB; resized when `image_size`): a file Pillow
+    cannot decode, truncated ones included, fails here naming it, or with `skip_unreadable` is left out and listed in
+    `skipped`. Grey images become RGB when any image is colour. Without `image_size`, all must share one size."""
+    def one(p: Path) -> np.ndarray | str:
+        try:
+            return _decode(p, image_size, 1)
+        except _pil_errors() as err:
+            return f"{type(err).__name__}: {err}"
 
     out: dict[Path, np.ndarray] = {}
     first: tuple[tuple[int, int], Path] | None = None
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im.load()
-                image = im.convert("L" if im.mode in ("L", "1", "I;16", "I", "LA") else "RGB")
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    for p, arr in zip(paths, _threaded(one, paths)):
+        if isinstance(arr, str):
             if not skip_unreadable:
-                raise DataError(
-                    f"{p}: not an image Pillow can read ({type(err).__name__}: {err}); remove the file, or skip "
-                    "every unreadable file with --skip-unreadable ([data] skip_unreadable = true)"
-                ) from err
+                raise DataError(_unreadable_message(p, arr))
             skipped.append(p)
             continue
-        if image_size:
-            image = square(image, image_size)
-        if first is None:
-            first = (image.size, p)
-        elif image.size != first[0]:
-            (w0, h0), p0 = first
-            raise DataError(
-                f"images differ in size: {p0} is {w0}x{h0} but {p} is {image.size[0]}x{image.size[1]} (width x "
-                "height); give --image-size N (or [data] image_size = N in the recipe) to resize them all to N x N"
-            )
-        out[p] = _to_chw(image)
+        first = _same_size(first, (arr.shape[2], arr.shape[1]), p)
+        out[p] = arr
     if any(a.shape[0] == 3 for a in out.values()):
         out = {p: np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for p, a in out.items()}
     return out

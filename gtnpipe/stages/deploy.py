@@ -152,7 +152,9 @@ def compile_precision(ws: Workspace, inp: CompileInput, backend: Backend,
             meta |= {"parity": None, "unchecked_reason": str(err)}
             return
         test = ws.data.test
-        logits = run_batched(runner, to_unit_float(test.x), batch_size=inp.batch_size)
+        chunk = inp.batch_size * max(1, 512 // inp.batch_size)  # whole batches, so only the last one is padded
+        logits = np.concatenate([run_batched(runner, to_unit_float(x), batch_size=inp.batch_size)
+                                 for x in test.chunks(chunk)])
         report = compare(logits, torch_logits, test.y, backend=inp.runtime.name, precision=inp.precision,
                          max_drop_points=inp.max_accuracy_drop_points)
         np.save(staging / ARTIFACT_LOGITS, logits[:inp.reference_images])  # what gtnpipe bench on the device compares

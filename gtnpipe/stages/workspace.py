@@ -22,6 +22,7 @@ from gtnpipe.training.device import train_device as resolve_train_device
 __all__ = ["DataRef", "Workspace", "load_weights", "resolve", "run_stage", "task_of"]
 
 WEIGHTS = "weights.pt"
+DATA_INDEX = "data-index"  # under the cache root: image folders' file hashes and decode facts (gtnpipe.data.datasets)
 N = TypeVar("N", bound=torch.nn.Module)
 
 
@@ -33,8 +34,14 @@ def task_of(data: Dataset) -> TaskShape:
 class DataRef:
     """The data a stage trains or evaluates on, as a key: how it was loaded and its content fingerprint."""
 
-    config: DataConfig  # the recipe's [data], with the source actually loaded
+    config: DataConfig  # the recipe's [data], with the source actually loaded (storage left at "auto": see `of`)
     fingerprint: str
+
+    @classmethod
+    def of(cls, config: DataConfig, fingerprint: str) -> DataRef:
+        """The key of data loaded with `config`: where the images are kept (storage) changes no pixel (a test
+        trains from memory and from disk to the same weights), so it is not part of it."""
+        return cls(replace(config, storage="auto"), fingerprint)
 
 
 @dataclass
@@ -55,13 +62,14 @@ class Workspace:
 
     @classmethod
     def open(cls, recipe: str | Path | Recipe = "quick", *, cache_dir: Path | None = None, data_source: str | None = None,
-             image_size: int | None = None, skip_unreadable: bool | None = None, train_device: str = "auto",
-             progress: bool = True) -> Workspace:
+             image_size: int | None = None, skip_unreadable: bool | None = None, storage: str | None = None,
+             train_device: str = "auto", progress: bool = True) -> Workspace:
         """Load the recipe and its data. `data_source` (the CLI's --data) brings the user's own data: it replaces the
         recipe's [data] with `DataConfig(source=data_source)` (val_size 10%, every image) and makes the space and
         the teacher follow the data ("auto", the space's teacher); the recipe's training settings stay.
         `image_size` (--image-size) resizes every image to that square size; `skip_unreadable` (--skip-unreadable)
-        overrides [data] skip_unreadable. `train_device` (--train-device): auto (CUDA when available), cpu, cuda[:N]."""
+        overrides [data] skip_unreadable, `storage` (--storage) [data] storage. `train_device` (--train-device):
+        auto (CUDA when available), cpu, cuda[:N]. An image folder's index is kept under the cache (DATA_INDEX)."""
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         if data_source is not None:
             rec = replace(rec, data=DataConfig(source=data_source), space=AUTO, teacher=None)
@@ -69,12 +77,14 @@ class Workspace:
             rec = replace(rec, data=replace(rec.data, image_size=image_size))
         if skip_unreadable is not None:
             rec = replace(rec, data=replace(rec.data, skip_unreadable=skip_unreadable))
-        cfg = rec.data
+        if storage is not None:
+            rec = replace(rec, data=replace(rec.data, storage=storage))
+        cfg, cache = rec.data, Cache(cache_dir)
         data = load_dataset(cfg.source, val_size=cfg.val_size, train_subset=cfg.train_subset,
                             test_subset=cfg.test_subset, split_seed=cfg.split_seed, image_size=cfg.image_size,
-                            skip_unreadable=cfg.skip_unreadable)
+                            skip_unreadable=cfg.skip_unreadable, storage=cfg.storage, index_dir=cache.root / DATA_INDEX)
         rec, space = resolve(rec, data.image_hw)
-        return cls(rec, data, space, task_of(data), Cache(cache_dir), DataRef(cfg, data.fingerprint), progress,
+        return cls(rec, data, space, task_of(data), cache, DataRef.of(cfg, data.fingerprint), progress,
                    resolve_train_device(train_device))
 
     @property

@@ -16,6 +16,7 @@ from torch import nn
 from gtnpipe.config.recipes import DistillConfig, TrainConfig
 from gtnpipe.data.datasets import Dataset, Split
 from gtnpipe.training.gtn import kd_kl
+from gtnpipe.training.loader import SplitLoader, in_order
 from gtnpipe.training.train import FitResult, LossFn, Normalizer, fit
 
 __all__ = ["distill", "kd_loss", "logit_scale", "teacher_logits"]
@@ -39,9 +40,8 @@ def teacher_logits(teacher: nn.Module, split: Split, norm: Normalizer, *, batch_
     was_training, was_on = teacher.training, next(teacher.parameters()).device
     teacher.train(False)
     teacher.to(device or "cpu")
-    x = torch.from_numpy(split.x)
-    out = torch.cat([teacher(norm(x[i : i + batch_size].to(device or "cpu"))).float().cpu()
-                     for i in range(0, len(split), batch_size)])
+    out = torch.cat([teacher(norm(x.to(device or "cpu"))).float().cpu()
+                     for x, _ in SplitLoader(split)(in_order(len(split), batch_size))])
     teacher.train(was_training).to(was_on)
     return out
 

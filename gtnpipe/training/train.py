@@ -30,6 +30,7 @@ from gtnpipe.errors import TrainError
 from gtnpipe.fsutil import atomic_write_bytes
 from gtnpipe.training import distributed
 from gtnpipe.training.augment import color_jitter, crop_flip, resized_crop_flip
+from gtnpipe.training.loader import SplitLoader, in_order
 
 __all__ = ["EpochLog", "FitResult", "LossFn", "Normalizer", "augment_batch", "evaluate", "fit", "recalibrate_bn",
            "seed_everything"]
@@ -93,7 +94,7 @@ def recalibrate_bn(model: nn.Module, split: Split, norm: Normalizer, *, images: 
         bn.momentum = None  # cumulative average
     idx = np.random.default_rng(seed).permutation(len(split))[:images]
     model.train()
-    for start in range(0, len(idx), batch_size):
+    for start in range(0, len(idx), batch_size):  # a few hundred images: decoded here when the split is on disk
         model(norm(torch.from_numpy(split.x[idx[start:start + batch_size]]).to(device or "cpu")))
     model.train(False)
 
@@ -105,10 +106,9 @@ def evaluate(model: nn.Module, split: Split, norm: Normalizer, *, batch_size: in
     was_training = model.training
     model.train(False)
     correct = 0
-    x_all, y_all = torch.from_numpy(split.x), torch.from_numpy(split.y)
-    for start in range(0, len(split), batch_size):
-        logits = model(norm(x_all[start : start + batch_size].to(device or "cpu")))
-        correct += int((logits.argmax(1).cpu() == y_all[start : start + batch_size]).sum())
+    for x, y in SplitLoader(split)(in_order(len(split), batch_size)):
+        logits = model(norm(x.to(device or "cpu")))
+        correct += int((logits.argmax(1).cpu() == y).sum())
     model.train(was_training)
     return 100.0 * correct / max(len(split), 1)
 
@@ -202,9 +202,7 @@ def fit(
     model.to(device)
     eval_model.to(device)
     norm = Normalizer(data.mean, data.std)
-    x_train, y_train = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
-    if on_gpu:  # page-locked host memory: the per-batch copies overlap with compute (non_blocking)
-        x_train, y_train = x_train.pin_memory(), y_train.pin_memory()
+    loader = SplitLoader(data.train, pin_memory=on_gpu)  # pinned: the copies to the GPU overlap with compute
     n = len(data.train)
     rank, world = distributed.rank(), distributed.world_size()
     steps_per_epoch = math.ceil(n / cfg.batch_size) if world == 1 else n // cfg.batch_size
@@ -240,14 +238,13 @@ def fit(
             generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
             torch.manual_seed(_epoch_seed(seed, epoch) + 1)  # dropout and anything else on the global RNG
             order = torch.randperm(n, generator=generator)
+            batches = [order[step * cfg.batch_size : (step + 1) * cfg.batch_size] for step in range(steps_per_epoch)]
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
-            for step in range(steps_per_epoch):
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                xb = x_train[idx]
+            for step, (idx, (xb, yb)) in enumerate(zip(batches, loader(batches), strict=True)):
                 if cfg.augments:  # on the whole batch, so the generator stays in step on every rank
                     xb = augment_batch(xb, cfg, generator=generator)
-                idx, xb, yb = idx[rank::world], xb[rank::world], y_train[idx][rank::world]
+                idx, xb, yb = idx[rank::world], xb[rank::world], yb[rank::world]
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
                     loss, logits = loss_fn(net, norm(xb), yb, idx)
