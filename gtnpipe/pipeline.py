@@ -112,6 +112,7 @@ def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifac
     log_stage("distill", student.cached, key=student.key, test_top1=student.test_top1)
 
     model = Deployable(training.load_distilled_net(ws, student_in), ws.data.mean, ws.data.std).train(False)
+    ws = ws.for_student(search.result.pick.arch)  # from here on: at the student's input resolution
     torch_logits = _torch_logits(model, ws)
     compiled, failures = _compile_all(ws, profile, backend, student_in, model, torch_logits, strict=strict)
     log_stage("compile", all(c.cached for c in compiled.values()), precisions=sorted(compiled))
@@ -168,7 +169,7 @@ def _compile_all(ws: Workspace, profile: DeviceProfile, backend: Backend, studen
         def export(batch_size: int, max_opset: int, calibration: tuple[int, ...]) -> tuple[CompileInputs, np.ndarray]:
             """The ONNX export and calibration images: made once, and only if some precision is not cached."""
             inputs = compile_inputs(model, ws.task, Path(tmp), batch_size=batch_size, max_opset=max_opset,
-                                    calibration_uint8=ws.data.train.x[list(calibration)])
+                                    calibration_uint8=ws.deploy_images(ws.data.train.x[list(calibration)]))
             return inputs, torch_logits
 
         for precision in profile.precisions:
@@ -212,15 +213,18 @@ def _predicted_and_checks(ws: Workspace, profile: DeviceProfile, search: SearchO
                           ) -> tuple[dict[str, Any], list[str], list[str]]:
     """The cost model's prediction for what ships, the budgets it misses, and warnings worth a person's eye."""
     cost_model = CostModel(profile, ws.space, ws.task, precision=chosen)
-    predicted = cost_model.estimate(search.result.pick.arch).to_dict()
+    pick = search.result.pick.arch
+    predicted = cost_model.estimate(pick).to_dict()
+    task = ws.task.for_arch(pick)  # the input the shipped student runs at
+    table, table_note, table_machine = cost_model.table_at(task)
     warnings = []
     here = Machine.here().describe()
-    if measured is not None and cost_model.table_machine not in (None, here):
-        warnings.append(f"the {profile.name} latency table was measured on '{cost_model.table_machine}', this build ran on "
+    if measured is not None and table_machine not in (None, here):
+        warnings.append(f"the {profile.name} latency table was measured on '{table_machine}', this build ran on "
                         f"'{here}': predicted and measured-here latencies describe different machines; if this machine "
-                        f"is the device, run '{measure_command(profile.name, ws.space.name, ws.task)}' and rebuild")
-    if cost_model.table is None:  # e.g. no table for this space and input: say so, and how to measure one
-        warnings.append(f"latency predicted by the roofline estimate: {cost_model.table_note}")
+                        f"is the device, run '{measure_command(profile.name, ws.space.name, task)}' and rebuild")
+    if table is None:  # e.g. no table for this space and input: say so, and how to measure one
+        warnings.append(f"latency predicted by the roofline estimate: {table_note}")
     violations = []
     size_mb = compiled.meta["size_bytes"] / 1e6
     if compiled.meta["deployed_format"] and size_mb > profile.budgets.model_size_mb:

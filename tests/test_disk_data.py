@@ -142,7 +142,8 @@ def test_the_loader_yields_every_batch_in_order_from_workers(folder: Path, tmp_p
     got = list(SplitLoader(disk.train, workers=2)(batches))
     assert len(got) == len(batches)
     for idx, (x, y) in zip(batches, got, strict=True):
-        assert torch.equal(x, torch.from_numpy(mem.train.x[idx.numpy()])) and torch.equal(y, torch.from_numpy(mem.train.y[idx.numpy()]))
+        want = idx.numpy()
+        assert torch.equal(x, torch.from_numpy(mem.train.x[want])) and torch.equal(y, torch.from_numpy(mem.train.y[want]))
     seq = list(SplitLoader(disk.test, workers=0)(in_order(len(disk.test), 5)))
     assert torch.equal(torch.cat([x for x, _ in seq]), torch.from_numpy(mem.test.x))
 

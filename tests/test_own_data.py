@@ -63,21 +63,35 @@ def _gtnpipe(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=HANG_TIMEOUT_S)
 
 
-def test_build_and_bench_on_a_mixed_size_colour_folder(tmp_path: Path) -> None:
-    root = make_colour_folder(tmp_path / "images", classes=3, per_class=50)
-    recipe = tmp_path / "own-64.toml"
-    recipe.write_text(RECIPE.format(source=root))
-    profile = tmp_path / "host-64.toml"
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The images, and a cache both builds share (the elastic one reuses the teacher and the generic teacher)."""
+    root = tmp_path_factory.mktemp("own")
+    make_colour_folder(root / "images", classes=3, per_class=50)
+    return root
+
+
+def _host_profile(path: Path, name: str, latency_ms_p90: float) -> Path:
     text = (profiles_dir() / "host.toml").read_text()
-    for old, new in (('name = "host"', 'name = "host-64"'), ("latency_ms_p90 = 0.25", "latency_ms_p90 = 50.0"),
+    for old, new in (('name = "host"', f'name = "{name}"'), ("latency_ms_p90 = 0.25", f"latency_ms_p90 = {latency_ms_p90}"),
                      ("peak_memory_mb = 100.0", "peak_memory_mb = 400.0"), ("model_size_mb = 4.0", "model_size_mb = 40.0")):
         assert old in text
         text = text.replace(old, new)
-    profile.write_text(text)
+    path.write_text(text)
+    return path
 
-    done = _gtnpipe("build", "--device", str(profile), "--recipe", str(recipe), "--out", str(tmp_path / "art"),
-                    "--cache-dir", str(tmp_path / "cache"), "--iterations", "20", "--train-device", "cpu", "--no-progress",
+
+def _build(folder: Path, tmp_path: Path, profile: Path, recipe_text: str) -> subprocess.CompletedProcess[str]:
+    recipe = tmp_path / "own-64.toml"
+    recipe.write_text(recipe_text.format(source=folder / "images"))
+    return _gtnpipe("build", "--device", str(profile), "--recipe", str(recipe), "--out", str(tmp_path / "art"),
+                    "--cache-dir", str(folder / "cache"), "--iterations", "20", "--train-device", "cpu", "--no-progress",
                     "--json")
+
+
+def test_build_and_bench_on_a_mixed_size_colour_folder(folder: Path, tmp_path: Path) -> None:
+    profile = _host_profile(tmp_path / "host-64.toml", "host-64", 50.0)
+    done = _build(folder, tmp_path, profile, RECIPE)
     assert done.returncode in (0, 3), done.stderr
     result = json.loads(done.stdout)[0]
     artifact = tmp_path / "art" / "host-64"
@@ -96,3 +110,35 @@ def test_build_and_bench_on_a_mixed_size_colour_folder(tmp_path: Path) -> None:
     assert bench.returncode in (0, 3), bench.stderr  # 3: a budget missed on this machine, not a broken artifact
     report = json.loads(bench.stdout)
     assert report["parity"]["passed"] and report["verdict"]["checks"]["parity"]["ok"]  # (files are sha256-checked before)
+
+
+def test_elastic_resolution_ships_a_smaller_input_to_a_tight_device(folder: Path, tmp_path: Path) -> None:
+    """resolutions_px = [32, 48, 64] and a latency budget no 64-px student meets (roofline estimates: no table at
+    these inputs): search gives the device a smaller input; the student trains and ships at it."""
+    from gtnpipe.config.profiles import load_profile
+    from gtnpipe.devices.cost import CostModel
+    from gtnpipe.search.evolution import pool_minimums
+    from gtnpipe.space.spaces import TaskShape, get_space
+
+    host = load_profile("host")
+    model = CostModel(host, get_space("mbv3-32"), TaskShape(3, (64, 64), 3))
+    cheapest_64 = pool_minimums(model)["latency_ms_p90"].latency_ms_p90
+    cheapest_32 = pool_minimums(model, (32,))["latency_ms_p90"].latency_ms_p90
+    budget = (cheapest_32 + cheapest_64) / 2 / (1 - host.budgets.latency_margin_pct / 100)
+    profile = _host_profile(tmp_path / "host-tight.toml", "host-tight", round(budget, 4))
+    recipe = RECIPE.replace('space = "auto"', 'space = "auto"\nresolutions_px = [32, 48, 64]')
+    done = _build(folder, tmp_path, profile, recipe)
+    assert done.returncode in (0, 3), done.stderr
+    result = json.loads(done.stdout)[0]
+    side = int(result["arch"].rpartition("@")[2])
+    assert side in (32, 48), result["arch"]
+    artifact = tmp_path / "art" / "host-tight"
+    manifest = load_manifest(artifact)
+    assert manifest["model"]["input"]["shape"] == [1, 3, side, side]
+    assert manifest["model"]["input"]["data_image_hw"] == [64, 64]
+    assert manifest["model"]["input"]["resolution_chosen_from_px"] == [32, 48, 64]
+    assert f"input resolution **{side}x{side} px**, chosen by search from [32, 48, 64]" in (artifact / "report.md").read_text()
+    assert result["torch_top1"] > 50 and abs(result["shipped_top1"] - result["torch_top1"]) <= 2
+    bench = _gtnpipe("bench", str(artifact), "--no-progress", "--json")
+    assert bench.returncode in (0, 3), bench.stderr
+    assert json.loads(bench.stdout)["parity"]["passed"]

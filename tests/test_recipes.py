@@ -28,7 +28,7 @@ TRAIN_KEYS = (
     "augment, batch_size, color_jitter, crop_padding_px, epochs, eval_batch_size, label_smoothing, lr, momentum, "
     "nesterov, optimizer, precise_bn_images, resized_crop_ratio, resized_crop_scale, warmup_epochs, weight_decay"
 )
-TOP_KEYS = "data, description, distill, gtn, name, predictor, seed, space, teacher, train"
+TOP_KEYS = "data, description, distill, gtn, name, predictor, resolutions_px, seed, space, teacher, train"
 
 VALID_TRAIN = """
 [train.teacher]

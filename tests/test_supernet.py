@@ -111,10 +111,11 @@ def test_sampling_is_seeded_and_distinct() -> None:
 
 def test_encoding_is_fixed_length_and_injective() -> None:
     sample = SPACE.sample_many(300, seed=1) + [SPACE.largest(), SPACE.smallest()]
+    sample += [a.at(r) for a, r in zip(sample[:40], itertools.cycle((16, 20, 24)))]  # with elastic resolutions
     codes = [tuple(SPACE.encode(a)) for a in sample]
     per_stage = len(SPACE.depths) + SPACE.max_depth * (len(SPACE.kernel_sizes) + len(SPACE.expand_ratios))
-    assert {len(c) for c in codes} == {SPACE.num_stages * per_stage}
-    assert set(itertools.chain.from_iterable(codes)) == {0.0, 1.0}
+    assert {len(c) for c in codes} == {2 + SPACE.num_stages * per_stage}  # 2: the resolution and its square
+    assert set(itertools.chain.from_iterable(c[2:] for c in codes)) == {0.0, 1.0}
     assert len(set(codes)) == len(set(sample))
 
 

@@ -57,10 +57,10 @@ TrainDeviceOpt = Annotated[str, typer.Option(
     "torch sees a GPU), cpu, cuda or cuda:N. Recorded in the cache and the manifest, not part of any cache key.")]
 SkipUnreadableOpt = Annotated[bool, typer.Option(
     "--skip-unreadable", help="Leave out image files that cannot be decoded (counted in the output) instead of failing.")]
-StorageOpt = Annotated[str | None, typer.Option(
+StorageOpt = Annotated[str, typer.Option(
     "--storage", help="Where an image folder's images are while training: memory (decoded once), disk (decoded on the "
-    "fly by DataLoader workers, for data larger than memory) or auto (memory up to 2 GiB of decoded images) "
-    "[default: the recipe's data.storage]. Same results either way.")]
+    "fly by DataLoader workers, for data larger than memory) or auto (memory up to 2 GiB of decoded images). The "
+    "same results either way: not part of any cache key.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress: bars, and status lines on "
                                            "stderr, gtnpipe's and its libraries' (NNCF's). Warnings and errors show either way.")]
 
@@ -182,7 +182,7 @@ def _stdout_to_stderr(active: bool) -> Iterator[None]:
 
 
 def open_workspace(recipe: str, *, cache_dir: Path | None = None, data: str | None = None, image_size: int | None = None,
-                   skip_unreadable: bool = False, storage: str | None = None, train_device: str = "auto",
+                   skip_unreadable: bool = False, storage: str = "auto", train_device: str = "auto",
                    progress: bool = True) -> Workspace:
     """The command's Workspace (recipe, data, cache); files the data loader skipped are reported on stderr."""
     from gtnpipe.stages.workspace import Workspace

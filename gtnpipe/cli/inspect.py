@@ -35,7 +35,7 @@ def data_info(
     data: DataOpt = None,
     image_size: ImageSizeOpt = None,
     skip_unreadable: SkipUnreadableOpt = False,
-    storage: StorageOpt = None,
+    storage: StorageOpt = "auto",
     recipe: RecipeOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:

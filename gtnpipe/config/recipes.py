@@ -42,10 +42,6 @@ class DataConfig:
     # 0: the images as they are (they must then share one size)
     image_size: int = 0
     skip_unreadable: bool = False  # image files Pillow cannot decode: skipped and counted (true) or an error (false)
-    # where an image folder's images are while training: "memory" (decoded once), "disk" (decoded on the fly by
-    # DataLoader workers: for data larger than memory), or "auto" (memory up to 2 GiB of decoded images). Both give
-    # the same pixels, so this is not part of any cache key.
-    storage: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("train_subset", "test_subset", "image_size"):
@@ -56,8 +52,6 @@ class DataConfig:
                              "(or give a count of images as an integer)")
         if isinstance(self.val_size, int) and self.val_size < 0:
             raise ValueError(f"'val_size' must be >= 0, got {self.val_size}")
-        if self.storage not in ("auto", "memory", "disk"):
-            raise ValueError(f"'storage' = {self.storage!r}: give one of auto, memory, disk")
         if 0 < self.image_size < 8:
             raise ValueError(f"'image_size' = {self.image_size} is too small; give 8 px or more (0: keep the images' size)")
 
@@ -232,6 +226,10 @@ class Recipe:
     seed: int = 0
     # a name in gtnpipe.space.spaces.SPACES, or "auto": the space built for the data's resolution (space_for)
     space: str = "auto"
+    # elastic input resolution (Once-for-All's): the square input sides, in px, search may give a student, each at
+    # most the data's shorter side (a student at 160 px sees the images resized to 160 x 160; the artifact's input
+    # is 160 x 160); [] = every student runs at the data's resolution
+    resolutions_px: tuple[int, ...] = ()
     data: DataConfig = DataConfig()
     teacher: TeacherConfig | None = None  # None: the space's own teacher (gtnpipe.models.teacher.SPACE_TEACHERS)
     gtn: GTNConfig = GTNConfig()

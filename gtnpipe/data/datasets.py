@@ -44,6 +44,7 @@ __all__ = [
     "fashion_mnist_dir",
     "load_dataset",
     "load_source",
+    "resize_images",
 ]
 
 FASHION_MNIST = "fashion-mnist"
@@ -90,6 +91,14 @@ class Split:
         """The images in order, `batch_size` at a time, as uint8 arrays (decoded one chunk at a time on disk)."""
         for start in range(0, len(self), batch_size):
             yield self.x[start:start + batch_size]
+
+    def resized(self, side: int) -> Split:
+        """The images as side x side, in memory (`resize_images`; decoded a chunk at a time from disk): what a student
+        with its own input resolution is deployed on."""
+        if tuple(self.x.shape[2:]) == (side, side):
+            return self
+        return Split(np.concatenate([resize_images(x, side) for x in self.chunks(512)]) if len(self)
+                     else np.zeros((0, self.x.shape[1], side, side), dtype=np.uint8), self.y)
 
     def moments(self) -> tuple[int, ...]:
         """Exact per-channel pixel sums, then sums of squares."""
@@ -241,11 +250,12 @@ def _resized_source(src: Source, image_size: int) -> Source:
     if not image_size or src.train.x.shape[2:] == (image_size, image_size):
         return src
     assert isinstance(src.train.x, np.ndarray) and isinstance(src.test.x, np.ndarray)
-    return replace(src, train=Split(_resize_array(src.train.x, image_size), src.train.y),
-                   test=Split(_resize_array(src.test.x, image_size), src.test.y))
+    return replace(src, train=Split(resize_images(src.train.x, image_size), src.train.y),
+                   test=Split(resize_images(src.test.x, image_size), src.test.y))
 
 
-def _resize_array(x: np.ndarray, size: int) -> np.ndarray:
+def resize_images(x: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images (N, C, H, W) as size x size, each as `square` makes it (Pillow)."""
     from PIL import Image
 
     mode = "L" if x.shape[1] == 1 else "RGB"
@@ -747,4 +757,10 @@ def _decode_all(paths: list[Path], image_size: int, skipped: list[Path], *, skip
 
 
 def _stack(files: list[tuple[Path, int]], images: dict[Path, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return np.stack([images[p] for p, _ in files]), np.array([label for _, label in files], dtype=np.int64)
+    """The images of `files` as one array, each taken out of `images` as it is copied (so the decoded images are
+    held once, not twice: 2.9 GB of them peaked at 7.3 GB with np.stack, bench/results/disk_data.md)."""
+    first = images[files[0][0]]
+    out = np.empty((len(files), *first.shape), dtype=np.uint8)
+    for row, (p, _) in enumerate(files):
+        out[row] = images.pop(p)
+    return out, np.array([label for _, label in files], dtype=np.int64)

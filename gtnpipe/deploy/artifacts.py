@@ -53,6 +53,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _resolution_line(inp: dict[str, Any]) -> list[str]:
+    """The report's line on elastic resolution, when the search chose the input's side."""
+    chosen_from = inp.get("resolution_chosen_from_px")
+    if not chosen_from:
+        return []
+    h, w = inp["data_image_hw"]
+    return [f"- input resolution **{inp['shape'][2]}x{inp['shape'][3]} px**, chosen by search from {chosen_from} px "
+            f"(elastic resolution); the data's images are {h}x{w}: resize them (shorter side, centre square) first"]
+
+
 def render_report(m: dict[str, Any]) -> str:
     """report.md: what ships, why this precision, predicted vs measured, parity, how to benchmark it."""
     model, dev, acc, pred = m["model"], m["device"], m["accuracy"], m["predicted"]
@@ -68,6 +78,7 @@ def render_report(m: dict[str, Any]) -> str:
         f"- student: {model['macs'] / 1e6:.2f}M MACs, {model['params'] / 1e6:.3f}M params, input "
         f"{model['input']['dtype']} {model['input']['layout']} {model['input']['shape']} in "
         f"[{model['input']['value_range'][0]}, {model['input']['value_range'][1]}]",
+        *_resolution_line(model["input"]),
         f"- distilled from the **{m['provenance']['teacher']}** teacher (recipe `{m['provenance']['recipe']}`, "
         f"student cache key `{m['provenance']['student_key'][:16]}`)",
         f"- test top-1 ({acc['test_images']} images): torch FP32 **{acc['torch_fp32_top1']:.2f}%**, shipped "

@@ -162,30 +162,42 @@ class CostModel:
         if self.precision not in profile.precisions:
             raise ConfigError(f"device {profile.name!r} does not allow precision {self.precision!r}; "
                               f"its precisions: {', '.join(profile.precisions)}")
-        self.table_machine: str | None = None  # the CPU a measured table was taken on, when it says
-        self.table, self.table_note = self._find_table(tables_dir)
+        self.tables_dir = tables_dir
+        # per input shape (an arch with its own resolution runs at another): (table or None, note, measured on)
+        self._tables: dict[TaskShape, tuple[PrecisionTable | None, str, str | None]] = {}
+        self.table, self.table_note, self.table_machine = self.table_at(self.task)  # at the data's resolution
         self._memo: dict[ArchConfig, CostEstimate] = {}
 
-    def _find_table(self, tables_dir: Path | None) -> tuple[PrecisionTable | None, str]:
-        task = TaskShape.of(self.task)
+    def table_at(self, task: TaskShape) -> tuple[PrecisionTable | None, str, str | None]:
+        """The measured table for inputs of `task` (None with the reason and the command that measures one), and
+        the CPU it was measured on when it says."""
+        task = TaskShape.of(task)
+        if task not in self._tables:
+            self._tables[task] = self._find_table(task)
+        return self._tables[task]
+
+    def table_notes(self) -> list[str]:
+        """Where each input shape estimated so far took its latency from (the data's resolution first)."""
+        return list(dict.fromkeys(note for _, note, _ in self._tables.values()))
+
+    def _find_table(self, task: TaskShape) -> tuple[PrecisionTable | None, str, str | None]:
         # the user's own table first, then the shipped one; only one measured for this space and input
-        path = table_path(self.profile.name, self.space.name, task, tables_dir)
+        path = table_path(self.profile.name, self.space.name, task, self.tables_dir)
         if not path.exists():
-            looked = [tables_dir] if tables_dir is not None else list(table_dirs())
+            looked = [self.tables_dir] if self.tables_dir is not None else list(table_dirs())
             h, w = task.image_hw
             return None, (f"no measured table for {self.profile.name} at {self.space.name} {task.in_channels}x{h}x{w} "
                           f"({task.num_classes} classes) in {' or '.join(map(str, looked))}; measure one on the device: "
-                          f"{measure_command(self.profile.name, self.space.name, task)}")
+                          f"{measure_command(self.profile.name, self.space.name, task)}"), None
         table = _read_table(path, path.stat().st_mtime_ns)
         expected = (self.profile.name, self.profile.runtime.name, self.profile.threads, self.profile.batch_size,
-                    self.space.name, TaskShape.of(self.task))
+                    self.space.name, task)
         found = (table.device, table.runtime, table.threads, table.batch_size, table.space, table.task)
         if found != expected:
-            return None, f"{path} was measured for {found}, the profile needs {expected}; recalibrate"
+            return None, f"{path} was measured for {found}, the profile needs {expected}; recalibrate", None
         if self.precision not in table.precisions:
-            return None, f"{path} has no {self.precision} measurements (has {', '.join(table.precisions)})"
-        self.table_machine = table.measured.get("machine")
-        return table.precisions[self.precision], f"measured table {path}"
+            return None, f"{path} has no {self.precision} measurements (has {', '.join(table.precisions)})", None
+        return table.precisions[self.precision], f"measured table {path}", table.measured.get("machine")
 
     def estimate(self, arch: ArchConfig) -> CostEstimate:
         if arch not in self._memo:
@@ -198,8 +210,8 @@ class CostModel:
         model_bytes = (weight_bytes(schedule, self.precision)
                        + activation_peak_elems(schedule) * self.profile.batch_size * BYTES[self.precision])
         size_mb = model_size_bytes(schedule, self.precision, runtime=self.profile.runtime.name) / MB
-        if self.table is not None:
-            t = self.table
+        t, _, _ = self.table_at(self.task.for_arch(arch))
+        if t is not None:
             p50 = t.slope * sum(t.units_ms[u.key] for u in schedule) + t.per_unit_ms * len(schedule) + t.intercept_ms
             return CostEstimate(arch.id, self.precision, net.macs, net.params, p50, p50 * t.p90_over_p50,
                                 "measured-table", t.memory_overhead_mb + t.memory_slope * model_bytes / MB,

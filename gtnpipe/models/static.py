@@ -8,12 +8,14 @@ issue can splice one model's stages onto another's:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gtnpipe.space.schedule import Unit, block_in_channels
 from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape, make_divisible
 
-__all__ = ["MBBlock", "StagedNet", "build_static", "build_unit", "init_weights", "make_act", "make_head", "make_stem"]
+__all__ = ["AtResolution", "MBBlock", "StagedNet", "at_resolution", "build_static", "build_unit", "init_weights", "make_act",
+           "make_head", "make_stem", "resize_to"]
 
 
 def make_act(name: str) -> nn.Module:
@@ -124,6 +126,32 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+class AtResolution(nn.Module):
+    """`net` fed its input resized to side x side (bilinear, antialiased when shrinking): how a student with its own
+    input resolution (elastic resolution) trains and is evaluated on the data's images. Resizing commutes with the
+    per-channel normalisation before it (its weights sum to 1), so this equals resizing the images first, as the
+    device does; the artifact holds `net` alone, with a side x side input."""
+
+    def __init__(self, net: nn.Module, side: int) -> None:
+        super().__init__()
+        self.net, self.side = net, side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(resize_to(x, self.side))
+
+
+def resize_to(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Float images (N, C, H, W) as side x side: bilinear, antialiased when shrinking (what Pillow's resize does)."""
+    if tuple(x.shape[-2:]) == (side, side):
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
+def at_resolution(net: nn.Module, arch: ArchConfig) -> nn.Module:
+    """`net` as it runs on the data's images: through `AtResolution` when `arch` names its own resolution."""
+    return AtResolution(net, arch.resolution_px) if arch.resolution_px else net
 
 
 def build_static(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> StagedNet:

@@ -21,6 +21,7 @@ import torch
 
 from gtnpipe.data.datasets import Split
 from gtnpipe.fsutil import atomic_write_bytes
+from gtnpipe.models.static import at_resolution
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.space.spaces import ArchConfig, SearchSpace
 from gtnpipe.training.train import Normalizer, evaluate, recalibrate_bn
@@ -31,7 +32,7 @@ __all__ = ["AccuracyPredictor", "inherited_accuracy", "recalibrate_bn", "spearma
 def inherited_accuracy(supernet: Supernet, arch: ArchConfig, train: Split, val: Split, norm: Normalizer, *,
                        bn_images: int = 512, eval_batch_size: int = 100, device: torch.device | None = None) -> float:
     """Top-1 (%) on `val` of `arch` with the supernet's weights and recalibrated BN statistics (run on `device`)."""
-    student = supernet.extract(arch).to(device or "cpu")
+    student = at_resolution(supernet.extract(arch), arch).to(device or "cpu")  # at its own resolution, if it has one
     recalibrate_bn(student, train, norm, images=bn_images, device=device)
     return evaluate(student, val, norm, batch_size=eval_batch_size, device=device)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from gtnpipe.devices.cost import CostEstimate, CostModel
 from gtnpipe.errors import GtnpipeError
-from gtnpipe.space.spaces import ArchConfig, Block
+from gtnpipe.space.spaces import ArchConfig, Block, SearchSpace
 
 __all__ = ["Candidate", "InfeasibleBudget", "SearchConfig", "SearchResult", "check_feasible", "evolution_search", "pool_minimums",
            "random_search"]
@@ -41,8 +41,14 @@ class SearchConfig:
     mutation_ratio: float = 0.5  # share of each new generation made by mutation, the rest by crossover
     mutate_prob: float = 0.1  # per-choice probability of a mutation
     seed: int = 0
+    # elastic input resolution (OFA's): the square input sides a student may run at; () = the data's resolution only
+    resolutions_px: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.resolutions_px and (list(self.resolutions_px) != sorted(set(self.resolutions_px))
+                                    or self.resolutions_px[0] < 8):
+            raise ValueError(f"'resolutions_px' must be distinct sides of 8 px or more in ascending order, got "
+                             f"{list(self.resolutions_px)}")
         if self.population < 4 or self.iterations < 1:
             raise ValueError(f"'population' must be >= 4 and 'iterations' >= 1, got {self.population}, {self.iterations}")
         for name in ("parent_ratio", "mutation_ratio", "mutate_prob"):
@@ -114,9 +120,11 @@ class _Evaluator:
         return [c for c in self.seen.values() if c is not None]
 
 
-def pool_minimums(model: CostModel) -> dict[str, CostEstimate]:
-    """Per budget field, the student predicted lowest on it and its estimate."""
+def pool_minimums(model: CostModel, resolutions_px: tuple[int, ...] = ()) -> dict[str, CostEstimate]:
+    """Per budget field, the student predicted lowest on it and its estimate (at the lowest resolution offered:
+    every cost grows with the input)."""
     space = model.space
+    r = min(resolutions_px, default=0)
 
     def stage_min(unit_cost: Callable[[ArchConfig], float]) -> ArchConfig:
         # costs add over stages and blocks: pick each stage's cheapest (depth, first block, later block)
@@ -125,9 +133,9 @@ def pool_minimums(model: CostModel) -> dict[str, CostEstimate]:
         for s in range(space.num_stages):
             options = [tuple([first] + [rest] * (d - 1)) for d in space.depths
                        for first in space.choices for rest in (space.choices if d > 1 else space.choices[:1])]
-            best = min(options, key=lambda st: unit_cost(ArchConfig(tuple(stages[:s] + [st] + stages[s + 1:]))))
+            best = min(options, key=lambda st: unit_cost(ArchConfig(tuple(stages[:s] + [st] + stages[s + 1:]), r)))
             stages[s] = best
-        return ArchConfig(tuple(stages))
+        return ArchConfig(tuple(stages), r)
 
     fastest = stage_min(lambda a: model.estimate(a).latency_ms_p90)
     smallest_file = stage_min(lambda a: model.estimate(a).model_size_mb)
@@ -139,13 +147,13 @@ def pool_minimums(model: CostModel) -> dict[str, CostEstimate]:
 _SOURCE = {"latency_ms_p90": "latency_source", "peak_memory_mb": "memory_source", "model_size_mb": "size_source"}
 
 
-def check_feasible(model: CostModel) -> None:
+def check_feasible(model: CostModel, resolutions_px: tuple[int, ...] = ()) -> None:
     """Raise `InfeasibleBudget` when a budget is below the pool's lowest prediction for it."""
     budgets = model.profile.budgets
     limits = {"latency_ms_p90": budgets.planned_latency_ms_p90, "peak_memory_mb": budgets.peak_memory_mb,
               "model_size_mb": budgets.model_size_mb}
     problems = []
-    for name, best in pool_minimums(model).items():
+    for name, best in pool_minimums(model, resolutions_px).items():
         reached = getattr(best, name)
         if reached > limits[name]:
             margin = (f" (less the {budgets.latency_margin_pct:g}% latency_margin_pct: {limits[name]:.3f})"
@@ -167,7 +175,16 @@ def _mutate(arch: ArchConfig, cfg: SearchConfig, rng: random.Random, space_choic
         blocks = [rng.choice(space_choices) if rng.random() < cfg.mutate_prob else b for b in blocks]
         depth = rng.choice(depths) if rng.random() < cfg.mutate_prob else len(stage)
         stages.append(tuple(blocks[:depth]))
-    return ArchConfig(tuple(stages))
+    resolution = arch.resolution_px
+    if cfg.resolutions_px and rng.random() < cfg.mutate_prob:  # no draw without elastic resolution: same streams
+        resolution = rng.choice(cfg.resolutions_px)
+    return ArchConfig(tuple(stages), resolution)
+
+
+def _sample(space: SearchSpace, rng: random.Random, resolutions_px: tuple[int, ...]) -> ArchConfig:
+    """A random student (SearchSpace.sample), at a random resolution of `resolutions_px` when given."""
+    arch = space.sample(rng)
+    return arch.at(rng.choice(resolutions_px)) if resolutions_px else arch
 
 
 def _crossover(a: ArchConfig, b: ArchConfig, rng: random.Random, max_depth: int) -> ArchConfig:
@@ -177,7 +194,8 @@ def _crossover(a: ArchConfig, b: ArchConfig, rng: random.Random, max_depth: int)
         pa, pb = list(sa) + list(sb[len(sa):]), list(sb) + list(sa[len(sb):])  # fill slots from the other parent
         stages.append(tuple(rng.choice((pa[i], pb[i])) if i < min(len(pa), len(pb)) else (pa + pb)[i]
                             for i in range(depth)))
-    return ArchConfig(tuple(stages))
+    resolution = a.resolution_px if a.resolution_px == b.resolution_px else rng.choice((a.resolution_px, b.resolution_px))
+    return ArchConfig(tuple(stages), resolution)
 
 
 def _front(candidates: list[Candidate]) -> list[Candidate]:
@@ -192,16 +210,17 @@ def _result(method: str, ev: _Evaluator, started: float, evaluations: int) -> Se
     feasible = ev.feasible()
     pick = max(feasible, key=lambda c: (c.accuracy, -c.cost.latency_ms_p90))
     return SearchResult(method, pick, _front(feasible), evaluations, len(feasible), time.perf_counter() - started,
-                        [ev.model.table_note])
+                        ev.model.table_notes())
 
 
-def _initial(ev: _Evaluator, n: int, rng: random.Random, max_tries: int) -> list[Candidate]:
+def _initial(ev: _Evaluator, n: int, rng: random.Random, max_tries: int,
+             resolutions_px: tuple[int, ...]) -> list[Candidate]:
     space = ev.model.space
     population: list[Candidate] = []
     for _ in range(max_tries):
         if len(population) == n:
             break
-        c = ev(space.sample(rng))
+        c = ev(_sample(space, rng, resolutions_px))
         if c is not None:
             population.append(c)
     return population
@@ -221,13 +240,14 @@ def _offspring(ev: _Evaluator, count: int, make: Callable[[], ArchConfig]) -> li
 
 def evolution_search(model: CostModel, accuracy: Callable[[ArchConfig], float],
                      cfg: SearchConfig = SearchConfig()) -> SearchResult:
-    check_feasible(model)
+    check_feasible(model, cfg.resolutions_px)
     started, rng, space = time.perf_counter(), random.Random(cfg.seed), model.space
     ev = _Evaluator(model, accuracy)
     max_tries = 200 * cfg.population
-    population = _initial(ev, cfg.population, rng, max_tries)
+    population = _initial(ev, cfg.population, rng, max_tries, cfg.resolutions_px)
     if not population:  # random sampling rarely lands in a tight corner: start from the cheapest students
-        population = [c for c in (ev(ArchConfig.from_id(m.arch_id)) for m in pool_minimums(model).values()) if c]
+        population = [c for c in (ev(ArchConfig.from_id(m.arch_id))
+                                  for m in pool_minimums(model, cfg.resolutions_px).values()) if c]
     if not population:
         raise InfeasibleBudget(
             f"no student fits all budgets of device {model.profile.name!r} at once (each budget alone is reachable): "
@@ -253,13 +273,13 @@ def evolution_search(model: CostModel, accuracy: Callable[[ArchConfig], float],
 
 
 def random_search(model: CostModel, accuracy: Callable[[ArchConfig], float], *, evaluations: int,
-                  seed: int = 0) -> SearchResult:
+                  seed: int = 0, resolutions_px: tuple[int, ...] = ()) -> SearchResult:
     """The baseline: `evaluations` uniform samples of the pool, the best feasible one wins."""
-    check_feasible(model)
+    check_feasible(model, resolutions_px)
     started, rng = time.perf_counter(), random.Random(seed)
     ev = _Evaluator(model, accuracy)
     for _ in range(evaluations):
-        ev(model.space.sample(rng))
+        ev(_sample(model.space, rng, resolutions_px))
     if not ev.feasible():
         raise InfeasibleBudget(f"random search found no student within the budgets of {model.profile.name!r} "
                                f"in {evaluations} samples")

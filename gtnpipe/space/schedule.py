@@ -152,8 +152,10 @@ def _head(space: SearchSpace, task: TaskShape, hw_in: tuple[int, int]) -> Unit:
 
 
 def units(arch: ArchConfig, space: SearchSpace, task: TaskShape) -> list[Unit]:
-    """The arch's units in execution order: stem, every active block, head."""
+    """The arch's units in execution order: stem, every active block, head; at the arch's resolution when it names
+    one (task.for_arch)."""
     space.validate(arch)
+    task = task.for_arch(arch)
     out = [_stem(space, task)]
     hw = out[0].hw_out
     for s, blocks in enumerate(arch.stages):

@@ -8,6 +8,9 @@ expand ratio. Its id spells that out and round-trips:
 
 Only active blocks are named, so two different ids are always two different networks
 (OFA's ids also list the choices of inactive blocks, so many ids name one network).
+
+With elastic input resolution (a recipe's `resolutions_px`) an arch also names the square input side it runs at,
+after an "@": `k3e4-k5e6_k3e3-k3e3-k7e6_k7e6-k5e4_k3e3-k3e3@160`. Without one it runs at the data's resolution.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ class TaskShape:
 
     def to_dict(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "image_hw": list(self.image_hw), "num_classes": self.num_classes}
+
+    def for_arch(self, arch: ArchConfig) -> TaskShape:
+        """The input `arch` runs at: its own resolution (square) when it names one, else this."""
+        if not arch.resolution_px:
+            return self
+        return TaskShape(self.in_channels, (arch.resolution_px, arch.resolution_px), self.num_classes)
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,9 @@ class SearchSpace:
         return out
 
     def validate(self, arch: ArchConfig) -> ArchConfig:
+        if arch.resolution_px and not self.image_px[0] <= arch.resolution_px <= self.image_px[1]:
+            raise ArchError(f"arch {arch.id} runs at {arch.resolution_px} px; space {self.name!r} is built for "
+                            f"{self.image_px[0]}-{self.image_px[1]} px")
         if len(arch.stages) != self.num_stages:
             raise ArchError(f"arch {arch.id} has {len(arch.stages)} stages; space {self.name!r} has {self.num_stages}")
         for i, stage in enumerate(arch.stages, 1):
@@ -161,10 +173,13 @@ class SearchSpace:
         """Fixed-length numeric encoding for predictors (OFA style one-hots).
 
         Per stage: a one-hot of the depth; per block slot (max depth slots): one-hot kernel
-        and one-hot expand ratio, all zeros for an inactive slot.
+        and one-hot expand ratio, all zeros for an inactive slot. Last, the input resolution relative to the
+        space's nominal one, and its square (accuracy grows with resolution, flattening): 0, 0 when the arch runs at
+        the data's resolution.
         """
         self.validate(arch)
-        vec: list[float] = []
+        r = arch.resolution_px / self.nominal_px
+        vec: list[float] = [r, r * r]
         for stage in arch.stages:
             vec += [float(len(stage) == d) for d in self.depths]
             for slot in range(self.max_depth):
@@ -179,9 +194,15 @@ _BLOCK_RE = re.compile(r"k(\d+)e(\d+)")
 
 @dataclass(frozen=True)
 class ArchConfig:
-    """One student: per stage, the (kernel, expand) of each active block."""
+    """One student: per stage, the (kernel, expand) of each active block; and the square input side it runs at
+    (elastic resolution; 0: the data's)."""
 
     stages: tuple[tuple[Block, ...], ...]
+    resolution_px: int = 0
+
+    def at(self, resolution_px: int) -> ArchConfig:
+        """This network at another input resolution (0: the data's)."""
+        return ArchConfig(self.stages, resolution_px)
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -189,12 +210,16 @@ class ArchConfig:
 
     @property
     def id(self) -> str:
-        return "_".join("-".join(f"k{b.kernel}e{b.expand}" for b in stage) for stage in self.stages)
+        blocks = "_".join("-".join(f"k{b.kernel}e{b.expand}" for b in stage) for stage in self.stages)
+        return f"{blocks}@{self.resolution_px}" if self.resolution_px else blocks
 
     @classmethod
     def from_id(cls, text: str) -> ArchConfig:
+        blocks_text, at, resolution = text.strip().partition("@")
+        if at and not (resolution.isdigit() and int(resolution) > 0):
+            raise ArchError(f"cannot parse arch id {text!r}: after '@' comes the input side in px (e.g. @160)")
         stages = []
-        for stage_text in text.strip().split("_"):
+        for stage_text in blocks_text.split("_"):
             blocks = []
             for block_text in stage_text.split("-"):
                 match = _BLOCK_RE.fullmatch(block_text)
@@ -206,7 +231,7 @@ class ArchConfig:
                     )
                 blocks.append(Block(int(match[1]), int(match[2])))
             stages.append(tuple(blocks))
-        return cls(tuple(stages))
+        return cls(tuple(stages), int(resolution) if at else 0)
 
     def __str__(self) -> str:
         return self.id

@@ -78,7 +78,10 @@ def write_device_artifact(ws: Workspace, shipped: Shipped, out: Path) -> Path:
                   "precision": shipped.precision, "file": meta["model_file"],
                   "files": [f for f in meta["files"] if f != "calibration.npy"], "threads": profile.threads,
                   "input": {"name": "input", "shape": [profile.batch_size, task.in_channels, *task.image_hw],
-                            "dtype": "float32", "layout": "NCHW", "value_range": [0.0, 1.0]},
+                            "dtype": "float32", "layout": "NCHW", "value_range": [0.0, 1.0],
+                            "data_image_hw": list(data.image_hw),  # the training images' size (before any resize)
+                            # elastic resolution: the sides search chose this input's from ([]: the data's only)
+                            "resolution_chosen_from_px": list(ws.recipe.resolutions_px)},
                   "output": {"name": "logits", "shape": [profile.batch_size, task.num_classes],
                              "meaning": "unnormalised class scores (softmax gives probabilities)"},
                   "classes": list(data.classes), "build_notes": meta["notes"]},
@@ -102,7 +105,7 @@ def write_device_artifact(ws: Workspace, shipped: Shipped, out: Path) -> Path:
         for name in meta["files"]:
             shutil.copyfile(c.file(name), staging / name)
         (staging / "reference").mkdir()
-        np.save(staging / "reference/inputs.npy", to_unit_float(data.test.x[:n_ref]))
+        np.save(staging / "reference/inputs.npy", to_unit_float(data.test.x[:n_ref]))  # at the student's resolution
         np.save(staging / "reference/logits.npy", shipped.torch_logits[:n_ref])
         np.save(staging / "reference/labels.npy", data.test.y[:n_ref].astype(np.int64))
         shutil.copyfile(shipped.search.pareto_png, staging / "pareto.png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -12,7 +14,7 @@ from rich.progress import track
 from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.config.recipes import PredictorConfig
 from gtnpipe.devices.cost import COST_MODEL_VERSION, CostModel, table_path
-from gtnpipe.fsutil import sha256_file
+from gtnpipe.fsutil import canonical_json, sha256_file
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.search.accuracy import AccuracyPredictor, inherited_accuracy
 from gtnpipe.search.evolution import SearchConfig, SearchResult, check_feasible, evolution_search
@@ -48,6 +50,7 @@ class AccuracyInput(Stage):
     supernet_from: TeacherInput
     predictor: PredictorConfig  # how many students, BN recalibration images, eval batch (the recipe's [predictor])
     seed: int
+    resolutions_px: tuple[int, ...]  # the recipe's elastic resolutions: students are measured at random ones of them
     space: SearchSpace
     task: TaskShape
     data: DataRef
@@ -85,7 +88,7 @@ def accuracy_input(ws: Workspace, *, samples: int | None = None) -> AccuracyInpu
     gtn = teacher_input(ws, "gtn")
     assert isinstance(gtn, TeacherInput)
     config = ws.recipe.predictor if samples is None else replace(ws.recipe.predictor, samples=samples)
-    return AccuracyInput(gtn, config, ACCURACY_SEED, ws.space, ws.task, ws.data_ref)
+    return AccuracyInput(gtn, config, ACCURACY_SEED, ws.recipe.resolutions_px, ws.space, ws.task, ws.data_ref)
 
 
 def accuracy_predictor(ws: Workspace, inp: AccuracyInput) -> AccuracyOutcome:
@@ -97,6 +100,10 @@ def accuracy_predictor(ws: Workspace, inp: AccuracyInput) -> AccuracyOutcome:
         net = supernet if supernet is not None else load_supernet(ws, inp.supernet_from)
         space = inp.space
         archs = [space.smallest(), space.largest(), *space.sample_many(inp.predictor.samples - 2, seed=inp.seed)]
+        if inp.resolutions_px:  # the extremes at the extremes, the others at random resolutions
+            rng = random.Random(inp.seed)
+            archs = [archs[0].at(inp.resolutions_px[0]), archs[1].at(inp.resolutions_px[-1]),
+                     *(a.at(rng.choice(inp.resolutions_px)) for a in archs[2:])]
         top1 = [_inherited(ws, net, a, inp.predictor)
                 for a in track(archs, description="accuracy predictor: students measured", disable=not ws.progress,
                                console=Console(stderr=True))]
@@ -124,9 +131,23 @@ def _inherited(ws: Workspace, supernet: Supernet, arch: ArchConfig, cfg: Predict
 
 def search_input(ws: Workspace, profile: DeviceProfile, *, config: SearchConfig | None = None,
                  accuracy_samples: int | None = None) -> SearchInput:
-    table = table_path(profile.name, ws.space.name, ws.task)
-    return SearchInput(profile, accuracy_input(ws, samples=accuracy_samples), config or SearchConfig(),
-                       sha256_file(table) if table.exists() else None, COST_MODEL_VERSION, ws.space, ws.task)
+    """Search for `profile` with the recipe's elastic resolutions (resolutions_px) in the config."""
+    config = replace(config or SearchConfig(), resolutions_px=ws.recipe.resolutions_px)
+    return SearchInput(profile, accuracy_input(ws, samples=accuracy_samples), config,
+                       _tables_sha256(profile, ws, config.resolutions_px), COST_MODEL_VERSION, ws.space, ws.task)
+
+
+def _tables_sha256(profile: DeviceProfile, ws: Workspace, resolutions_px: tuple[int, ...]) -> str | None:
+    """sha256 of the device's measured latency table at the data's input; with elastic resolutions, of the list of
+    the tables (or their absence) at each resolution, which every estimate may read."""
+    def sha(task: TaskShape) -> str | None:
+        path = table_path(profile.name, ws.space.name, task)
+        return sha256_file(path) if path.exists() else None
+
+    if not resolutions_px:
+        return sha(ws.task)
+    per_side = [[r, sha(TaskShape(ws.task.in_channels, (r, r), ws.task.num_classes))] for r in resolutions_px]
+    return hashlib.sha256(canonical_json(per_side).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -143,7 +164,7 @@ def search_device(ws: Workspace, inp: SearchInput) -> SearchOutcome:
     """The best student for the device: evolution over the pool, every budget checked on the cost model (cached
     with its Pareto plot). An infeasible budget fails before anything is trained."""
     model = CostModel(inp.profile, inp.space, inp.task)
-    check_feasible(model)
+    check_feasible(model, inp.config.resolutions_px)
     acc = accuracy_predictor(ws, inp.predictor)
 
     def build(staging: Any, meta: dict[str, Any]) -> None:
@@ -153,7 +174,7 @@ def search_device(ws: Workspace, inp: SearchInput) -> SearchOutcome:
         budgets = inp.profile.budgets
         plot_pareto(result, staging / "pareto.png", device=inp.profile.name, latency_budget_ms=budgets.latency_ms_p90,
                     latency_planned_ms=budgets.planned_latency_ms_p90)
-        meta |= {"result": result.to_dict(), "table_note": model.table_note}
+        meta |= {"result": result.to_dict(), "table_note": "; ".join(model.table_notes())}
 
     entry, cached = run_stage(ws.cache, inp, build)
     return SearchOutcome(inp.key, cached, SearchResult.from_dict(entry.meta["result"]), entry.meta["table_note"],

@@ -11,7 +11,7 @@ import torch
 from gtnpipe.config.recipes import DistillConfig, GTNConfig, TeacherConfig, TrainConfig
 from gtnpipe.errors import ConfigError
 from gtnpipe.models.counting import count_module
-from gtnpipe.models.static import StagedNet, build_static
+from gtnpipe.models.static import StagedNet, at_resolution, build_static
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.models.teacher import build_teacher
 from gtnpipe.space.counting import count
@@ -235,11 +235,12 @@ def train_model(ws: Workspace, inp: TrainInput) -> TrainOutcome:
         nonlocal resumed_from_epoch
         seed_everything(inp.seed)
         net = inp.build_net()
-        result = fit(net, ws.data, inp.train, seed=inp.seed, run_id=inp.key,
+        arch = ArchConfig.from_id(inp.arch) if inp.arch is not None else ArchConfig(())
+        result = fit(at_resolution(net, arch), ws.data, inp.train, seed=inp.seed, run_id=inp.key,
                      checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), progress=ws.progress,
                      description="teacher" if inp.arch is None else "student", device=ws.train_device)
         resumed_from_epoch = result.resumed_from_epoch
-        cost = count_module(net, inp.task)  # equals the analytic count for students (tested)
+        cost = count_module(net, inp.task.for_arch(arch))  # equals the analytic count for students (tested)
         meta |= {"model": inp.name, "test_top1": result.test_top1, "val_top1": result.history[-1].val_top1,
                  "epochs": len(result.history),
                  "seconds_per_epoch": sum(h.seconds for h in result.history) / len(result.history),
@@ -330,7 +331,7 @@ def distill_student(ws: Workspace, inp: DistillInput) -> DistillOutcome:
         logits = None
         if teacher_net is not None and inp.teacher is not None and not inp.train.augments:
             logits = _teacher_logits(ws, teacher_net, LogitsInput(inp.teacher, inp.data))
-        result = distill(net, teacher_net, ws.data, inp.train, inp.distill, seed=inp.seed,
+        result = distill(at_resolution(net, student), teacher_net, ws.data, inp.train, inp.distill, seed=inp.seed,
                          run_id=inp.key, checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), cached_logits=logits,
                          progress=ws.progress, device=ws.train_device)
         cost = count(student, inp.space, inp.task)

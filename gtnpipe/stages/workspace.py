@@ -8,13 +8,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from gtnpipe.cache import Cache, Entry
 from gtnpipe.config.recipes import DataConfig, Recipe, TeacherConfig, load_recipe
-from gtnpipe.data.datasets import Dataset, load_dataset
+from gtnpipe.data.datasets import Dataset, load_dataset, resize_images
+from gtnpipe.errors import ConfigError
 from gtnpipe.models.teacher import teacher_for
-from gtnpipe.space.spaces import AUTO, SearchSpace, TaskShape, get_space, space_for
+from gtnpipe.space.spaces import AUTO, ArchConfig, SearchSpace, TaskShape, get_space, space_for
 from gtnpipe.stages.keys import Stage, stage_spec
 from gtnpipe.training import distributed
 from gtnpipe.training.device import train_device as resolve_train_device
@@ -34,14 +36,8 @@ def task_of(data: Dataset) -> TaskShape:
 class DataRef:
     """The data a stage trains or evaluates on, as a key: how it was loaded and its content fingerprint."""
 
-    config: DataConfig  # the recipe's [data], with the source actually loaded (storage left at "auto": see `of`)
+    config: DataConfig  # the recipe's [data], with the source actually loaded
     fingerprint: str
-
-    @classmethod
-    def of(cls, config: DataConfig, fingerprint: str) -> DataRef:
-        """The key of data loaded with `config`: where the images are kept (storage) changes no pixel (a test
-        trains from memory and from disk to the same weights), so it is not part of it."""
-        return cls(replace(config, storage="auto"), fingerprint)
 
 
 @dataclass
@@ -59,16 +55,19 @@ class Workspace:
     progress: bool = True
     # where training and the accuracy predictor's evaluations run; recorded in cache entries, not in their keys
     train_device: torch.device = torch.device("cpu")
+    # Where the images are kept (data.storage: memory or disk) is not a key either: a test trains from both to the
+    # same weights, bit for bit.
 
     @classmethod
     def open(cls, recipe: str | Path | Recipe = "quick", *, cache_dir: Path | None = None, data_source: str | None = None,
-             image_size: int | None = None, skip_unreadable: bool | None = None, storage: str | None = None,
+             image_size: int | None = None, skip_unreadable: bool | None = None, storage: str = "auto",
              train_device: str = "auto", progress: bool = True) -> Workspace:
         """Load the recipe and its data. `data_source` (the CLI's --data) brings the user's own data: it replaces the
         recipe's [data] with `DataConfig(source=data_source)` (val_size 10%, every image) and makes the space and
         the teacher follow the data ("auto", the space's teacher); the recipe's training settings stay.
         `image_size` (--image-size) resizes every image to that square size; `skip_unreadable` (--skip-unreadable)
-        overrides [data] skip_unreadable, `storage` (--storage) [data] storage. `train_device` (--train-device):
+        overrides [data] skip_unreadable. `storage` (--storage): where an image folder's images are kept while
+        training (gtnpipe.data.datasets.STORAGES: auto, memory, disk). `train_device` (--train-device):
         auto (CUDA when available), cpu, cuda[:N]. An image folder's index is kept under the cache (DATA_INDEX)."""
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         if data_source is not None:
@@ -77,15 +76,26 @@ class Workspace:
             rec = replace(rec, data=replace(rec.data, image_size=image_size))
         if skip_unreadable is not None:
             rec = replace(rec, data=replace(rec.data, skip_unreadable=skip_unreadable))
-        if storage is not None:
-            rec = replace(rec, data=replace(rec.data, storage=storage))
         cfg, cache = rec.data, Cache(cache_dir)
         data = load_dataset(cfg.source, val_size=cfg.val_size, train_subset=cfg.train_subset,
                             test_subset=cfg.test_subset, split_seed=cfg.split_seed, image_size=cfg.image_size,
-                            skip_unreadable=cfg.skip_unreadable, storage=cfg.storage, index_dir=cache.root / DATA_INDEX)
+                            skip_unreadable=cfg.skip_unreadable, storage=storage, index_dir=cache.root / DATA_INDEX)
         rec, space = resolve(rec, data.image_hw)
-        return cls(rec, data, space, task_of(data), cache, DataRef.of(cfg, data.fingerprint), progress,
+        return cls(rec, data, space, task_of(data), cache, DataRef(cfg, data.fingerprint), progress,
                    resolve_train_device(train_device))
+
+    def for_student(self, arch: ArchConfig) -> Workspace:
+        """The workspace a student is deployed from: with its own input resolution (elastic resolution), the task at
+        that resolution and the test images resized to it (the training images stay: calibration resizes the few
+        it takes, `deploy_images`)."""
+        if not arch.resolution_px:
+            return self
+        return replace(self, task=self.task.for_arch(arch),
+                       data=replace(self.data, test=self.data.test.resized(arch.resolution_px)))
+
+    def deploy_images(self, x_uint8: np.ndarray) -> np.ndarray:
+        """Images of the data (N, C, H, W) at this workspace's input size."""
+        return x_uint8 if tuple(x_uint8.shape[2:]) == self.task.image_hw else resize_images(x_uint8, self.task.image_hw[0])
 
     @property
     def teacher(self) -> TeacherConfig:
@@ -98,8 +108,17 @@ class Workspace:
 
 def resolve(recipe: Recipe, image_hw: tuple[int, int]) -> tuple[Recipe, SearchSpace]:
     """The recipe as it runs on images of `image_hw`: a concrete space ("auto" resolved by the data's resolution) and
-    teacher (the space's own when the recipe has no [teacher]), so the cache keys name what was trained."""
+    teacher (the space's own when the recipe has no [teacher]), so the cache keys name what was trained; its
+    resolutions_px checked against the data and the space."""
     space = space_for(image_hw) if recipe.space == AUTO else get_space(recipe.space)
+    side = min(image_hw)
+    bad = [r for r in recipe.resolutions_px if not space.image_px[0] <= r <= min(side, space.image_px[1])]
+    if bad or list(recipe.resolutions_px) != sorted(set(recipe.resolutions_px)):
+        raise ConfigError(
+            f"resolutions_px = {list(recipe.resolutions_px)} in recipe {recipe.name!r}: give distinct sides in ascending "
+            f"order from {space.image_px[0]} (the least space {space.name!r} is built for) to {min(side, space.image_px[1])} "
+            f"px (the data's {image_hw[0]}x{image_hw[1]} images are not enlarged)" + (f"; {bad} fall outside" if bad else "")
+            + ", or [] for the data's resolution only")
     return replace(recipe, space=space.name, teacher=teacher_for(space, recipe.teacher)), space
 
 
