@@ -64,7 +64,7 @@ _FASHION_MNIST_CLASSES = (
 )
 # ImageFolder trees without train/ and test/ sub-folders: this share of each class becomes test.
 _IMAGEFOLDER_TEST_FRACTION = 0.2
-# [data] storage: "memory" (decoded once into arrays), "disk" (decoded on the fly, image folders only), or "auto":
+# storage (--storage): "memory" (decoded once into arrays), "disk" (decoded on the fly, image folders only), or "auto":
 # memory when the folder's images, decoded as RGB at the size they train at, take at most AUTO_MEMORY_BYTES.
 STORAGES = ("auto", "memory", "disk")
 AUTO_MEMORY_BYTES = 2 * 1024**3
@@ -221,7 +221,7 @@ def _mean_std(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def load_source(source: str, *, image_size: int = 0, skip_unreadable: bool = False, storage: str = "auto",
                 index_dir: Path | None = None) -> Source:
     if storage not in STORAGES:
-        raise DataError(f"storage {storage!r} is not one of {', '.join(STORAGES)} ([data] storage, or --storage)")
+        raise DataError(f"storage {storage!r} is not one of {', '.join(STORAGES)} (--storage; Workspace.open's storage)")
     path = Path(source)
     if source != FASHION_MNIST and not path.exists():
         raise DatasetMissing(
@@ -465,7 +465,7 @@ def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool, st
         readable = set(images)
     else:
         facts = index.decoded(paths, image_size)
-        readable = _check_facts(facts, image_size, skipped, skip_unreadable=skip_unreadable)
+        readable = _check_facts(facts, skipped, skip_unreadable=skip_unreadable)
     train_files = [f for f in train_files if f[0] in readable]
     test_files = [f for f in test_files if f[0] in readable]
     if not has_split:
@@ -512,7 +512,7 @@ def _auto_storage(paths: list[Path], image_size: int) -> str:
     return "memory" if len(paths) * 3 * w * h <= AUTO_MEMORY_BYTES else "disk"
 
 
-def _check_facts(facts: dict[Path, _Facts], image_size: int, skipped: list[Path], *, skip_unreadable: bool) -> set[Path]:
+def _check_facts(facts: dict[Path, _Facts], skipped: list[Path], *, skip_unreadable: bool) -> set[Path]:
     """The readable files of `facts`; unreadable ones fail or are skipped, and sizes must agree, as `_decode_all`."""
     readable: set[Path] = set()
     first: tuple[tuple[int, int], Path] | None = None
@@ -578,6 +578,9 @@ def _split_files(files: list[tuple[Path, int]], n_classes: int) -> tuple[list[tu
             "an image folder needs at least 5 images per class to carve a test split; add images or use train/ and test/"
         )
     return train, test
+
+
+# --- the folder index, and decoding -------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Facts:
@@ -654,7 +657,6 @@ class _FolderIndex:
         if self.path is not None and self.changed:
             atomic_write_json(self.path, {"version": self.VERSION, "root": str(self.root.resolve()), "files": self.files})
             self.changed = False
-
 
 
 def _pil_errors() -> tuple[type[BaseException], ...]:
