@@ -38,8 +38,9 @@ dataset:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# --durations: the 20 slowest tests at the end of every run (CI's log says where the suite's time goes)
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 # `slow` marks every test that trains, compiles or builds (tests/conftest.py marks those using such fixtures).
 # pytest's exit status passes through: 5 (no tests collected) fails this target too.

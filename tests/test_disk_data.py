@@ -167,6 +167,7 @@ _MEMORY_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 18 s: a 1,000-image folder and three fresh processes
 def test_disk_storage_keeps_memory_bounded_by_the_batches_in_flight(tmp_path: Path) -> None:
     """The training process's peak memory over an epoch: the in-memory storage holds every decoded image, the disk
     storage a few batches (bench/disk_data.py measures the whole process tree on ~20k 224-px images)."""
