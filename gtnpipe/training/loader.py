@@ -52,26 +52,24 @@ def _one_thread(_: int) -> None:
 
 
 class SplitLoader:
-    """(images uint8 (n, C, H, W), labels int64 (n,)) for each index batch of a split, in order, on the CPU
-    (pinned when `pin_memory`, so the copy to a GPU can overlap with compute)."""
+    """(images uint8 (n, C, H, W), labels int64 (n,)) for each index batch of a split, in order, on the CPU (fit pins
+    a batch for the GPU after augmenting it: pinning here would be lost on augmentation's new tensors)."""
 
-    def __init__(self, split: Split, *, pin_memory: bool = False, workers: int | None = None) -> None:
-        self.split, self.pin_memory = split, pin_memory
+    def __init__(self, split: Split, *, workers: int | None = None) -> None:
+        self.split = split
         self.workers = decode_workers() if workers is None else workers
         self.y = torch.from_numpy(split.y)
         self.x = torch.from_numpy(split.x) if isinstance(split.x, np.ndarray) else None
 
     def __call__(self, batches: Sequence[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.x is not None:
-            for idx in batches:  # a gathered batch is new memory: pinned here, as the DataLoader pins its batches
-                x, y = self.x[idx], self.y[idx]
-                yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
+            for idx in batches:
+                yield self.x[idx], self.y[idx]
             return
         assert isinstance(self.split.x, ImageFiles)
         loader = DataLoader(_Batches(self.split.x, batches), batch_size=None, shuffle=False,
-                            num_workers=self.workers, pin_memory=self.pin_memory, worker_init_fn=_one_thread,
+                            num_workers=self.workers, worker_init_fn=_one_thread,
                             prefetch_factor=PREFETCH if self.workers else None,
                             generator=torch.Generator())  # its workers' seeds: never drawn from the global RNG (dropout)
         for idx, x in zip(batches, loader, strict=True):
-            y = self.y[idx]
-            yield x, y.pin_memory() if self.pin_memory else y
+            yield x, self.y[idx]

@@ -202,7 +202,7 @@ def fit(
     model.to(device)
     eval_model.to(device)
     norm = Normalizer(data.mean, data.std)
-    loader = SplitLoader(data.train, pin_memory=on_gpu)  # pinned: the copies to the GPU overlap with compute
+    loader = SplitLoader(data.train)
     n = len(data.train)
     rank, world = distributed.rank(), distributed.world_size()
     steps_per_epoch = math.ceil(n / cfg.batch_size) if world == 1 else n // cfg.batch_size
@@ -245,6 +245,8 @@ def fit(
                 if cfg.augments:  # on the whole batch, so the generator stays in step on every rank
                     xb = augment_batch(xb, cfg, generator=generator)
                 idx, xb, yb = idx[rank::world], xb[rank::world], yb[rank::world]
+                if on_gpu:  # page-locked, after augmentation made the batch: the copy then overlaps with compute
+                    xb, yb = xb.pin_memory(), yb.pin_memory()
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
                     loss, logits = loss_fn(net, norm(xb), yb, idx)
