@@ -16,7 +16,7 @@ import torch
 from conftest import TINY_RECIPE, make_colour_folder
 
 from gtnpipe.config.recipes import TrainConfig
-from gtnpipe.data import datasets
+from gtnpipe.data import datasets, images
 from gtnpipe.data.datasets import ImageFiles, load_dataset
 from gtnpipe.errors import DataError
 from gtnpipe.models.static import build_static
@@ -55,8 +55,8 @@ def test_the_index_hashes_a_folder_once_and_follows_changed_files(folder: Path, 
     root = tmp_path / "imgs"
     subprocess.run(["cp", "-r", str(folder), str(root)], check=True)
     calls: list[Path] = []
-    real = datasets._index_file
-    monkeypatch.setattr(datasets, "_index_file", lambda p, size: (calls.append(p), real(p, size))[1])
+    real = images.index_file
+    monkeypatch.setattr(images, "index_file", lambda p, size: (calls.append(p), real(p, size))[1])
     first = load_dataset(str(root), val_size=0.1, image_size=40, storage="disk", index_dir=tmp_path / "index")
     assert len(calls) == 90 and len(list((tmp_path / "index").glob("imagefolder-*.json"))) == 1
     calls.clear()

@@ -1,4 +1,5 @@
-"""Datasets as uint8 NCHW images: Fashion-MNIST from Debian, an ImageFolder tree, or a .npz.
+"""Datasets as uint8 NCHW images: Fashion-MNIST from Debian, an ImageFolder tree, or a .npz (decoding, the
+disk-backed `ImageFiles` and the folder index: gtnpipe.data.images).
 
 numpy only (no torch), so the on-device side (`gtnpipe bench`) can read data too.
 Channels, resolution and class count always come from the data itself.
@@ -14,24 +15,27 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
-import json
 import os
 import struct
 import zipfile
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from gtnpipe.data.images import (
+    Facts,
+    FolderIndex,
+    ImageFiles,
+    channel_moments,
+    decode_image,
+    pil_errors,
+    resize_images,
+    threaded,
+)
 from gtnpipe.errors import DataError, DatasetMissing
-from gtnpipe.fsutil import atomic_write_json, canonical_json, sha256_file
-
-if TYPE_CHECKING:
-    from PIL import Image
+from gtnpipe.fsutil import canonical_json, sha256_file
 
 __all__ = [
     "AUTO_MEMORY_BYTES",
@@ -68,7 +72,6 @@ _IMAGEFOLDER_TEST_FRACTION = 0.2
 # memory when the folder's images, decoded as RGB at the size they train at, take at most AUTO_MEMORY_BYTES.
 STORAGES = ("auto", "memory", "disk")
 AUTO_MEMORY_BYTES = 2 * 1024**3
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class Split:
         """Exact per-channel pixel sums, then sums of squares."""
         if isinstance(self.x, ImageFiles):
             return tuple(int(v) for v in self.x.moments.sum(axis=0))
-        return _moments(self.x)
+        return channel_moments(self.x)
 
 
 @dataclass(frozen=True)
@@ -254,30 +257,6 @@ def _resized_source(src: Source, image_size: int) -> Source:
                    test=Split(resize_images(src.test.x, image_size), src.test.y))
 
 
-def resize_images(x: np.ndarray, size: int) -> np.ndarray:
-    """uint8 images (N, C, H, W) as size x size, each as `square` makes it (Pillow)."""
-    from PIL import Image
-
-    mode = "L" if x.shape[1] == 1 else "RGB"
-    return np.stack([_to_chw(square(Image.fromarray(img[0] if mode == "L" else img.transpose(1, 2, 0), mode), size))
-                     for img in x])
-
-
-def square(image: Image.Image, size: int) -> Image.Image:
-    """`image` as size x size: the shorter side scaled to `size` (bilinear, antialiased when shrinking), then the
-    centre square (Pillow's ImageOps.fit), as evaluation pipelines resize ImageNet-style images."""
-    from PIL import Image, ImageOps
-
-    if image.size == (size, size):
-        return image
-    return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
-
-
-def _to_chw(image: Image.Image) -> np.ndarray:
-    arr = np.asarray(image, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
 def _fingerprint(kind: str, file_hashes: dict[str, str]) -> str:
     return hashlib.sha256(canonical_json({"kind": kind, "files": file_hashes}).encode()).hexdigest()
 
@@ -390,60 +369,6 @@ def _checked_split(x: np.ndarray | ImageFiles, y: np.ndarray, n_classes: int, wh
 
 # --- ImageFolder --------------------------------------------------------------------------
 
-class ImageFiles:
-    """A lazy uint8 (N, C, H, W) array over image files (the disk-backed storage): indexing it decodes those files,
-    each as the in-memory storage does (converted, resized to `image_size`, grey to RGB in a colour set), so both give
-    the same pixels bit for bit. `moments` holds each image's exact per-channel sums and sums of squares (N, 2C),
-    counted once when the folder was indexed, so the split's mean and std need no pass over the pixels.
-    Picklable (paths and numbers only): DataLoader workers decode batches of it (gtnpipe.training.loader)."""
-
-    dtype = np.dtype(np.uint8)
-
-    def __init__(self, paths: tuple[Path, ...], channels: int, hw: tuple[int, int], image_size: int,
-                 moments: np.ndarray) -> None:
-        if len(paths) != len(moments):
-            raise ValueError(f"{len(paths)} paths but {len(moments)} rows of moments")
-        self.paths, self.channels, self.hw, self.image_size, self.moments = paths, channels, hw, image_size, moments
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.channels, *self.hw)
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def take(self, idx: np.ndarray) -> ImageFiles:
-        """The images at `idx`, still on disk."""
-        idx = np.asarray(idx, dtype=np.int64)
-        return ImageFiles(tuple(self.paths[int(i)] for i in idx), self.channels, self.hw, self.image_size,
-                          self.moments[idx])
-
-    def __getitem__(self, key: int | slice | np.ndarray | list[int]) -> np.ndarray:
-        """Decoded images: one (C, H, W) for an integer, else (n, C, H, W)."""
-        if isinstance(key, int | np.integer):
-            return self._decode(self.paths[int(key)])
-        chosen = np.arange(len(self.paths))[key]
-        out = np.empty((len(chosen), self.channels, *self.hw), dtype=np.uint8)
-        for row, i in enumerate(chosen):
-            out[row] = self._decode(self.paths[int(i)])
-        return out
-
-    def _decode(self, path: Path) -> np.ndarray:
-        try:
-            arr = _decode(path, self.image_size, self.channels)
-        except _pil_errors() as err:
-            raise DataError(f"{path}: could not be decoded ({type(err).__name__}: {err}), though it could when the "
-                            "folder was indexed: it changed since; run the command again to re-index it") from err
-        if arr.shape[1:] != self.hw:
-            raise DataError(f"{path}: is {arr.shape[2]}x{arr.shape[1]} now, {self.hw[1]}x{self.hw[0]} when the folder "
-                            "was indexed: it changed since; run the command again to re-index it")
-        return arr
-
-
 def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool, storage: str,
                        index_dir: Path | None) -> Source:
     has_split = (root / "train").is_dir() and (root / "test").is_dir()
@@ -455,7 +380,7 @@ def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool, st
     else:
         classes = _class_dirs(root)
         train_files, test_files = _list_images(root, classes), []
-    index = _FolderIndex(root, index_dir)
+    index = FolderIndex(root, index_dir)
     paths = [p for p, _ in train_files + test_files]
     if storage == "auto":
         storage = _auto_storage(paths, image_size)
@@ -505,14 +430,14 @@ def _auto_storage(paths: list[Path], image_size: int) -> str:
                 with Image.open(p) as im:
                     w, h = im.size
                 break
-            except _pil_errors():
+            except pil_errors():
                 continue
         else:
             return "memory"
     return "memory" if len(paths) * 3 * w * h <= AUTO_MEMORY_BYTES else "disk"
 
 
-def _check_facts(facts: dict[Path, _Facts], skipped: list[Path], *, skip_unreadable: bool) -> set[Path]:
+def _check_facts(facts: dict[Path, Facts], skipped: list[Path], *, skip_unreadable: bool) -> set[Path]:
     """The readable files of `facts`; unreadable ones fail or are skipped, and sizes must agree, as `_decode_all`."""
     readable: set[Path] = set()
     first: tuple[tuple[int, int], Path] | None = None
@@ -527,7 +452,7 @@ def _check_facts(facts: dict[Path, _Facts], skipped: list[Path], *, skip_unreada
     return readable
 
 
-def _lazy(files: list[tuple[Path, int]], facts: dict[Path, _Facts], image_size: int) -> tuple[ImageFiles, np.ndarray]:
+def _lazy(files: list[tuple[Path, int]], facts: dict[Path, Facts], image_size: int) -> tuple[ImageFiles, np.ndarray]:
     channels = 3 if any(f.mode == "RGB" for f in facts.values() if f.error is None) else 1
     moments = np.zeros((len(files), 2 * channels), dtype=np.int64)
     for row, (p, _) in enumerate(files):
@@ -580,140 +505,6 @@ def _split_files(files: list[tuple[Path, int]], n_classes: int) -> tuple[list[tu
     return train, test
 
 
-# --- the folder index, and decoding -------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Facts:
-    """What indexing learnt of one image file at one image_size: why it cannot be decoded, or its mode ("L" or
-    "RGB"), its size after resizing (width, height) and its exact per-channel pixel sums then sums of squares."""
-
-    error: str | None
-    mode: str = ""
-    wh: tuple[int, int] = (0, 0)
-    moments: tuple[int, ...] = ()
-
-
-class _FolderIndex:
-    """Per file of an image folder: sha256 and, per image_size, `_Facts`; kept in `index_dir` (the cache's) and
-    trusted while the file's size and modification time are unchanged (as make and rsync do), so a folder is hashed
-    and checked once, not on every run. index_dir None: nothing kept."""
-
-    VERSION = 1
-
-    def __init__(self, root: Path, index_dir: Path | None) -> None:
-        self.root, resolved = root, str(root.resolve())
-        self.path = (index_dir / f"imagefolder-{hashlib.sha256(resolved.encode()).hexdigest()[:16]}.json"
-                     if index_dir is not None else None)
-        self.files: dict[str, dict[str, Any]] = {}
-        self.changed = False
-        if self.path is not None and self.path.is_file():
-            try:
-                stored = json.loads(self.path.read_text())
-                if stored.get("version") == self.VERSION and stored.get("root") == resolved:
-                    self.files = stored["files"]
-            except (OSError, ValueError, KeyError):  # a torn or foreign index is rebuilt, never trusted
-                self.files = {}
-
-    def _entry(self, path: Path) -> tuple[str, dict[str, Any] | None]:
-        rel = str(path.relative_to(self.root))
-        st = path.stat()
-        entry = self.files.get(rel)
-        if entry is None or entry.get("bytes") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns:
-            return rel, None
-        return rel, entry
-
-    def hashes(self, paths: list[Path]) -> dict[str, str]:
-        """relative path -> sha256 of each of `paths` (hashed in threads when not known)."""
-        todo = [p for p in paths if self._entry(p)[1] is None]
-        for p, digest in zip(todo, _threaded(sha256_file, todo)):
-            self._store(p, {"sha256": digest})
-        return {rel: entry["sha256"] for rel, entry in map(self._entry, paths) if entry is not None}
-
-    def decoded(self, paths: list[Path], image_size: int) -> dict[Path, _Facts]:
-        """`_Facts` of each of `paths` at `image_size`, decoding (in threads) the files not indexed at that size."""
-        size = str(image_size)
-        todo = [p for p in paths if size not in ((self._entry(p)[1] or {}).get("decoded") or {})]
-        for p, (digest, facts) in zip(todo, _threaded(lambda q: _index_file(q, image_size), todo)):
-            _, entry = self._entry(p)
-            decoded = dict(entry.get("decoded", {})) if entry is not None and entry.get("sha256") == digest else {}
-            decoded[size] = {"error": facts.error} if facts.error else {
-                "mode": facts.mode, "wh": list(facts.wh), "moments": list(facts.moments)}
-            self._store(p, {"sha256": digest, "decoded": decoded})
-        out = {}
-        for p in paths:
-            d = self._entry(p)[1]["decoded"][size]  # type: ignore[index]
-            out[p] = _Facts(d["error"]) if "error" in d else _Facts(None, d["mode"], tuple(d["wh"]), tuple(d["moments"]))
-        return out
-
-    def _store(self, path: Path, fields: dict[str, Any]) -> None:
-        st = path.stat()
-        rel = str(path.relative_to(self.root))
-        old = self.files.get(rel, {})
-        keep = {"decoded": old["decoded"]} if "decoded" in old and old.get("sha256") == fields["sha256"] else {}
-        self.files[rel] = {**keep, **fields, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-        self.changed = True
-
-    def save(self) -> None:
-        if self.path is not None and self.changed:
-            atomic_write_json(self.path, {"version": self.VERSION, "root": str(self.root.resolve()), "files": self.files})
-            self.changed = False
-
-
-def _pil_errors() -> tuple[type[BaseException], ...]:
-    """What Pillow raises for a file it cannot decode, truncated ones included (imported when needed)."""
-    from PIL import Image, UnidentifiedImageError
-
-    return OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError
-
-
-def _read(path: Path | io.BytesIO) -> Image.Image:
-    """The image fully decoded, as grey ("L") or "RGB"."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("L" if im.mode in ("L", "1", "I;16", "I", "LA") else "RGB")
-
-
-def _decode(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """One image as uint8 (channels, H, W): read, resized when `image_size`, grey repeated to RGB when channels == 3."""
-    image = _read(path)
-    arr = _to_chw(square(image, image_size) if image_size else image)
-    return np.repeat(arr, 3, axis=0) if channels == 3 and arr.shape[0] == 1 else arr
-
-
-def _index_file(path: Path, image_size: int) -> tuple[str, _Facts]:
-    """sha256 and `_Facts` of one file, read once."""
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        image = _read(io.BytesIO(data))
-    except _pil_errors() as err:
-        return digest, _Facts(f"{type(err).__name__}: {err}")
-    arr = _to_chw(square(image, image_size) if image_size else image)
-    return digest, _Facts(None, image.mode, (arr.shape[2], arr.shape[1]), _moments(arr[None]))
-
-
-def _moments(x: np.ndarray, chunk_images: int = 256) -> tuple[int, ...]:
-    """Exact per-channel sums, then sums of squares, of uint8 images (N, C, H, W): integers, so any storage and any
-    order of summing gives the same mean and std."""
-    sums = np.zeros(x.shape[1], dtype=np.int64)
-    squares = np.zeros(x.shape[1], dtype=np.int64)
-    for start in range(0, x.shape[0], chunk_images):
-        chunk = x[start:start + chunk_images].astype(np.int64)
-        sums += chunk.sum(axis=(0, 2, 3))
-        squares += (chunk * chunk).sum(axis=(0, 2, 3))
-    return tuple(int(v) for v in (*sums, *squares))
-
-
-def _threaded(fn: Callable[[Path], T], items: list[Path]) -> list[T]:
-    """fn over items in threads, in order (Pillow's decoding and resizing, and hashlib, release the GIL)."""
-    if len(items) < 2:
-        return [fn(p) for p in items]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(fn, items))
-
-
 def _unreadable_message(path: Path, error: str) -> str:
     return (f"{path}: not an image Pillow can read ({error}); remove the file, or skip every unreadable file with "
             "--skip-unreadable ([data] skip_unreadable = true)")
@@ -739,13 +530,13 @@ def _decode_all(paths: list[Path], image_size: int, skipped: list[Path], *, skip
     `skipped`. Grey images become RGB when any image is colour. Without `image_size`, all must share one size."""
     def one(p: Path) -> np.ndarray | str:
         try:
-            return _decode(p, image_size, 1)
-        except _pil_errors() as err:
+            return decode_image(p, image_size, 1)
+        except pil_errors() as err:
             return f"{type(err).__name__}: {err}"
 
     out: dict[Path, np.ndarray] = {}
     first: tuple[tuple[int, int], Path] | None = None
-    for p, arr in zip(paths, _threaded(one, paths)):
+    for p, arr in zip(paths, threaded(one, paths)):
         if isinstance(arr, str):
             if not skip_unreadable:
                 raise DataError(_unreadable_message(p, arr))
