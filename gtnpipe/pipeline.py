@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,14 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile, load_profile
+from gtnpipe.config.recipes import DataConfig
+from gtnpipe.data.datasets import Dataset, load_dataset
 from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
 from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
-from gtnpipe.deploy.parity import BuildFailure, CompiledPrecision, PrecisionRow, choose_precision
+from gtnpipe.deploy.onnx_model import OnnxFacts, count_onnx, prepare_onnx, read_onnx
+from gtnpipe.deploy.onnx_torch import onnx_to_torch
+from gtnpipe.deploy.parity import BuildFailure, CompiledPrecision, PrecisionRow, choose_precision, run_batched
 from gtnpipe.deploy.timing import Machine
 from gtnpipe.devices.cost import CostModel, table_write_path
 from gtnpipe.devices.latency_table import measure_command
-from gtnpipe.errors import BackendBuildError, ParityError
+from gtnpipe.errors import BackendBuildError, ConfigError, ParityError
 from gtnpipe.measure.host_table import build_calibration_kit, calibrate
 from gtnpipe.measure.kit import table_summary
 from gtnpipe.search.evolution import SearchConfig
@@ -37,27 +43,34 @@ from gtnpipe.space.spaces import TaskShape, get_space
 from gtnpipe.stages import training
 from gtnpipe.stages.artifact import Shipped, measured_summary, write_device_artifact
 from gtnpipe.stages.deploy import (
+    REFERENCE_IMAGES,
     Compiled,
     Measured,
+    ParityImages,
+    SourceModel,
     calibration_indices,
     compile_input,
     compile_precision,
     measure_input,
     measure_precision,
+    random_images,
+    split_images,
 )
 from gtnpipe.stages.search import AccuracyOutcome, SearchOutcome, accuracy_input, search_input
 from gtnpipe.stages.search import accuracy_predictor as _accuracy_predictor
 from gtnpipe.stages.search import inherited_accuracies as _inherited_accuracies
 from gtnpipe.stages.search import search_device as _search_device
 from gtnpipe.stages.training import DistillOutcome, TeacherOutcome, TrainOutcome
-from gtnpipe.stages.workspace import Workspace
+from gtnpipe.stages.workspace import DATA_INDEX, DataRef, Workspace
 
 __all__ = [
     "FASHION_MNIST_TASK",
     "BuildOutcome",
+    "CompileOutcome",
     "Workspace",
     "accuracy_predictor",
     "build_device",
+    "compile_model",
     "data_info",
     "distill_student",
     "inherited_accuracies",
@@ -114,24 +127,164 @@ def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifac
     model = Deployable(training.load_distilled_net(ws, student_in), ws.data.mean, ws.data.std).train(False)
     ws = ws.for_student(search.result.pick.arch)  # from here on: at the student's input resolution
     torch_logits = _torch_logits(model, ws)
-    compiled, failures = _compile_all(ws, profile, backend, student_in, model, torch_logits, strict=strict)
+
+    def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[CompileInputs, np.ndarray]:
+        return compile_inputs(model, ws.task, work, batch_size=batch_size, max_opset=max_opset,
+                              calibration_uint8=ws.deploy_images(ws.data.train.x[list(calibration)])), torch_logits
+
+    compiled, failures = _compile_all(ws.cache, profile, backend, student_in, export, split_images(ws.data.test),
+                                      len(ws.data.train), precisions=profile.precisions, strict=strict)
     log_stage("compile", all(c.cached for c in compiled.values()), precisions=sorted(compiled))
 
-    measured = {p: measure_precision(ws, measure_input(profile, c), c) for p, c in compiled.items() if c.meta["parity"]}
+    measured = _measure_all(ws.cache, profile, compiled)
     log_stage("measure", all(m.cached for m in measured.values()), machine=Machine.here().describe())
 
     chosen, rows = _choose(profile, compiled, measured, failures)
     log_stage("check", True, precision=chosen)
 
-    shipped = Shipped(profile, teacher, search, student, chosen, compiled[chosen], measured.get(chosen), rows, torch_logits,
-                      _top1(torch_logits, ws), *_predicted_and_checks(ws, profile, search, chosen, compiled[chosen],
-                                                                      measured.get(chosen), check_measured_budgets))
-    folder = write_device_artifact(ws, shipped, out)
+    torch_top1 = _top1(torch_logits, ws.data.test.y)
+    predicted, violations, warnings = _predicted_and_checks(ws, profile, search, chosen, compiled[chosen],
+                                                            measured.get(chosen), check_measured_budgets)
+    shipped = Shipped(
+        profile, chosen, compiled[chosen], measured.get(chosen), rows,
+        model={"arch": student.arch, "macs": student.macs, "params": student.params, "classes": list(ws.data.classes),
+               "source": {"kind": "pool-student"},
+               # the training images' size, and the sides elastic resolution chose this input's from ([]: the data's)
+               "input": {"data_image_hw": list(ws.data.image_hw), "resolution_chosen_from_px": list(ws.recipe.resolutions_px)}},
+        provenance={"recipe": ws.recipe.name, "teacher": teacher, "teacher_key": student.teacher_key,
+                    "student_key": student.key, "search_key": search.key, "student_trained_on": student.trained_on},
+        reference="torch", reference_inputs=to_unit_float(ws.data.test.x[:REFERENCE_IMAGES]),
+        reference_labels=ws.data.test.y, reference_logits=torch_logits, reference_top1=torch_top1,
+        estimated_top1=search.result.pick.accuracy, predicted=predicted, violations=violations, warnings=warnings,
+        data_name=ws.data.name, data_fingerprint=ws.data.fingerprint, pareto_png=search.pareto_png)
+    folder = write_device_artifact(shipped, out)
     log_stage("artifact", False, folder=str(folder))
     parity = compiled[chosen].meta["parity"]
-    return BuildOutcome(profile.name, str(folder), student.arch, profile.runtime.name, chosen, shipped.torch_top1,
-                        parity["artifact_top1"] if parity else None, shipped.predicted, measured_summary(shipped),
-                        shipped.violations, shipped.warnings, log_stage.stages, failures)
+    return BuildOutcome(profile.name, str(folder), student.arch, profile.runtime.name, chosen, torch_top1,
+                        parity["artifact_top1"] if parity else None, predicted, measured_summary(shipped),
+                        violations, warnings, log_stage.stages, failures)
+
+
+@dataclass(frozen=True)
+class CompileOutcome:
+    device: str
+    folder: str
+    model: str  # the user's file
+    runtime: str
+    precision: str
+    reference_top1: float | None  # ONNX Runtime FP32 of the user's model on the test split; None without --data
+    shipped_top1: float | None
+    measured: dict[str, Any] | None
+    budget_violations: list[str]
+    warnings: list[str]
+    not_built: dict[str, str]
+    seconds: float
+
+
+def compile_model(model_path: str | Path, device: str | Path, *, data: str | Dataset | None = None,
+                  out: Path = Path("artifacts"), cache_dir: Path | None = None, precisions: tuple[str, ...] | None = None,
+                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                  check_measured_budgets: bool = False, strict: bool = False,
+                  say: Callable[[str], None] = lambda _: None) -> CompileOutcome:
+    """A user's ONNX classifier -> every precision the profile allows (INT8 calibrated on `data`'s train split)
+    -> parity against ONNX Runtime FP32 on `data`'s test split (or random images) -> measure here -> choose
+    -> out/<device>/, the same artifact `build_device` writes (`gtnpipe bench` takes it).
+
+    `data`: a path (image folder, .npz, fashion-mnist) or a loaded Dataset; `mean`/`std`: the normalisation the
+    model expects, in [0, 1] pixel units, folded into the graph (the artifact then takes [0, 1] images)."""
+    started = time.perf_counter()
+    profile = load_profile(device)
+    backend = get_backend(profile.runtime.name)
+    onnx_model, facts = read_onnx(model_path)
+    wanted = _compile_precisions(profile, precisions, has_data=data is not None)
+    dataset = _compile_data(data, facts, cache_dir) if data is not None else None
+    images = split_images(dataset.test) if dataset is not None else random_images(facts.chw)
+    source = SourceModel(facts.sha256, (profile.batch_size, *facts.chw), mean, std,
+                         DataRef(DataConfig(source=dataset.name, val_size=0), dataset.fingerprint) if dataset else None)
+    say(f"compiling {facts.path.name} ({'x'.join(map(str, facts.chw))} input, {facts.num_classes} classes, opset "
+        f"{facts.opset}) for {profile.name} ({profile.runtime.name}: {', '.join(wanted)}); parity on "
+        + (f"{images.count} test images of {dataset.name}" if dataset else f"{images.count} random images (no --data)"))
+    cache = Cache(cache_dir)
+    with tempfile.TemporaryDirectory(prefix="gtnpipe-compile-") as tmp:
+        prepared = prepare_onnx(onnx_model, facts, Path(tmp) / "model.onnx", batch_size=profile.batch_size,
+                                max_opset=profile.runtime.max_onnx_opset, mean=mean, std=std)
+        macs, params = count_onnx(prepared)
+        reference = _onnx_reference(prepared, images, profile.batch_size)
+
+        def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[CompileInputs, np.ndarray]:
+            calib = (to_unit_float(dataset.train.x[list(calibration)]) if dataset is not None
+                     else np.zeros((0, *facts.chw), dtype=np.float32))
+            # litert-torch reads torch: the graph as a torch module (only the LiteRT backend asks for it)
+            module = onnx_to_torch(prepared) if backend.runtime == "tflite" else None
+            return CompileInputs(prepared, (batch_size, *facts.chw), calib, max_opset, torch_module=module), reference
+
+        compiled, failures = _compile_all(cache, profile, backend, source, export, images,
+                                          len(dataset.train) if dataset else 0, precisions=wanted, strict=strict)
+    say(f"compiled {', '.join(sorted(compiled))}" + (f"; not built: {', '.join(sorted(failures))}" if failures else ""))
+    measured = _measure_all(cache, profile, compiled)
+    chosen, rows = _choose(profile, compiled, measured, failures)
+    c = compiled[chosen]
+    shipped = Shipped(
+        profile, chosen, c, measured.get(chosen), rows,
+        model={"arch": facts.path.name, "macs": macs, "params": params,
+               "classes": list(dataset.classes) if dataset else [str(i) for i in range(facts.num_classes)],
+               "source": {"kind": "onnx", "file": facts.path.name, "sha256": facts.sha256,
+                          "input_normalisation": {"mean": list(mean or ()), "std": list(std or ())}
+                          if mean is not None or std is not None else None}},
+        provenance={"source_model": str(model_path)}, reference="onnxruntime",
+        reference_inputs=next(iter(images.chunks(REFERENCE_IMAGES))), reference_labels=images.labels,
+        reference_logits=reference, reference_top1=_top1(reference, images.labels) if images.labels is not None else None,
+        estimated_top1=None, predicted=None, violations=_violations(profile, c, measured.get(chosen), check_measured_budgets),
+        warnings=[f"{p} {why}" for p, why in failures.items()], data_name=dataset.name if dataset else None,
+        data_fingerprint=dataset.fingerprint if dataset else None)
+    folder = write_device_artifact(shipped, out)
+    parity = c.meta["parity"]
+    return CompileOutcome(profile.name, str(folder), str(model_path), profile.runtime.name, chosen, shipped.reference_top1,
+                          parity["artifact_top1"] if parity else None, measured_summary(shipped), shipped.violations,
+                          shipped.warnings, failures, round(time.perf_counter() - started, 1))
+
+
+def _compile_precisions(profile: DeviceProfile, asked: tuple[str, ...] | None, *, has_data: bool) -> tuple[str, ...]:
+    """The precisions gtnpipe compile builds: the profile's, or the subset asked for (in the profile's order)."""
+    if asked is None:
+        return tuple(profile.precisions)
+    extra = sorted(set(asked) - set(profile.precisions))
+    if extra:
+        raise ConfigError(f"--precision {', '.join(extra)}: device {profile.name!r} allows {', '.join(profile.precisions)} "
+                          "(the profile's 'precisions')")
+    if "int8" in asked and not has_data:
+        raise ConfigError("--precision int8 needs calibration data: pass --data with images like the ones the model will "
+                          "see (an image folder, a .npz or fashion-mnist)")
+    return tuple(p for p in profile.precisions if p in asked)
+
+
+def _compile_data(data: str | Dataset, facts: OnnxFacts, cache_dir: Path | None) -> Dataset:
+    """The user's data at the model's input size, checked against the model's channels and classes."""
+    c, h, w = facts.chw
+    if isinstance(data, str):
+        if h != w:
+            raise ConfigError(f"{facts.path.name} takes {h}x{w} images; --data resizes to squares only: pass the data as "
+                              "a .npz of images at that size, or compile without --data")
+        data = load_dataset(data, val_size=0, image_size=h, index_dir=Cache(cache_dir).root / DATA_INDEX)
+    if data.image_hw != (h, w):
+        raise ConfigError(f"the data's images are {data.image_hw[0]}x{data.image_hw[1]}, {facts.path.name} takes {h}x{w}: "
+                          "resize them to the model's input size")
+    if data.channels != c:
+        raise ConfigError(f"{facts.path.name} takes {c}-channel images, the data {data.name} has {data.channels}: "
+                          f"give data with {c} channel(s)")
+    if data.num_classes != facts.num_classes:
+        raise ConfigError(f"{facts.path.name} has {facts.num_classes} outputs, the data {data.name} has "
+                          f"{data.num_classes} classes: give the test data of the classes the model predicts")
+    return data
+
+
+def _onnx_reference(path: Path, images: ParityImages, batch_size: int) -> np.ndarray:
+    """ONNX Runtime FP32 logits of the prepared user's model: what every compiled precision is compared with."""
+    from gtnpipe.deploy.backends.onnxruntime import OrtRunner
+
+    runner = OrtRunner(path, threads=os.cpu_count() or 1)
+    chunk = batch_size * max(1, 512 // batch_size)
+    return np.concatenate([run_batched(runner, x, batch_size=batch_size) for x in images.chunks(chunk)])
 
 
 # --- build_device's steps ------------------------------------------------------------------------
@@ -154,32 +307,39 @@ def _torch_logits(model: Deployable, ws: Workspace) -> np.ndarray:
         return np.concatenate([model(torch.from_numpy(to_unit_float(x))).numpy() for x in ws.data.test.chunks(512)])
 
 
-def _top1(logits: np.ndarray, ws: Workspace) -> float:
-    return float((logits.argmax(1) == ws.data.test.y).mean() * 100)
+def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean() * 100)
 
 
-def _compile_all(ws: Workspace, profile: DeviceProfile, backend: Backend, student: training.DistillInput,
-                 model: Deployable, torch_logits: np.ndarray, *, strict: bool) -> tuple[dict[str, Compiled], dict[str, str]]:
-    """Every precision the profile allows and the backend builds; a toolchain failure (BackendBuildError) is
-    recorded and the others go on (with `strict` it fails the build), any other error propagates."""
+# (work dir, batch size, max opset, calibration indices into the train split) -> the backends' inputs, reference logits
+Export = Callable[[Path, int, int, np.ndarray], tuple[CompileInputs, np.ndarray]]
+
+
+def _compile_all(cache: Cache, profile: DeviceProfile, backend: Backend, model: training.DistillInput | SourceModel,
+                 export: Export, images: ParityImages, n_train: int, *, precisions: tuple[str, ...], strict: bool
+                 ) -> tuple[dict[str, Compiled], dict[str, str]]:
+    """Each of `precisions` the backend builds; a toolchain failure (BackendBuildError) is recorded and the others
+    go on (with `strict` it fails the build), any other error propagates. `export` runs once, and only if some
+    precision is not cached."""
     compiled: dict[str, Compiled] = {}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="gtnpipe-export-") as tmp:
         @functools.cache
-        def export(batch_size: int, max_opset: int, calibration: tuple[int, ...]) -> tuple[CompileInputs, np.ndarray]:
-            """The ONNX export and calibration images: made once, and only if some precision is not cached."""
-            inputs = compile_inputs(model, ws.task, Path(tmp), batch_size=batch_size, max_opset=max_opset,
-                                    calibration_uint8=ws.deploy_images(ws.data.train.x[list(calibration)]))
-            return inputs, torch_logits
+        def exported(batch_size: int, max_opset: int, calibration: tuple[int, ...]) -> tuple[CompileInputs, np.ndarray]:
+            return export(Path(tmp), batch_size, max_opset, np.asarray(calibration, dtype=np.int64))
 
-        for precision in profile.precisions:
+        for precision in precisions:
             if precision not in backend.precisions:
                 continue
-            inp = compile_input(profile, student, precision, backend)
-            idx = tuple(int(i) for i in calibration_indices(inp, len(ws.data.train)))
+            inp = compile_input(profile, model, precision, backend)
+            if precision == "int8" and n_train == 0:
+                failures[precision] = "not built: INT8 needs calibration data; pass --data with your images"
+                continue
+            idx = tuple(int(i) for i in calibration_indices(inp, n_train))
             try:
                 compiled[precision] = compile_precision(
-                    ws, inp, backend, functools.partial(export, inp.batch_size, inp.runtime.max_onnx_opset, idx))
+                    cache, inp, backend, functools.partial(exported, inp.batch_size, inp.runtime.max_onnx_opset, idx),
+                    images)
             except BackendBuildError as err:
                 if precision == "fp32":
                     raise
@@ -194,6 +354,11 @@ def _compile_all(ws: Workspace, profile: DeviceProfile, backend: Backend, studen
                           f"{'; '.join(fp32.meta['parity']['failures'])}. The compiled model is wrong, not just imprecise: "
                           "check the runtime version against the profile's, or report it")
     return compiled, failures
+
+
+def _measure_all(cache: Cache, profile: DeviceProfile, compiled: dict[str, Compiled]) -> dict[str, Measured]:
+    """Latency and memory here of every precision that could run here."""
+    return {p: measure_precision(cache, measure_input(profile, c), c) for p, c in compiled.items() if c.meta["parity"]}
 
 
 def _choose(profile: DeviceProfile, compiled: dict[str, Compiled], measured: dict[str, Measured],
@@ -225,15 +390,20 @@ def _predicted_and_checks(ws: Workspace, profile: DeviceProfile, search: SearchO
                         f"is the device, run '{measure_command(profile.name, ws.space.name, task)}' and rebuild")
     if table is None:  # e.g. no table for this space and input: say so, and how to measure one
         warnings.append(f"latency predicted by the roofline estimate: {table_note}")
+    return predicted, _violations(profile, compiled, measured, check_measured_budgets), warnings
+
+
+def _violations(profile: DeviceProfile, compiled: Compiled, measured: Measured | None, check_measured: bool) -> list[str]:
+    """The budgets what ships breaks: its file size always; latency and memory measured here with `check_measured`."""
     violations = []
     size_mb = compiled.meta["size_bytes"] / 1e6
     if compiled.meta["deployed_format"] and size_mb > profile.budgets.model_size_mb:
         violations.append(f"model_size_mb: {size_mb:.3f} > {profile.budgets.model_size_mb:g}")
-    if check_measured_budgets and measured is not None:
+    if check_measured and measured is not None:
         for name, value in (("latency_ms_p90", measured.latency["p90_ms"]), ("peak_memory_mb", measured.peak_memory_mb)):
             if value > getattr(profile.budgets, name):
                 violations.append(f"{name}: measured {value:.3f} > budget {getattr(profile.budgets, name):g}")
-    return predicted, violations, warnings
+    return violations
 
 
 # --- the other commands: each is one or two stages ------------------------------------------------

@@ -3,7 +3,7 @@
 One module per command group, registered here:
 - `inspect`: data info, pool info, pool sample
 - `train`: train, teacher, distill
-- `build`: search, build
+- `build`: search, build, compile
 - `device`: bench, latency-table, latency-kit, devices list/show/validate
 - `_common`: the options, consoles, tables, error handling and progress policy they share
 
@@ -36,6 +36,7 @@ app.command("teacher")(train.teacher)
 app.command("distill")(train.distill)
 app.command("search")(build.search)
 app.command("build")(build.build)
+app.command("compile")(build.compile_)
 app.command("bench")(device.bench)
 app.command("latency-table")(device.latency_table)
 app.command("latency-kit")(device.latency_kit)

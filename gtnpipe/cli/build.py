@@ -33,7 +33,7 @@ from gtnpipe.cli._common import (
 if TYPE_CHECKING:
     from gtnpipe.search.evolution import SearchResult
 
-__all__ = ["build", "search"]
+__all__ = ["build", "compile_", "search"]
 
 
 def search(
@@ -153,6 +153,70 @@ def build(
             out.print(f"[bold]{escape(r.device)}[/]: {r.arch} as {r.runtime} {r.precision} -> {escape(r.folder)}\n"
                       f"  test top-1 torch {r.torch_top1:.2f}%, shipped {shipped}; predicted p90 "
                       f"{r.predicted['latency_ms_p90']:.3f} ms ({r.predicted['latency_source']}){measured}")
+            for v in r.budget_violations:
+                out.print(f"  [bold red]over budget[/] {escape(v)}")
+            for w in r.warnings:
+                out.print(f"  [yellow]warning[/] {escape(w)}")
+    if any(r.budget_violations for r in results):
+        raise typer.Exit(3)
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        fail(f"{option} {text!r}: give one number per input channel, comma-separated, in [0, 1] pixel units "
+             "(e.g. 0.485,0.456,0.406)")
+
+
+def compile_(
+    model: Annotated[Path, typer.Argument(help="Your model: an ONNX image classifier (float32 NCHW input, logits out).")],
+    device: Annotated[list[str], typer.Option("--device", "-d", help="Device profile name or path (repeatable).")],
+    data: Annotated[str | None, typer.Option(
+        "--data", help="Images for INT8 calibration (train split) and the accuracy check (test split): a folder of class "
+        "sub-folders (optionally under train/ and test/), a .npz, or fashion-mnist. Without it parity runs on random "
+        "images and INT8 is not built.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifacts folder: one sub-folder per device.")] = Path("artifacts"),
+    precision: Annotated[list[str] | None, typer.Option("--precision", help="Only these of the profile's precisions "
+                                                        "(repeatable) [default: all it allows].")] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="The normalisation your model expects, per channel in [0, 1] "
+                                             "pixel units (e.g. 0.485,0.456,0.406): folded into the artifact, which then "
+                                             "takes [0, 1] images.")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="With --mean: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    check_measured: Annotated[bool, typer.Option("--check-measured-budgets", help="Also fail when latency or memory "
+                                                 "measured HERE exceeds the budgets.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail when a precision could not be built.")] = False,
+    cache_dir: CacheOpt = None,
+    progress: ProgressOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compile a model you already have: every precision -> parity against ONNX Runtime FP32 -> time -> artifacts/<device>/.
+
+    The same artifact folder and manifest as `gtnpipe build`: `gtnpipe bench` takes it. Exit 2 on bad input or a
+    failed parity check, 3 when the artifact breaks a budget.
+    """
+    results = []
+    with running(progress=progress, as_json=as_json) as p:
+        from gtnpipe import pipeline
+
+        for name in device:
+            results.append(pipeline.compile_model(
+                model, name, data=data, out=out_dir, cache_dir=cache_dir, precisions=tuple(precision) if precision else None,
+                mean=_floats(mean, "--mean"), std=_floats(std, "--std"), check_measured_budgets=check_measured,
+                strict=strict, say=p.say))
+    if as_json:
+        emit_json([asdict(r) for r in results])
+    else:
+        out = stdout()
+        for r in results:
+            top1 = (f"test top-1 ONNX Runtime FP32 {r.reference_top1:.2f}%, shipped {r.shipped_top1:.2f}%"
+                    if r.reference_top1 is not None and r.shipped_top1 is not None else "parity on random images")
+            measured = (f", measured here p90 {r.measured['latency_ms_p90']:.3f} ms, {r.measured['peak_memory_mb']:.1f} MB"
+                        if r.measured else "")
+            out.print(f"[bold]{escape(r.device)}[/]: {escape(r.model)} as {r.runtime} {r.precision} -> {escape(r.folder)} "
+                      f"({r.seconds:.1f} s)\n  {top1}{measured}")
             for v in r.budget_violations:
                 out.print(f"  [bold red]over budget[/] {escape(v)}")
             for w in r.warnings:

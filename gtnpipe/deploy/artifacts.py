@@ -63,11 +63,44 @@ def _resolution_line(inp: dict[str, Any]) -> list[str]:
             f"(elastic resolution); the data's images are {h}x{w}: resize them (shorter side, centre square) first"]
 
 
+def _origin_lines(m: dict[str, Any]) -> list[str]:
+    """Where the model came from, and its accuracy against the FP32 reference."""
+    model, acc, prov = m["model"], m["accuracy"], m["provenance"]
+    source = model.get("source", {"kind": "pool-student"})
+    shipped = f"shipped {model['precision']} **{_fmt(acc['shipped_top1'], 2)}%**"
+    if source["kind"] == "onnx":
+        norm = source.get("input_normalisation")
+        lines = [f"- your model `{prov.get('source_model', model['arch'])}` (sha256 `{source['sha256'][:16]}`), "
+                 f"{model['macs'] / 1e6:.2f}M MACs, {model['params'] / 1e6:.3f}M params"
+                 + (f"; input normalisation folded in: mean {norm['mean']}, std {norm['std']}" if norm else "")]
+        if not acc.get("labelled", True):
+            return [*lines, f"- parity on {acc['test_images']} random images against ONNX Runtime FP32 (no data given: "
+                    "agreement and logit difference only, no accuracy)"]
+        return [*lines, f"- test top-1 ({acc['test_images']} images of {prov['dataset']}): ONNX Runtime FP32 "
+                f"**{acc['reference_top1']:.2f}%**, {shipped}"]
+    estimated = acc.get("estimated_top1")
+    return [f"- student: {model['macs'] / 1e6:.2f}M MACs, {model['params'] / 1e6:.3f}M params",
+            f"- distilled from the **{prov['teacher']}** teacher (recipe `{prov['recipe']}`, "
+            f"student cache key `{prov['student_key'][:16]}`)",
+            f"- test top-1 ({acc['test_images']} images): torch FP32 **{acc['reference_top1']:.2f}%**, {shipped}"
+            + (f"; search estimated {estimated:.2f}% (inherited weights, before distillation)" if estimated is not None
+               else "")]
+
+
+def _budget_rows(m: dict[str, Any]) -> list[str]:
+    budgets, pred = m["budgets"], m["predicted"]
+    measured = m.get("measured_on_build_machine") or {}
+    rows = [("latency p90 (ms)", "latency_ms_p90", "latency_source", "latency_ms_p90", 3),
+            ("peak memory (MB)", "peak_memory_mb", "memory_source", "peak_memory_mb", 1),
+            ("model size (MB)", "model_size_mb", "size_source", "model_size_mb", 3)]
+    return [f"| {label} | {budgets[name]:g} | "
+            + (f"{pred[name]:.{digits}f} ({pred[source]})" if pred else "– (not a pool architecture)")
+            + f" | {_fmt(measured.get(name), digits)} |" for label, name, source, _, digits in rows]
+
+
 def render_report(m: dict[str, Any]) -> str:
     """report.md: what ships, why this precision, predicted vs measured, parity, how to benchmark it."""
-    model, dev, acc, pred = m["model"], m["device"], m["accuracy"], m["predicted"]
-    budgets = m["budgets"]
-    measured = m.get("measured_on_build_machine") or {}
+    model, dev = m["model"], m["device"]
     lines = [
         f"# {dev['name']}: {model['arch']}",
         "",
@@ -75,27 +108,17 @@ def render_report(m: dict[str, Any]) -> str:
         "",
         f"- runtime: **{m['runtime']['name']}** (profile range `{m['runtime']['version_range']}`, built with "
         f"{_fmt(m['runtime']['built_with'])}), precision **{model['precision']}**, file `{model['file']}`",
-        f"- student: {model['macs'] / 1e6:.2f}M MACs, {model['params'] / 1e6:.3f}M params, input "
-        f"{model['input']['dtype']} {model['input']['layout']} {model['input']['shape']} in "
+        f"- input {model['input']['dtype']} {model['input']['layout']} {model['input']['shape']} in "
         f"[{model['input']['value_range'][0]}, {model['input']['value_range'][1]}]",
         *_resolution_line(model["input"]),
-        f"- distilled from the **{m['provenance']['teacher']}** teacher (recipe `{m['provenance']['recipe']}`, "
-        f"student cache key `{m['provenance']['student_key'][:16]}`)",
-        f"- test top-1 ({acc['test_images']} images): torch FP32 **{acc['torch_fp32_top1']:.2f}%**, shipped "
-        f"{model['precision']} **{_fmt(acc['shipped_top1'], 2)}%**; search estimated {acc['estimated_top1']:.2f}% "
-        "(inherited weights, before distillation)",
+        *_origin_lines(m),
         "",
         *[f"> warning: {w}\n" for w in m.get("warnings", [])],
         "## Predicted and measured",
         "",
         "| figure | budget | predicted (source) | measured on the build machine |",
         "|---|---:|---:|---:|",
-        f"| latency p90 (ms) | {budgets['latency_ms_p90']:g} | {pred['latency_ms_p90']:.3f} ({pred['latency_source']}) | "
-        f"{_fmt(measured.get('latency_ms_p90'))} |",
-        f"| peak memory (MB) | {budgets['peak_memory_mb']:g} | {pred['peak_memory_mb']:.1f} ({pred['memory_source']}) | "
-        f"{_fmt(measured.get('peak_memory_mb'), 1)} |",
-        f"| model size (MB) | {budgets['model_size_mb']:g} | {pred['model_size_mb']:.3f} ({pred['size_source']}) | "
-        f"{_fmt(measured.get('model_size_mb'))} |",
+        *_budget_rows(m),
         "",
         "Measured figures come from the machine that ran `gtnpipe build`; they are the device's own only when that",
         "machine is the device. On the device, run `gtnpipe bench <this folder>`: it checks every file's sha256,",
@@ -103,7 +126,7 @@ def render_report(m: dict[str, Any]) -> str:
         "",
         "## Precisions",
         "",
-        "| precision | status | latency p50 here (ms) | size (bytes) | agreement with torch (%) | max abs logit diff | "
+        "| precision | status | latency p50 here (ms) | size (bytes) | agreement with FP32 (%) | max abs logit diff | "
         "top-1 (%) | why |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]

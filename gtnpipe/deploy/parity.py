@@ -65,12 +65,12 @@ class ParityDict(TypedDict):
     images: int
     max_abs_diff: float
     agreement_pct: float
-    torch_top1: float
-    artifact_top1: float
+    torch_top1: float | None
+    artifact_top1: float | None
     max_drop_points: float
     failures: list[str]
     passed: bool
-    drop_points: float
+    drop_points: float | None
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,11 @@ class ParityReport:
     precision: str
     images: int
     max_abs_diff: float
-    agreement_pct: float  # share of images where the artifact's top-1 class equals torch's
-    torch_top1: float
-    artifact_top1: float
+    agreement_pct: float  # share of images where the artifact's top-1 class equals the reference's
+    # top-1 on labelled images of the reference (torch FP32 for a student; ONNX Runtime FP32 of a user's model) and of
+    # the artifact; None on unlabelled (random) images
+    torch_top1: float | None
+    artifact_top1: float | None
     max_drop_points: float
     failures: tuple[str, ...]
 
@@ -90,8 +92,8 @@ class ParityReport:
         return not self.failures
 
     @property
-    def drop_points(self) -> float:
-        return self.torch_top1 - self.artifact_top1
+    def drop_points(self) -> float | None:
+        return None if self.torch_top1 is None or self.artifact_top1 is None else self.torch_top1 - self.artifact_top1
 
     def to_dict(self) -> ParityDict:
         return cast(ParityDict, {**asdict(self), "failures": list(self.failures), "passed": self.passed,
@@ -104,15 +106,16 @@ class ParityReport:
                               "not just imprecise: check the runtime version against the profile's, or report it")
 
 
-def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, *, backend: str, precision: str,
+def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, *, backend: str, precision: str,
             max_drop_points: float) -> ParityReport:
-    """Check `logits` (the artifact's) against `reference` (torch FP32's) on the same labelled images."""
+    """Check `logits` (the artifact's) against `reference` (the FP32 reference's) on the same images; the accuracy
+    drop is judged only where they are labelled (`labels` None: random images, agreement bars only)."""
     if logits.shape != reference.shape:
         raise ParityError(f"{backend} {precision} artifact returns logits of shape {logits.shape}, torch {reference.shape}")
     max_abs = float(np.abs(logits.astype(np.float64) - reference).max())
     agreement = float((logits.argmax(1) == reference.argmax(1)).mean() * 100)
-    torch_top1 = float((reference.argmax(1) == labels).mean() * 100)
-    top1 = float((logits.argmax(1) == labels).mean() * 100)
+    torch_top1 = float((reference.argmax(1) == labels).mean() * 100) if labels is not None else None
+    top1 = float((logits.argmax(1) == labels).mean() * 100) if labels is not None else None
     failures = []
     if not np.isfinite(logits).all():
         failures.append("non-finite logits")
@@ -124,14 +127,14 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, *, ba
     else:
         if precision == "fp16" and agreement < FP16_MIN_AGREEMENT_PCT:
             failures.append(f"top-1 agreement {agreement:.2f}% < {FP16_MIN_AGREEMENT_PCT}%")
-        if torch_top1 - top1 > max_drop_points:
+        if torch_top1 is not None and top1 is not None and torch_top1 - top1 > max_drop_points:
             failures.append(f"top-1 {top1:.2f}% is {torch_top1 - top1:.2f} points below torch's {torch_top1:.2f}% "
                             f"(the profile allows {max_drop_points:g}: budgets.max_accuracy_drop_points)")
-    return ParityReport(backend, precision, len(labels), max_abs, agreement, torch_top1, top1, max_drop_points,
+    return ParityReport(backend, precision, len(logits), max_abs, agreement, torch_top1, top1, max_drop_points,
                         tuple(failures))
 
 
-def compare_on_device(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, built: np.ndarray | None, *,
+def compare_on_device(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, built: np.ndarray | None, *,
                       backend: str, precision: str, max_drop_points: float) -> ParityReport:
     """`gtnpipe bench`'s check on the few hundred reference images an artifact carries.
 

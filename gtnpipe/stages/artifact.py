@@ -14,15 +14,11 @@ import numpy as np
 from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.config.toml import as_dict
 from gtnpipe.deploy.artifacts import write_artifact
-from gtnpipe.deploy.export import to_unit_float
 from gtnpipe.deploy.parity import PrecisionRow
 from gtnpipe.stages.deploy import ARTIFACT_LOGITS, Compiled, Measured
 from gtnpipe.stages.keys import package_versions
-from gtnpipe.stages.search import SearchOutcome
-from gtnpipe.stages.training import DistillOutcome
-from gtnpipe.stages.workspace import Workspace
 
-__all__ = ["Shipped", "write_device_artifact"]
+__all__ = ["Shipped", "measured_summary", "write_device_artifact"]
 
 MANIFEST_PACKAGES = ("gtnpipe", "torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "ai-edge-litert",
                      "litert-torch", "ai-edge-quantizer", "tensorrt", "polygraphy")
@@ -30,21 +26,27 @@ MANIFEST_PACKAGES = ("gtnpipe", "torch", "numpy", "onnx", "onnxruntime", "openvi
 
 @dataclass(frozen=True)
 class Shipped:
-    """What the build chose to ship for one device, and the evidence for it."""
+    """What a build (or gtnpipe compile) chose to ship for one device, and the evidence for it."""
 
     profile: DeviceProfile
-    teacher: str
-    search: SearchOutcome
-    student: DistillOutcome
     precision: str
     compiled: Compiled
     measured: Measured | None  # None where the runtime cannot run here (TensorRT on a CPU host)
     rows: list[PrecisionRow]  # every precision: measured, chosen or rejected and why
-    torch_logits: np.ndarray  # on the whole test split
-    torch_top1: float
-    predicted: dict[str, Any]
+    model: dict[str, Any]  # the manifest's model facts beyond the compiled file: arch, macs, params, classes, source
+    provenance: dict[str, Any]  # how the model came to be: recipe, teacher and student keys, or the user's file
+    reference: str  # what the FP32 reference is: "torch" (a distilled student) or "onnxruntime" (a user's model)
+    reference_inputs: np.ndarray  # float32 [0, 1] images the artifact carries for gtnpipe bench's parity check
+    reference_labels: np.ndarray | None  # None: random images (gtnpipe compile without --data)
+    reference_logits: np.ndarray  # the FP32 reference's logits on every image parity ran on
+    reference_top1: float | None  # the FP32 reference's top-1 on the labelled test split
+    estimated_top1: float | None  # what search estimated before distillation (None: not from search)
+    predicted: dict[str, Any] | None  # the cost model's prediction (None: not a pool architecture)
     violations: list[str]
     warnings: list[str]
+    data_name: str | None
+    data_fingerprint: str | None
+    pareto_png: str | None = None  # the search's Pareto plot
 
 
 def measured_summary(shipped: Shipped) -> dict[str, Any] | None:
@@ -58,13 +60,20 @@ def measured_summary(shipped: Shipped) -> dict[str, Any] | None:
             "method": f"median of {shipped.measured.inp.processes} fresh processes, one session each"}
 
 
-def write_device_artifact(ws: Workspace, shipped: Shipped, out: Path) -> Path:
+def write_device_artifact(shipped: Shipped, out: Path) -> Path:
     """Write out/<device>/ and return it."""
-    profile, c, data, task = shipped.profile, shipped.compiled, ws.data, ws.task
-    meta, pick = c.meta, shipped.search.result.pick
-    n_ref = min(c.inp.reference_images, len(data.test))
+    profile, c = shipped.profile, shipped.compiled
+    meta, shape = c.meta, list(c.inp.input_shape)
+    n_ref = min(c.inp.reference_images, len(shipped.reference_inputs))
     versions = {k: v for k, v in package_versions(MANIFEST_PACKAGES).items() if v is not None}
     parity = meta.get("parity")
+    model = {**shipped.model, "precision": shipped.precision, "file": meta["model_file"],
+             "files": [f for f in meta["files"] if f != "calibration.npy"], "threads": profile.threads}
+    model["input"] = {"name": "input", "shape": shape, "dtype": "float32", "layout": "NCHW", "value_range": [0.0, 1.0],
+                      **model.get("input", {})}
+    model["output"] = {"name": "logits", "shape": [shape[0], len(model["classes"])],
+                       "meaning": "unnormalised class scores (softmax gives probabilities)"}
+    model["build_notes"] = meta["notes"]
     manifest = {
         "schema_version": 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -74,42 +83,39 @@ def write_device_artifact(ws: Workspace, shipped: Shipped, out: Path) -> Path:
                     "built_with": meta["runtime_version"], "max_onnx_opset": profile.runtime.max_onnx_opset,
                     **({"engine_build_command": meta["notes"]["engine_build_command"]}
                        if "engine_build_command" in meta["notes"] else {})},
-        "model": {"arch": shipped.student.arch, "macs": shipped.student.macs, "params": shipped.student.params,
-                  "precision": shipped.precision, "file": meta["model_file"],
-                  "files": [f for f in meta["files"] if f != "calibration.npy"], "threads": profile.threads,
-                  "input": {"name": "input", "shape": [profile.batch_size, task.in_channels, *task.image_hw],
-                            "dtype": "float32", "layout": "NCHW", "value_range": [0.0, 1.0],
-                            "data_image_hw": list(data.image_hw),  # the training images' size (before any resize)
-                            # elastic resolution: the sides search chose this input's from ([]: the data's only)
-                            "resolution_chosen_from_px": list(ws.recipe.resolutions_px)},
-                  "output": {"name": "logits", "shape": [profile.batch_size, task.num_classes],
-                             "meaning": "unnormalised class scores (softmax gives probabilities)"},
-                  "classes": list(data.classes), "build_notes": meta["notes"]},
-        "provenance": {"recipe": ws.recipe.name, "teacher": shipped.teacher, "teacher_key": shipped.student.teacher_key,
-                       "student_key": shipped.student.key, "search_key": shipped.search.key, "dataset": data.name,
-                       "dataset_fingerprint": data.fingerprint, "packages": versions,
-                       "student_trained_on": shipped.student.trained_on},
-        "accuracy": {"test_images": len(data.test), "torch_fp32_top1": shipped.torch_top1,
-                     "shipped_top1": parity["artifact_top1"] if parity else None, "estimated_top1": pick.accuracy},
+        "model": model,
+        "provenance": {**shipped.provenance, "dataset": shipped.data_name, "dataset_fingerprint": shipped.data_fingerprint,
+                       "packages": versions},
+        "accuracy": {"test_images": len(shipped.reference_logits), "reference": shipped.reference,
+                     "labelled": shipped.reference_labels is not None,
+                     **({"torch_fp32_top1": shipped.reference_top1} if shipped.reference == "torch" else {}),
+                     "reference_top1": shipped.reference_top1,
+                     "shipped_top1": parity["artifact_top1"] if parity else None,
+                     "estimated_top1": shipped.estimated_top1},
         "precisions": shipped.rows,
         "predicted": shipped.predicted,
         "measured_on_build_machine": measured_summary(shipped),
         "budgets": as_dict(profile.budgets),
         "budget_violations": shipped.violations,
         "warnings": shipped.warnings,
-        "reference": {"inputs": "reference/inputs.npy", "logits": "reference/logits.npy", "labels": "reference/labels.npy",
-                      "images": n_ref, **({"artifact_logits": f"reference/{ARTIFACT_LOGITS}"} if parity else {})},
+        "reference": {"inputs": "reference/inputs.npy", "logits": "reference/logits.npy", "images": n_ref,
+                      **({"labels": "reference/labels.npy"} if shipped.reference_labels is not None else {}),
+                      **({"artifact_logits": f"reference/{ARTIFACT_LOGITS}"} if parity else {})},
     }
 
     def fill(staging: Path) -> list[str]:
         for name in meta["files"]:
             shutil.copyfile(c.file(name), staging / name)
         (staging / "reference").mkdir()
-        np.save(staging / "reference/inputs.npy", to_unit_float(data.test.x[:n_ref]))  # at the student's resolution
-        np.save(staging / "reference/logits.npy", shipped.torch_logits[:n_ref])
-        np.save(staging / "reference/labels.npy", data.test.y[:n_ref].astype(np.int64))
-        shutil.copyfile(shipped.search.pareto_png, staging / "pareto.png")
-        names = [*meta["files"], "reference/inputs.npy", "reference/logits.npy", "reference/labels.npy", "pareto.png"]
+        np.save(staging / "reference/inputs.npy", shipped.reference_inputs[:n_ref])  # at the model's resolution
+        np.save(staging / "reference/logits.npy", shipped.reference_logits[:n_ref])
+        names = [*meta["files"], "reference/inputs.npy", "reference/logits.npy"]
+        if shipped.reference_labels is not None:
+            np.save(staging / "reference/labels.npy", shipped.reference_labels[:n_ref].astype(np.int64))
+            names.append("reference/labels.npy")
+        if shipped.pareto_png is not None:
+            shutil.copyfile(shipped.pareto_png, staging / "pareto.png")
+            names.append("pareto.png")
         if parity:
             shutil.copyfile(c.file(ARTIFACT_LOGITS), staging / "reference" / ARTIFACT_LOGITS)
             names.append(f"reference/{ARTIFACT_LOGITS}")

@@ -4,25 +4,29 @@ latency and peak memory measured on this machine (machine-dependent: keyed by th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
 
+from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile, RuntimeSpec
+from gtnpipe.data.datasets import Split
 from gtnpipe.deploy.backends import Backend, CompileInputs
 from gtnpipe.deploy.export import to_unit_float
 from gtnpipe.deploy.parity import ParityDict, compare, run_batched
 from gtnpipe.deploy.timing import Machine, measure_fresh
 from gtnpipe.errors import BackendUnavailable
+from gtnpipe.space.spaces import ArchConfig
 from gtnpipe.stages.keys import Stage
 from gtnpipe.stages.training import DistillInput
-from gtnpipe.stages.workspace import Workspace, run_stage
+from gtnpipe.stages.workspace import DataRef, run_stage
 
-__all__ = ["ARTIFACT_LOGITS", "CompileInput", "CompileMeta", "Compiled", "MeasureInput", "Measured", "compile_input",
-           "compile_precision", "measure_input", "measure_precision", "threads_here"]
+__all__ = ["ARTIFACT_LOGITS", "RANDOM_IMAGES", "CompileInput", "CompileMeta", "Compiled", "MeasureInput", "Measured",
+           "ParityImages", "SourceModel", "compile_input", "compile_precision", "measure_input", "measure_precision",
+           "random_images", "split_images", "threads_here"]
 
 ARTIFACT_LOGITS = "artifact_logits.npy"  # the compiled model's logits on the reference images, for gtnpipe bench
 REFERENCE_IMAGES = 500  # test images (and torch logits) an artifact carries for the on-device parity check
@@ -32,6 +36,9 @@ MEASURE_RUNS = 200
 # fresh processes per precision: on the 2-vCPU VM one model's p50 varied 0.22-0.36 ms from one fresh process to the
 # next (5000 runs each), far more than within a process, so one process is one sample; the median one is recorded
 MEASURE_PROCESSES = 3
+# gtnpipe compile without --data: parity on this many seeded uniform [0, 1] images (argmax agreement, max abs diff)
+RANDOM_IMAGES = 500
+RANDOM_SEED = 0
 _BACKEND_CODE = ("gtnpipe.deploy.backends", "gtnpipe.deploy.backends.onnxruntime", "gtnpipe.deploy.backends.openvino",
                  "gtnpipe.deploy.backends.tflite", "gtnpipe.deploy.backends.tensorrt",
                  "gtnpipe.deploy.backends.tensorrt_onnx", "gtnpipe.deploy.backends.tensorrt_engine",
@@ -41,14 +48,27 @@ _TOOLCHAIN = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "openvino",
 
 
 @dataclass(frozen=True)
+class SourceModel:
+    """A model the user brought (gtnpipe compile): their ONNX file, as prepared for the device, and its data."""
+
+    sha256: str  # of the user's file
+    input_shape: tuple[int, int, int, int]  # (batch, C, H, W) as compiled: the batch is the profile's
+    mean: tuple[float, ...] | None  # the input normalisation folded into the graph (None: none)
+    std: tuple[float, ...] | None
+    data: DataRef | None  # what calibrates it and what parity runs on; None: RANDOM_IMAGES random images
+
+
+@dataclass(frozen=True)
 class CompileInput(Stage):
-    """The distilled student compiled for the device's runtime at one precision, parity-checked on the test split."""
+    """A model (a distilled student, or a user's) compiled for the device's runtime at one precision and
+    parity-checked on the test split (or, for a user's model without data, on random images)."""
 
     STAGE = "compiled"
-    CODE = ("gtnpipe.deploy.export", "gtnpipe.deploy.parity", *_BACKEND_CODE)
+    CODE = ("gtnpipe.deploy.export", "gtnpipe.deploy.parity", "gtnpipe.deploy.onnx_model", "gtnpipe.deploy.onnx_torch",
+            *_BACKEND_CODE)
     PACKAGES = _TOOLCHAIN
 
-    student: DistillInput
+    model: DistillInput | SourceModel
     runtime: RuntimeSpec
     runtime_version: str | None  # None: the runtime is not installed here (TensorRT on a CPU host)
     precision: str
@@ -57,6 +77,35 @@ class CompileInput(Stage):
     calibration_images: int  # INT8/FP16 calibration images from the train split, as many as the backend asks for
     calibration_seed: int
     reference_images: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(batch, C, H, W) of the compiled model."""
+        if isinstance(self.model, SourceModel):
+            return self.model.input_shape
+        task = self.model.task.for_arch(ArchConfig.from_id(self.model.arch))
+        return (self.batch_size, task.in_channels, *task.image_hw)
+
+
+@dataclass(frozen=True)
+class ParityImages:
+    """What compiled models are checked on: float32 [0, 1] images a chunk at a time, with their labels (None: random
+    images, where only agreement with the reference can be judged)."""
+
+    chunks: Callable[[int], Iterable[np.ndarray]]
+    labels: np.ndarray | None
+    count: int
+
+
+def split_images(test: Split) -> ParityImages:
+    """A labelled test split, as parity reads it."""
+    return ParityImages(lambda n: (to_unit_float(x) for x in test.chunks(n)), test.y, len(test))
+
+
+def random_images(chw: tuple[int, int, int]) -> ParityImages:
+    """RANDOM_IMAGES seeded uniform [0, 1] images (gtnpipe compile without --data): agreement with the reference only."""
+    images = np.random.default_rng(RANDOM_SEED).random((RANDOM_IMAGES, *chw), dtype=np.float32)
+    return ParityImages(lambda n: (images[i:i + n] for i in range(0, len(images), n)), None, RANDOM_IMAGES)
 
 
 @dataclass(frozen=True)
@@ -119,8 +168,9 @@ def runtime_version_here(backend: Backend) -> str | None:
         return None  # TensorRT on a machine without it: the artifact carries ONNX and the engine build command
 
 
-def compile_input(profile: DeviceProfile, student: DistillInput, precision: str, backend: Backend) -> CompileInput:
-    return CompileInput(student, profile.runtime, runtime_version_here(backend), precision, profile.batch_size,
+def compile_input(profile: DeviceProfile, model: DistillInput | SourceModel, precision: str, backend: Backend
+                  ) -> CompileInput:
+    return CompileInput(model, profile.runtime, runtime_version_here(backend), precision, profile.batch_size,
                         profile.budgets.max_accuracy_drop_points, backend.calibration_images, CALIBRATION_SEED,
                         REFERENCE_IMAGES)
 
@@ -131,12 +181,13 @@ def calibration_indices(inp: CompileInput, n_train: int) -> np.ndarray:
     return np.sort(rng.choice(n_train, size=min(inp.calibration_images, n_train), replace=False))
 
 
-def compile_precision(ws: Workspace, inp: CompileInput, backend: Backend,
-                      exported: Callable[[], tuple[CompileInputs, np.ndarray]]) -> Compiled:
-    """One precision compiled, parity-checked against torch on the whole test split (cached; machine-independent).
+def compile_precision(cache: Cache, inp: CompileInput, backend: Backend,
+                      exported: Callable[[], tuple[CompileInputs, np.ndarray]], images: ParityImages) -> Compiled:
+    """One precision compiled, parity-checked against the FP32 reference on `images` (cached; machine-independent).
 
-    `exported()` gives the ONNX export with its calibration images, and torch's test logits; it is called only
-    when the entry is not cached. A toolchain failure raises BackendBuildError (from the backend)."""
+    `exported()` gives the ONNX export with its calibration images, and the reference logits on `images` (torch's
+    for a student, ONNX Runtime FP32's for a user's model); it is called only when the entry is not cached. A
+    toolchain failure raises BackendBuildError (from the backend)."""
     if backend.runtime != inp.runtime.name:
         raise ValueError(f"{type(backend).__name__} builds {backend.runtime}, the input asks for {inp.runtime.name}")
 
@@ -151,16 +202,14 @@ def compile_precision(ws: Workspace, inp: CompileInput, backend: Backend,
         except BackendUnavailable as err:
             meta |= {"parity": None, "unchecked_reason": str(err)}
             return
-        test = ws.data.test
         chunk = inp.batch_size * max(1, 512 // inp.batch_size)  # whole batches, so only the last one is padded
-        logits = np.concatenate([run_batched(runner, to_unit_float(x), batch_size=inp.batch_size)
-                                 for x in test.chunks(chunk)])
-        report = compare(logits, torch_logits, test.y, backend=inp.runtime.name, precision=inp.precision,
+        logits = np.concatenate([run_batched(runner, x, batch_size=inp.batch_size) for x in images.chunks(chunk)])
+        report = compare(logits, torch_logits, images.labels, backend=inp.runtime.name, precision=inp.precision,
                          max_drop_points=inp.max_accuracy_drop_points)
         np.save(staging / ARTIFACT_LOGITS, logits[:inp.reference_images])  # what gtnpipe bench on the device compares
         meta |= {"parity": report.to_dict()}
 
-    entry, cached = run_stage(ws.cache, inp, build)
+    entry, cached = run_stage(cache, inp, build)
     return Compiled(inp, cached, cast(CompileMeta, entry.meta), str(entry.path))
 
 
@@ -169,10 +218,10 @@ def measure_input(profile: DeviceProfile, compiled: Compiled) -> MeasureInput:
                         MEASURE_PROCESSES)
 
 
-def measure_precision(ws: Workspace, inp: MeasureInput, compiled: Compiled) -> Measured:
+def measure_precision(cache: Cache, inp: MeasureInput, compiled: Compiled) -> Measured:
     """Latency and peak memory of a compiled precision on this machine (cached per machine fingerprint): the fresh
     process with the median p50 of `inp.processes`, and the highest peak memory among them."""
-    shape = (inp.compiled.batch_size, ws.task.in_channels, *ws.task.image_hw)
+    shape = inp.compiled.input_shape
 
     def build(staging: Any, meta: dict[str, Any]) -> None:
         runs = sorted((measure_fresh(inp.compiled.runtime.name, compiled.file(compiled.meta["model_file"]),
@@ -183,5 +232,5 @@ def measure_precision(ws: Workspace, inp: MeasureInput, compiled: Compiled) -> M
         meta |= {"latency": median.latency.to_dict(), "peak_memory_mb": max(m.peak_rss_mb for m in runs),
                  "p50_ms_per_process": [m.latency.p50_ms for m in runs]}
 
-    entry, cached = run_stage(ws.cache, inp, build)
+    entry, cached = run_stage(cache, inp, build)
     return Measured(inp, cached, entry.meta["latency"], entry.meta["peak_memory_mb"])
