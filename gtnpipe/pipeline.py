@@ -145,6 +145,10 @@ def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifac
     torch_top1 = _top1(torch_logits, ws.data.test.y)
     predicted, violations, warnings = _predicted_and_checks(ws, profile, search, chosen, compiled[chosen],
                                                             measured.get(chosen), check_measured_budgets)
+    if student.teacher_test_top1 is not None and student.teacher_test_top1 < search.result.pick.accuracy:
+        warnings.append(f"the {teacher} teacher's test top-1 ({student.teacher_test_top1:.2f}%) is below what search "
+                        f"estimated for the student before distillation ({search.result.pick.accuracy:.2f}%): it may "
+                        "teach the student less than the labels alone; compare with --teacher none")
     shipped = Shipped(
         profile, chosen, compiled[chosen], measured.get(chosen), rows,
         model={"arch": student.arch, "macs": student.macs, "params": student.params, "classes": list(ws.data.classes),

@@ -69,12 +69,18 @@ def _installed_version(name: str) -> str | None:
         return None
 
 
+def _keyed(value: Any) -> list[Any]:
+    """The fields of a dataclass that are part of a key: all but those marked `metadata={"keyed": False}` (where to
+    find something whose content another field names, e.g. a file's path beside its sha256)."""
+    return [f for f in fields(value) if f.metadata.get("keyed", True)]
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Stage):  # a nested input: its kind and code are part of what it means; its key names its entry
         spec = stage_spec(value)  # once: computing its fields and then its key apart doubled the work at every level
         return {**spec["input"], "stage": spec["stage"], "code": spec["code"], "key": _digest(spec)}
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) for f in _keyed(value)}
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -92,7 +98,7 @@ def stage_spec(inp: Stage) -> dict[str, Any]:
     if not isinstance(inp, Stage) or not is_dataclass(inp) or not getattr(type(inp), "__dataclass_params__").frozen:  # noqa: B009
         raise TypeError(f"a stage input must be a frozen dataclass, not {type(inp).__name__}")
     cls = type(inp)
-    fields_ = {f.name: _plain(getattr(inp, f.name)) for f in fields(inp)}  # nested inputs carry their own key
+    fields_ = {f.name: _plain(getattr(inp, f.name)) for f in _keyed(inp)}  # nested inputs carry their own key
     return {"stage": cls.STAGE, "input": fields_, "code": code_fingerprint(cls.CODE), "packages": package_versions(cls.PACKAGES)}
 
 

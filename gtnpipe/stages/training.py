@@ -3,6 +3,7 @@ a teacher's logits on the train split, and a distilled student. Each input datac
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from gtnpipe.config.recipes import DistillConfig, GTNConfig, TeacherConfig, TrainConfig
 from gtnpipe.errors import ConfigError
 from gtnpipe.models.counting import count_module
+from gtnpipe.models.external import TEACHER_FILE_KINDS, ExternalTeacher, as_training_teacher, teacher_file
 from gtnpipe.models.static import StagedNet, at_resolution, build_static
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.models.teacher import build_teacher
@@ -27,7 +29,9 @@ __all__ = [
     "TEACHER_METHODS",
     "DistillInput",
     "DistillOutcome",
+    "ExternalTeacher",
     "LogitsInput",
+    "TeacherCheckInput",
     "TeacherInput",
     "TeacherOutcome",
     "TrainInput",
@@ -43,6 +47,7 @@ __all__ = [
     "train_teacher",
 ]
 
+log = logging.getLogger("gtnpipe")
 TEACHER_METHODS = ("vanilla", "gtn", "sftn")
 # What a trained model's weights depend on: the loop, the models, the space, the data loading.
 _TRAIN_CODE = ("gtnpipe.training.train", "gtnpipe.models.static", "gtnpipe.models.teacher", "gtnpipe.models.supernet",
@@ -99,13 +104,26 @@ class TeacherInput(Stage):
 
 @dataclass(frozen=True)
 class LogitsInput(Stage):
-    """A teacher's eval-mode logits on the train split (cached: students without augmentation reuse them)."""
+    """A teacher's eval-mode logits on the train split (cached: students without augmentation reuse them). A teacher
+    from outside (a file, a module) is keyed by its content's sha256, so its logits are computed once per data."""
 
     STAGE = "teacher-logits"
-    CODE = ("gtnpipe.training.distill", "gtnpipe.training.train")
-    PACKAGES = _TORCH
+    CODE = ("gtnpipe.training.distill", "gtnpipe.training.train", "gtnpipe.models.external")
+    PACKAGES = (*_TORCH, "onnxruntime")
 
-    teacher: TrainInput | TeacherInput
+    teacher: TrainInput | TeacherInput | ExternalTeacher
+    data: DataRef
+
+
+@dataclass(frozen=True)
+class TeacherCheckInput(Stage):
+    """A teacher from outside checked on the data: its val and test top-1 before it teaches anyone."""
+
+    STAGE = "teacher-checks"
+    CODE = ("gtnpipe.training.distill", "gtnpipe.training.train", "gtnpipe.models.external")
+    PACKAGES = (*_TORCH, "onnxruntime")
+
+    teacher: ExternalTeacher
     data: DataRef
 
 
@@ -118,8 +136,8 @@ class DistillInput(Stage):
     PACKAGES = _TORCH
 
     arch: str
-    method: str  # "vanilla" | "gtn" | "sftn" | "none"
-    teacher: TrainInput | TeacherInput | None
+    method: str  # "vanilla" | "gtn" | "sftn" | "none", or a teacher from outside: "onnx" | "pt2" | "torchscript" | "module"
+    teacher: TrainInput | TeacherInput | ExternalTeacher | None
     distill: DistillConfig | None  # None without a teacher: alpha, tau and the logit scale must not re-key it
     init: str  # "scratch" | "inherited"
     init_from: TeacherInput | None  # the GTN run whose supernet weights the student inherits
@@ -160,6 +178,7 @@ class TeacherOutcome:
     init_from: str | None = None  # the vanilla teacher it was fine-tuned from (gtn.teacher_init = "vanilla")
     init_epochs: int = 0
     init_train_seconds: float = 0.0
+    val_top1: float | None = None  # a teacher from outside: measured here (TeacherCheckInput)
 
 
 @dataclass(frozen=True)
@@ -178,6 +197,7 @@ class DistillOutcome:
     train_seconds: float
     entry_path: str
     trained_on: str = "cpu"  # where it trained (gtnpipe.training.device.describe)
+    teacher_test_top1: float | None = None  # the teacher's own, on the same test split
 
 
 # --- inputs from a workspace ---------------------------------------------------------------
@@ -209,16 +229,26 @@ def teacher_input(ws: Workspace, method: str, *, student: str | None = None) -> 
     return TeacherInput(method, arch, ws.teacher, train_cfg, rec.gtn, rec.seed, init, ws.space, ws.task, ws.data_ref)
 
 
-def distill_input(ws: Workspace, arch: str, *, teacher: str = "gtn", seed: int | None = None) -> DistillInput:
-    """The input that distills pool student `arch` from `teacher` ('gtn', 'vanilla', 'sftn' or 'none')."""
-    if teacher not in (*TEACHER_METHODS, "none"):
-        raise ConfigError(f"unknown teacher {teacher!r}; choose one of: {', '.join((*TEACHER_METHODS, 'none'))}")
+def distill_input(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = "gtn",
+                  seed: int | None = None) -> DistillInput:
+    """The input that distills pool student `arch` from `teacher`: 'gtn', 'vanilla', 'sftn', 'none' (labels only), a
+    teacher file (.onnx, .pt2, TorchScript) or an ExternalTeacher (gtnpipe.teacher_from_module)."""
     rec = ws.recipe
     student = ws.space.parse(arch)
-    t_in = None if teacher == "none" else teacher_input(ws, teacher, student=student.id if teacher == "sftn" else None)
+    t_in: TrainInput | TeacherInput | ExternalTeacher | None
+    if isinstance(teacher, ExternalTeacher):
+        t_in = teacher
+    elif teacher in (*TEACHER_METHODS, "none"):
+        t_in = None if teacher == "none" else teacher_input(ws, teacher, student=student.id if teacher == "sftn" else None)
+    elif any(teacher.lower().endswith(suffix) for suffix in TEACHER_FILE_KINDS):
+        t_in = teacher_file(teacher)
+    else:
+        raise ConfigError(f"unknown teacher {teacher!r}; choose one of: {', '.join((*TEACHER_METHODS, 'none'))}, or a "
+                          f"teacher file ending in {', '.join(TEACHER_FILE_KINDS)}")
+    method = t_in.kind if isinstance(t_in, ExternalTeacher) else str(teacher)
     init_from = teacher_input(ws, "gtn") if rec.distill.init == "inherited" else None  # every method: same weights
     assert init_from is None or isinstance(init_from, TeacherInput)
-    return DistillInput(student.id, teacher, t_in, rec.distill if t_in is not None else None, rec.distill.init, init_from,
+    return DistillInput(student.id, method, t_in, rec.distill if t_in is not None else None, rec.distill.init, init_from,
                         rec.train.student, rec.seed if seed is None else seed, ws.space, ws.task, ws.data_ref)
 
 
@@ -293,10 +323,32 @@ def train_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> TeacherOutco
                           init_seconds)
 
 
-def load_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> tuple[StagedNet, TeacherOutcome]:
-    """The teacher network (trained first if needed), in eval mode."""
+def load_teacher(ws: Workspace, inp: TrainInput | TeacherInput | ExternalTeacher) -> tuple[torch.nn.Module, TeacherOutcome]:
+    """The teacher network (trained first if needed; a teacher from outside loaded and checked), in eval mode. It
+    takes images normalised with the data's mean and std."""
+    if isinstance(inp, ExternalTeacher):
+        return _external_teacher(ws, inp)
     outcome = train_teacher(ws, inp)
     return load_weights(ws, build_teacher(ws.teacher, inp.space, inp.task), inp).train(False), outcome
+
+
+def _external_teacher(ws: Workspace, teacher: ExternalTeacher) -> tuple[torch.nn.Module, TeacherOutcome]:
+    """A teacher from outside, checked against the data (shape, classes) and its top-1 measured once (cached)."""
+    net = as_training_teacher(teacher, ws.data.mean, ws.data.std, (ws.task.in_channels, *ws.task.image_hw),
+                              ws.task.num_classes)
+    inp = TeacherCheckInput(teacher, ws.data_ref)
+
+    def build(staging: Any, meta: dict[str, Any]) -> None:
+        norm = Normalizer(ws.data.mean, ws.data.std)
+        for split in ("val", "test"):
+            data = getattr(ws.data, split)
+            logits = teacher_logits(net, data, norm, device=ws.train_device)
+            meta[f"{split}_top1"] = float((logits.argmax(1).numpy() == data.y).mean() * 100) if len(data) else None
+        meta |= {"teacher": teacher.name, "kind": teacher.kind}
+
+    entry, cached = run_stage(ws.cache, inp, build)
+    return net, TeacherOutcome(teacher.kind, inp.key, cached, entry.meta["test_top1"], 0.0, 0, None, str(entry.path),
+                               val_top1=entry.meta["val_top1"])
 
 
 def load_supernet(ws: Workspace, inp: TeacherInput) -> Supernet:
@@ -305,7 +357,7 @@ def load_supernet(ws: Workspace, inp: TeacherInput) -> Supernet:
     return load_weights(ws, Supernet(inp.space, inp.task), inp, file="supernet.pt")
 
 
-def _teacher_logits(ws: Workspace, teacher: StagedNet, inp: LogitsInput) -> torch.Tensor:
+def _teacher_logits(ws: Workspace, teacher: torch.nn.Module, inp: LogitsInput) -> torch.Tensor:
     def build(staging: Any, meta: dict[str, Any]) -> None:
         torch.save(teacher_logits(teacher, ws.data.train, Normalizer(ws.data.mean, ws.data.std), device=ws.train_device),
                    staging / "logits.pt")
@@ -318,7 +370,10 @@ def _teacher_logits(ws: Workspace, teacher: StagedNet, inp: LogitsInput) -> torc
 def distill_student(ws: Workspace, inp: DistillInput) -> DistillOutcome:
     """Distill a pool student from a cached teacher (or train it on labels alone: `inp.teacher` None)."""
     student = ArchConfig.from_id(inp.arch)
-    teacher_net = load_teacher(ws, inp.teacher)[0] if inp.teacher is not None else None
+    teacher_net, teacher_out = load_teacher(ws, inp.teacher) if inp.teacher is not None else (None, None)
+    if isinstance(inp.teacher, ExternalTeacher) and teacher_out is not None:
+        log.info("teacher %s: test top-1 %.2f%%, val top-1 %s (measured here, before it teaches)", inp.teacher.name,
+                 teacher_out.test_top1, f"{teacher_out.val_top1:.2f}%" if teacher_out.val_top1 is not None else "-")
     if inp.init_from is not None:
         train_teacher(ws, inp.init_from)
 
@@ -342,9 +397,11 @@ def distill_student(ws: Workspace, inp: DistillInput) -> DistillOutcome:
 
     entry, cached = run_stage(ws.cache, inp, build)
     m = entry.meta
-    return DistillOutcome(student.id, inp.method, inp.teacher.key if inp.teacher is not None else None, inp.key, cached,
-                          m["test_top1"], m["val_top1"], m["macs"], m["params"], inp.seed, inp.init,
-                          m["train_seconds"], str(entry.path), m.get("trained_on", "cpu"))
+    teacher_key = (None if inp.teacher is None else inp.teacher.sha256 if isinstance(inp.teacher, ExternalTeacher)
+                   else inp.teacher.key)
+    return DistillOutcome(student.id, inp.method, teacher_key, inp.key, cached, m["test_top1"], m["val_top1"], m["macs"],
+                          m["params"], inp.seed, inp.init, m["train_seconds"], str(entry.path), m.get("trained_on", "cpu"),
+                          teacher_out.test_top1 if teacher_out is not None else None)
 
 
 def load_distilled_net(ws: Workspace, inp: DistillInput) -> StagedNet:

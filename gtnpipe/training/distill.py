@@ -37,7 +37,8 @@ def logit_scale(logits: torch.Tensor, target_std: float) -> float:
 def teacher_logits(teacher: nn.Module, split: Split, norm: Normalizer, *, batch_size: int = 1000,
                    device: torch.device | None = None) -> torch.Tensor:
     """The teacher's logits (eval mode) for every image of `split`, in order, on the CPU (computed on `device`)."""
-    was_training, was_on = teacher.training, next(teacher.parameters()).device
+    first = next(teacher.parameters(), None)  # a teacher run by ONNX Runtime has none
+    was_training, was_on = teacher.training, first.device if first is not None else torch.device("cpu")
     teacher.train(False)
     teacher.to(device or "cpu")
     out = torch.cat([teacher(norm(x.to(device or "cpu"))).float().cpu()

@@ -1,0 +1,121 @@
+"""Teachers gtnpipe did not train: the native tiny teacher exported to ONNX, torch.export .pt2 and TorchScript, and
+as a plain nn.Module, gives the native teacher's logits and, distilled with the same seed, the native student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gtnpipe.deploy.export import Deployable, export_onnx
+from gtnpipe.errors import ConfigError
+from gtnpipe.models.external import as_training_teacher, load_external, teacher_file, teacher_from_module
+from gtnpipe.pipeline import Workspace, distill_student, load_teacher
+from gtnpipe.stages import training
+
+from conftest import TINY_RECIPE
+
+pytestmark = pytest.mark.slow  # trains the tiny recipe's vanilla teacher and distills students
+
+# Logits of an exported teacher against the native one: the issue's bar. The student distilled from a file teacher
+# sees targets that differ by float rounding only; with the same seed its test top-1 stays within this many points
+# (its weights are not bit-identical: a 1e-7 difference in a target moves SGD's path).
+MAX_LOGIT_DIFF = 1e-4
+MAX_TOP1_DIFF_POINTS = 1.0
+
+
+class Files:
+    def __init__(self, root: Path) -> None:
+        self.ws = Workspace.open(TINY_RECIPE, cache_dir=root / "cache", progress=False)
+        self.native, _ = load_teacher(self.ws, "vanilla")
+        self.deployable = Deployable(self.native, self.ws.data.mean, self.ws.data.std).train(False)  # [0, 1] images in
+        self.onnx = root / "teacher.onnx"
+        torch.onnx.export(self.deployable, (torch.zeros(1, 1, 28, 28),), str(self.onnx), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        self.fixed_batch_onnx = export_onnx(self.deployable, self.ws.task, root / "fixed.onnx")  # batch 1
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        self.pt2 = root / "teacher.pt2"
+        torch.export.save(torch.export.export(self.deployable, (torch.zeros(4, 1, 28, 28),),
+                                              dynamic_shapes={"x": {0: batch}}), str(self.pt2))
+        self.ts = root / "teacher.ts"
+        torch.jit.trace(self.deployable, torch.zeros(4, 1, 28, 28)).save(str(self.ts))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    return Files(tmp_path_factory.mktemp("teachers"))
+
+
+def _native_logits(files: Files) -> torch.Tensor:
+    inp = training.LogitsInput(training.teacher_input(files.ws, "vanilla"), files.ws.data_ref)
+    return training._teacher_logits(files.ws, files.native, inp)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "fixed_batch_onnx", "pt2", "ts", "module"])
+def test_exported_teacher_gives_the_native_logits(files: Files, kind: str) -> None:
+    teacher = teacher_from_module(files.deployable) if kind == "module" else teacher_file(getattr(files, kind))
+    net, outcome = training.load_teacher(files.ws, teacher)
+    logits = training._teacher_logits(files.ws, net, training.LogitsInput(teacher, files.ws.data_ref))
+    assert float((logits - _native_logits(files)).abs().max()) <= MAX_LOGIT_DIFF
+    native_top1 = load_teacher(files.ws, "vanilla")[1].test_top1
+    assert outcome.test_top1 == pytest.approx(native_top1, abs=0.5)  # one image of 256 may flip on a rounding tie
+    assert outcome.val_top1 is not None and outcome.key != load_teacher(files.ws, "vanilla")[1].key
+
+
+def test_teacher_file_logits_are_cached_under_its_content(files: Files, tmp_path: Path) -> None:
+    a = training.LogitsInput(teacher_file(files.onnx), files.ws.data_ref)
+    copy = tmp_path / "renamed.onnx"
+    copy.write_bytes(files.onnx.read_bytes())
+    assert training.LogitsInput(teacher_file(copy), files.ws.data_ref).key == a.key  # the path is not the key
+    assert training.LogitsInput(teacher_file(files.pt2), files.ws.data_ref).key != a.key
+
+
+def test_student_from_the_onnx_teacher_matches_the_native_student(files: Files) -> None:
+    arch = files.ws.space.smallest().id
+    native = distill_student(files.ws, arch, teacher="vanilla")
+    from_file = training.distill_student(files.ws, training.distill_input(files.ws, arch, teacher=str(files.onnx)))
+    assert from_file.teacher == "onnx" and from_file.teacher_key == teacher_file(files.onnx).sha256
+    assert from_file.key != native.key
+    assert abs(from_file.test_top1 - native.test_top1) <= MAX_TOP1_DIFF_POINTS
+    assert from_file.teacher_test_top1 == pytest.approx(native.teacher_test_top1 or 0, abs=0.5)
+
+
+def test_a_teacher_that_does_not_fit_the_data_is_refused(files: Files, tmp_path: Path) -> None:
+    colour = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    with pytest.raises(ConfigError, match=r"fails on a batch of 2 images of the data's shape \[1, 28, 28\]"):
+        as_training_teacher(teacher_from_module(colour), (0.5,), (0.5,), (1, 28, 28), 10)
+    five = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 5))
+    with pytest.raises(ConfigError, match=r"returns \(2, 5\) for 2 images; the data has 10 classes"):
+        as_training_teacher(teacher_from_module(five), (0.5,), (0.5,), (1, 28, 28), 10)
+    with pytest.raises(ConfigError, match="ending in .onnx, .pt2"):
+        training.distill_input(files.ws, files.ws.space.smallest().id, teacher="teacher.pkl")
+    with pytest.raises(ConfigError, match="does not exist"):
+        teacher_file(tmp_path / "missing.onnx")
+    changed = tmp_path / "changing.onnx"
+    changed.write_bytes(files.onnx.read_bytes())
+    teacher = teacher_file(changed)
+    changed.write_bytes(files.fixed_batch_onnx.read_bytes())
+    with pytest.raises(ConfigError, match="changed since this run started"):
+        load_external(teacher)
+
+
+class Payload:
+    """Stands for code a crafted file would run when unpickled: not a tensor, not an allow-listed type."""
+
+
+def test_loads_inside_the_pt2_loader_are_restricted_to_weights(tmp_path: Path) -> None:
+    """torch.export.load unpickles a .pt2's constants with weights_only=False (torch 2.13); inside the loader's
+    guard even such a call refuses anything but tensors and plain containers, and the guard restores the setting."""
+    import os
+    import pickle
+
+    from gtnpipe.models.external import _weights_only_loads
+
+    path = tmp_path / "payload.pt"
+    torch.save({"w": torch.ones(2), "payload": Payload()}, path)
+    assert isinstance(torch.load(path, weights_only=False)["payload"], Payload)  # unguarded: any object comes back
+    with _weights_only_loads(), pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        torch.load(path, weights_only=False)
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
