@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RECIPE
 from torch import nn
 
 from gtnpipe.deploy.export import Deployable, export_onnx
@@ -14,8 +15,6 @@ from gtnpipe.errors import ConfigError
 from gtnpipe.models.external import as_training_teacher, load_external, teacher_file, teacher_from_module
 from gtnpipe.pipeline import Workspace, distill_student, load_teacher
 from gtnpipe.stages import training
-
-from conftest import TINY_RECIPE
 
 pytestmark = pytest.mark.slow  # trains the tiny recipe's vanilla teacher and distills students
 
