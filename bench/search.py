@@ -28,8 +28,8 @@ from gtnpipe import pipeline
 from gtnpipe.config.profiles import known_profiles, load_profile
 from gtnpipe.config.recipes import load_recipe
 from gtnpipe.devices.cost import CostModel
-from gtnpipe.search.accuracy import spearman
-from gtnpipe.search.evolution import SearchConfig, evolution_search, random_search
+from gtnpipe.nas.accuracy import spearman
+from gtnpipe.nas.evolution import SearchConfig, evolution_search, random_search
 from gtnpipe.space.spaces import ArchConfig
 from gtnpipe.stages.search import AccuracyOutcome
 from gtnpipe.stages.workspace import Workspace, resolve

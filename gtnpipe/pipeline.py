@@ -37,7 +37,7 @@ from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.errors import BackendBuildError, ConfigError, ParityError
 from gtnpipe.measure.host_table import build_calibration_kit, calibrate
 from gtnpipe.measure.kit import table_summary
-from gtnpipe.search.evolution import SearchConfig
+from gtnpipe.nas.evolution import SearchConfig
 from gtnpipe.space.pool import FASHION_MNIST_TASK
 from gtnpipe.space.spaces import TaskShape, get_space
 from gtnpipe.stages import training

@@ -11,7 +11,7 @@ import torch
 
 from gtnpipe.data.datasets import Dataset
 from gtnpipe.models.supernet import Supernet
-from gtnpipe.search.accuracy import AccuracyPredictor, inherited_accuracy, recalibrate_bn, spearman
+from gtnpipe.nas.accuracy import AccuracyPredictor, inherited_accuracy, recalibrate_bn, spearman
 from gtnpipe.space.spaces import TaskShape, get_space
 from gtnpipe.training.train import Normalizer
 

@@ -110,7 +110,7 @@ def _long_arch_ids(n: int) -> list[str]:
 def search_result():  # noqa: ANN201
     """A real evolution search (on the host's cost model, accuracy a fixed function of the arch), run once."""
     from gtnpipe.devices.cost import CostModel
-    from gtnpipe.search.evolution import SearchConfig, evolution_search
+    from gtnpipe.nas.evolution import SearchConfig, evolution_search
     from gtnpipe.space.spaces import TaskShape
 
     space = get_space("mbv3-28")

@@ -117,7 +117,7 @@ def test_elastic_resolution_ships_a_smaller_input_to_a_tight_device(folder: Path
     these inputs): search gives the device a smaller input; the student trains and ships at it."""
     from gtnpipe.config.profiles import load_profile
     from gtnpipe.devices.cost import CostModel
-    from gtnpipe.search.evolution import pool_minimums
+    from gtnpipe.nas.evolution import pool_minimums
     from gtnpipe.space.spaces import TaskShape, get_space
 
     host = load_profile("host")

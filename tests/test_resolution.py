@@ -16,7 +16,7 @@ from gtnpipe.devices.cost import CostModel
 from gtnpipe.errors import ArchError, ConfigError
 from gtnpipe.models.counting import count_module
 from gtnpipe.models.static import AtResolution, build_static, resize_to
-from gtnpipe.search.evolution import InfeasibleBudget, SearchConfig, evolution_search, pool_minimums
+from gtnpipe.nas.evolution import InfeasibleBudget, SearchConfig, evolution_search, pool_minimums
 from gtnpipe.space.counting import count
 from gtnpipe.space.spaces import ArchConfig, TaskShape, get_space
 from gtnpipe.stages.workspace import Workspace, resolve

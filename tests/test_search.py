@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gtnpipe.config.profiles import DeviceProfile, known_profiles, load_profile
 from gtnpipe.devices.cost import CostModel
-from gtnpipe.search.evolution import InfeasibleBudget, SearchConfig, evolution_search, pool_minimums, random_search
+from gtnpipe.nas.evolution import InfeasibleBudget, SearchConfig, evolution_search, pool_minimums, random_search
 from gtnpipe.space.counting import count
 from gtnpipe.space.spaces import ArchConfig, TaskShape, get_space
 
@@ -132,7 +132,7 @@ def test_pareto_plot_is_a_png_that_draws_the_pick(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from gtnpipe.search.plots import plot_pareto
+    from gtnpipe.nas.plots import plot_pareto
 
     model = CostModel(load_profile("host"), SPACE, TASK)
     result = evolution_search(model, macs_proxy, SMALL_SEARCH)

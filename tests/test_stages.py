@@ -18,7 +18,7 @@ from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.config.recipes import PredictorConfig, load_recipe
 from gtnpipe.deploy.timing import Machine
-from gtnpipe.search.evolution import SearchConfig
+from gtnpipe.nas.evolution import SearchConfig
 from gtnpipe.space.spaces import TaskShape
 from gtnpipe.stages import deploy, keys, search, training
 from gtnpipe.stages.keys import Stage, stage_key

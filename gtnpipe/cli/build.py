@@ -31,7 +31,7 @@ from gtnpipe.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from gtnpipe.search.evolution import SearchResult
+    from gtnpipe.nas.evolution import SearchResult
 
 __all__ = ["build", "compile_", "search"]
 
@@ -57,7 +57,7 @@ def search(
     """
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
-        from gtnpipe.search.evolution import SearchConfig
+        from gtnpipe.nas.evolution import SearchConfig
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
                             skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
@@ -65,7 +65,7 @@ def search(
         result, acc = found.result, found.predictor
         if plot is not None:
             from gtnpipe.config.profiles import load_profile
-            from gtnpipe.search.plots import plot_pareto
+            from gtnpipe.nas.plots import plot_pareto
 
             profile = load_profile(device)
             plot_pareto(result, plot, device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90,
@@ -136,7 +136,7 @@ def build(
     results = []
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
-        from gtnpipe.search.evolution import SearchConfig
+        from gtnpipe.nas.evolution import SearchConfig
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
                             skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)

@@ -16,8 +16,8 @@ from gtnpipe.config.recipes import PredictorConfig
 from gtnpipe.devices.cost import COST_MODEL_VERSION, CostModel, table_path
 from gtnpipe.fsutil import canonical_json, sha256_file
 from gtnpipe.models.supernet import Supernet
-from gtnpipe.search.accuracy import AccuracyPredictor, inherited_accuracy
-from gtnpipe.search.evolution import SearchConfig, SearchResult, check_feasible, evolution_search
+from gtnpipe.nas.accuracy import AccuracyPredictor, inherited_accuracy
+from gtnpipe.nas.evolution import SearchConfig, SearchResult, check_feasible, evolution_search
 from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
 from gtnpipe.stages.keys import Stage
 from gtnpipe.stages.training import TeacherInput, load_supernet, teacher_input
@@ -43,7 +43,7 @@ class AccuracyInput(Stage):
     """Inherited-weight val top-1 of sampled students (smallest and largest included) and the ridge predictor."""
 
     STAGE = "accuracy"
-    CODE = ("gtnpipe.search.accuracy", "gtnpipe.models.supernet", "gtnpipe.models.static", "gtnpipe.training.train",
+    CODE = ("gtnpipe.nas.accuracy", "gtnpipe.models.supernet", "gtnpipe.models.static", "gtnpipe.training.train",
             "gtnpipe.space.spaces")
     PACKAGES = ("torch", "numpy")
 
@@ -70,8 +70,8 @@ class SearchInput(Stage):
     """Evolutionary search of the pool for one device under its cost model, ranked by the accuracy predictor."""
 
     STAGE = "searches"
-    CODE = ("gtnpipe.search.evolution", "gtnpipe.devices.cost", "gtnpipe.devices.latency_table", "gtnpipe.space.counting",
-            "gtnpipe.space.schedule", "gtnpipe.search.plots")
+    CODE = ("gtnpipe.nas.evolution", "gtnpipe.devices.cost", "gtnpipe.devices.latency_table", "gtnpipe.space.counting",
+            "gtnpipe.space.schedule", "gtnpipe.nas.plots")
     PACKAGES = ("numpy",)
 
     profile: DeviceProfile
@@ -168,7 +168,7 @@ def search_device(ws: Workspace, inp: SearchInput) -> SearchOutcome:
     acc = accuracy_predictor(ws, inp.predictor)
 
     def build(staging: Any, meta: dict[str, Any]) -> None:
-        from gtnpipe.search.plots import plot_pareto
+        from gtnpipe.nas.plots import plot_pareto
 
         result = evolution_search(model, lambda a: acc.predictor.predict(inp.space, a), inp.config)
         budgets = inp.profile.budgets

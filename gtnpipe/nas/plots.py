@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from gtnpipe.fsutil import atomic_write_bytes
-from gtnpipe.search.evolution import SearchResult
+from gtnpipe.nas.evolution import SearchResult
 
 __all__ = ["plot_pareto"]
 

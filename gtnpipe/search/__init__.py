@@ -1,1 +1,0 @@
-"""Hardware-aware search: the accuracy predictor, evolution under the cost model, Pareto plots."""
