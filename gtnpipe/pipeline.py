@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gtnpipe.config.profiles import DeviceProfile, load_profile
 from gtnpipe.config.recipes import DataConfig
 from gtnpipe.data.datasets import Dataset, load_dataset
 from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
+from gtnpipe.deploy.backends.accuracy_control import ACCURACY_CONTROL_IMAGES
 from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
 from gtnpipe.deploy.onnx_model import OnnxFacts, count_onnx, prepare_onnx, read_onnx
 from gtnpipe.deploy.onnx_torch import onnx_to_torch
@@ -37,6 +38,7 @@ from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.errors import BackendBuildError, ConfigError, ParityError
 from gtnpipe.measure.host_table import build_calibration_kit, calibrate
 from gtnpipe.measure.kit import table_summary
+from gtnpipe.models.external import ExternalTeacher
 from gtnpipe.nas.evolution import SearchConfig
 from gtnpipe.space.pool import FASHION_MNIST_TASK
 from gtnpipe.space.spaces import TaskShape, get_space
@@ -83,6 +85,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("gtnpipe")
+# gtnpipe compile --data: the share of the training images that become the validation split (accuracy-control INT8
+# ranks layers on it); the rest calibrate INT8, the test split judges every precision
+COMPILE_VAL_SIZE = 0.1
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,8 @@ class BuildOutcome:
     not_built: dict[str, str]  # precision -> the toolchain failure that kept it from being built
 
 
-def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifacts"), teacher: str = "gtn",
+def build_device(ws: Workspace, device: str | Path | DeviceProfile, *, out: Path = Path("artifacts"),
+                 teacher: str | ExternalTeacher = "gtn",
                  config: SearchConfig | None = None, accuracy_samples: int | None = None,
                  check_measured_budgets: bool = False, strict: bool = False,
                  say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
@@ -129,24 +135,29 @@ def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifac
     torch_logits = _torch_logits(model, ws)
 
     def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[CompileInputs, np.ndarray]:
-        return compile_inputs(model, ws.task, work, batch_size=batch_size, max_opset=max_opset,
-                              calibration_uint8=ws.deploy_images(ws.data.train.x[list(calibration)])), torch_logits
+        inputs = compile_inputs(model, ws.task, work, batch_size=batch_size, max_opset=max_opset,
+                                calibration_uint8=ws.deploy_images(ws.data.train.x[list(calibration)]))
+        val = ws.data.val
+        n_val = min(len(val), ACCURACY_CONTROL_IMAGES)
+        return replace(inputs, validation=(to_unit_float(ws.deploy_images(val.x[:n_val])), val.y[:n_val]),
+                       max_drop_points=profile.budgets.max_accuracy_drop_points), torch_logits
 
-    compiled, failures = _compile_all(ws.cache, profile, backend, student_in, export, split_images(ws.data.test),
-                                      len(ws.data.train), precisions=profile.precisions, strict=strict)
+    compiled, failures, superseded = _compile_all(
+        ws.cache, profile, backend, student_in, export, split_images(ws.data.test), len(ws.data.train),
+        len(ws.data.val), precisions=profile.precisions, strict=strict)
     log_stage("compile", all(c.cached for c in compiled.values()), precisions=sorted(compiled))
 
     measured = _measure_all(ws.cache, profile, compiled)
     log_stage("measure", all(m.cached for m in measured.values()), machine=Machine.here().describe())
 
-    chosen, rows = _choose(profile, compiled, measured, failures)
+    chosen, rows = _choose(profile, compiled, measured, failures, superseded, _measure_all(ws.cache, profile, superseded))
     log_stage("check", True, precision=chosen)
 
     torch_top1 = _top1(torch_logits, ws.data.test.y)
     predicted, violations, warnings = _predicted_and_checks(ws, profile, search, chosen, compiled[chosen],
                                                             measured.get(chosen), check_measured_budgets)
     if student.teacher_test_top1 is not None and student.teacher_test_top1 < search.result.pick.accuracy:
-        warnings.append(f"the {teacher} teacher's test top-1 ({student.teacher_test_top1:.2f}%) is below what search "
+        warnings.append(f"the {student.teacher} teacher's test top-1 ({student.teacher_test_top1:.2f}%) is below what search "
                         f"estimated for the student before distillation ({search.result.pick.accuracy:.2f}%): it may "
                         "teach the student less than the labels alone; compare with --teacher none")
     shipped = Shipped(
@@ -155,8 +166,9 @@ def build_device(ws: Workspace, device: str | Path, *, out: Path = Path("artifac
                "source": {"kind": "pool-student"},
                # the training images' size, and the sides elastic resolution chose this input's from ([]: the data's)
                "input": {"data_image_hw": list(ws.data.image_hw), "resolution_chosen_from_px": list(ws.recipe.resolutions_px)}},
-        provenance={"recipe": ws.recipe.name, "teacher": teacher, "teacher_key": student.teacher_key,
-                    "student_key": student.key, "search_key": search.key, "student_trained_on": student.trained_on},
+        provenance={"recipe": ws.recipe.name, "teacher": teacher if isinstance(teacher, str) else teacher.name,
+                    "teacher_key": student.teacher_key, "student_key": student.key, "search_key": search.key,
+                    "student_trained_on": student.trained_on},
         reference="torch", reference_inputs=to_unit_float(ws.data.test.x[:REFERENCE_IMAGES]),
         reference_labels=ws.data.test.y, reference_logits=torch_logits, reference_top1=torch_top1,
         estimated_top1=search.result.pick.accuracy, predicted=predicted, violations=violations, warnings=warnings,
@@ -185,7 +197,7 @@ class CompileOutcome:
     seconds: float
 
 
-def compile_model(model_path: str | Path, device: str | Path, *, data: str | Dataset | None = None,
+def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, *, data: str | Dataset | None = None,
                   out: Path = Path("artifacts"), cache_dir: Path | None = None, precisions: tuple[str, ...] | None = None,
                   mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
                   check_measured_budgets: bool = False, strict: bool = False,
@@ -203,8 +215,8 @@ def compile_model(model_path: str | Path, device: str | Path, *, data: str | Dat
     wanted = _compile_precisions(profile, precisions, has_data=data is not None)
     dataset = _compile_data(data, facts, cache_dir) if data is not None else None
     images = split_images(dataset.test) if dataset is not None else random_images(facts.chw)
-    source = SourceModel(facts.sha256, (profile.batch_size, *facts.chw), mean, std,
-                         DataRef(DataConfig(source=dataset.name, val_size=0), dataset.fingerprint) if dataset else None)
+    data_ref = DataRef(DataConfig(source=dataset.name, val_size=COMPILE_VAL_SIZE), dataset.fingerprint) if dataset else None
+    source = SourceModel(facts.sha256, (profile.batch_size, *facts.chw), mean, std, data_ref)
     say(f"compiling {facts.path.name} ({'x'.join(map(str, facts.chw))} input, {facts.num_classes} classes, opset "
         f"{facts.opset}) for {profile.name} ({profile.runtime.name}: {', '.join(wanted)}); parity on "
         + (f"{images.count} test images of {dataset.name}" if dataset else f"{images.count} random images (no --data)"))
@@ -218,15 +230,19 @@ def compile_model(model_path: str | Path, device: str | Path, *, data: str | Dat
         def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[CompileInputs, np.ndarray]:
             calib = (to_unit_float(dataset.train.x[list(calibration)]) if dataset is not None
                      else np.zeros((0, *facts.chw), dtype=np.float32))
+            val = (to_unit_float(dataset.val.x[:ACCURACY_CONTROL_IMAGES]), dataset.val.y[:ACCURACY_CONTROL_IMAGES]) \
+                if dataset is not None else None
             # litert-torch reads torch: the graph as a torch module (only the LiteRT backend asks for it)
             module = onnx_to_torch(prepared) if backend.runtime == "tflite" else None
-            return CompileInputs(prepared, (batch_size, *facts.chw), calib, max_opset, torch_module=module), reference
+            return CompileInputs(prepared, (batch_size, *facts.chw), calib, max_opset, torch_module=module,
+                                 validation=val, max_drop_points=profile.budgets.max_accuracy_drop_points), reference
 
-        compiled, failures = _compile_all(cache, profile, backend, source, export, images,
-                                          len(dataset.train) if dataset else 0, precisions=wanted, strict=strict)
+        compiled, failures, superseded = _compile_all(
+            cache, profile, backend, source, export, images, len(dataset.train) if dataset else 0,
+            len(dataset.val) if dataset else 0, precisions=wanted, strict=strict)
     say(f"compiled {', '.join(sorted(compiled))}" + (f"; not built: {', '.join(sorted(failures))}" if failures else ""))
     measured = _measure_all(cache, profile, compiled)
-    chosen, rows = _choose(profile, compiled, measured, failures)
+    chosen, rows = _choose(profile, compiled, measured, failures, superseded, _measure_all(cache, profile, superseded))
     c = compiled[chosen]
     shipped = Shipped(
         profile, chosen, c, measured.get(chosen), rows,
@@ -269,7 +285,7 @@ def _compile_data(data: str | Dataset, facts: OnnxFacts, cache_dir: Path | None)
         if h != w:
             raise ConfigError(f"{facts.path.name} takes {h}x{w} images; --data resizes to squares only: pass the data as "
                               "a .npz of images at that size, or compile without --data")
-        data = load_dataset(data, val_size=0, image_size=h, index_dir=Cache(cache_dir).root / DATA_INDEX)
+        data = load_dataset(data, val_size=COMPILE_VAL_SIZE, image_size=h, index_dir=Cache(cache_dir).root / DATA_INDEX)
     if data.image_hw != (h, w):
         raise ConfigError(f"the data's images are {data.image_hw[0]}x{data.image_hw[1]}, {facts.path.name} takes {h}x{w}: "
                           "resize them to the model's input size")
@@ -320,13 +336,18 @@ Export = Callable[[Path, int, int, np.ndarray], tuple[CompileInputs, np.ndarray]
 
 
 def _compile_all(cache: Cache, profile: DeviceProfile, backend: Backend, model: training.DistillInput | SourceModel,
-                 export: Export, images: ParityImages, n_train: int, *, precisions: tuple[str, ...], strict: bool
-                 ) -> tuple[dict[str, Compiled], dict[str, str]]:
+                 export: Export, images: ParityImages, n_train: int, n_val: int, *, precisions: tuple[str, ...],
+                 strict: bool) -> tuple[dict[str, Compiled], dict[str, str], dict[str, Compiled]]:
     """Each of `precisions` the backend builds; a toolchain failure (BackendBuildError) is recorded and the others
     go on (with `strict` it fails the build), any other error propagates. `export` runs once, and only if some
-    precision is not cached."""
+    precision is not cached.
+
+    When plain INT8 loses more top-1 than the profile allows and the backend has NNCF's accuracy control, INT8 is
+    built again with it (its choices made on the validation split); it takes plain INT8's place, which is returned
+    as superseded (its row stays in the report)."""
     compiled: dict[str, Compiled] = {}
     failures: dict[str, str] = {}
+    superseded: dict[str, Compiled] = {}
     with tempfile.TemporaryDirectory(prefix="gtnpipe-export-") as tmp:
         @functools.cache
         def exported(batch_size: int, max_opset: int, calibration: tuple[int, ...]) -> tuple[CompileInputs, np.ndarray]:
@@ -340,10 +361,15 @@ def _compile_all(cache: Cache, profile: DeviceProfile, backend: Backend, model: 
                 failures[precision] = "not built: INT8 needs calibration data; pass --data with your images"
                 continue
             idx = tuple(int(i) for i in calibration_indices(inp, n_train))
+            build = functools.partial(exported, inp.batch_size, inp.runtime.max_onnx_opset, idx)
             try:
-                compiled[precision] = compile_precision(
-                    cache, inp, backend, functools.partial(exported, inp.batch_size, inp.runtime.max_onnx_opset, idx),
-                    images)
+                compiled[precision] = compile_precision(cache, inp, backend, build, images)
+                if precision == "int8" and backend.accuracy_control and n_val and _lost_accuracy_only(compiled[precision]):
+                    controlled = replace(inp, accuracy_control=True, validation_images=min(n_val, ACCURACY_CONTROL_IMAGES))
+                    log.info("%s int8 loses more top-1 than the profile allows: trying NNCF accuracy control",
+                             profile.runtime.name)
+                    superseded[precision] = compiled.pop(precision)
+                    compiled[precision] = compile_precision(cache, controlled, backend, build, images)
             except BackendBuildError as err:
                 if precision == "fp32":
                     raise
@@ -357,7 +383,13 @@ def _compile_all(cache: Cache, profile: DeviceProfile, backend: Backend, model: 
         raise ParityError(f"{profile.runtime.name} fp32 artifact fails parity with the PyTorch student: "
                           f"{'; '.join(fp32.meta['parity']['failures'])}. The compiled model is wrong, not just imprecise: "
                           "check the runtime version against the profile's, or report it")
-    return compiled, failures
+    return compiled, failures, superseded
+
+
+def _lost_accuracy_only(c: Compiled) -> bool:
+    """Parity failed on the accuracy drop alone (the model runs, it just loses too much top-1)."""
+    parity = c.meta["parity"]
+    return parity is not None and not parity["passed"] and all("points below" in f for f in parity["failures"])
 
 
 def _measure_all(cache: Cache, profile: DeviceProfile, compiled: dict[str, Compiled]) -> dict[str, Measured]:
@@ -366,7 +398,8 @@ def _measure_all(cache: Cache, profile: DeviceProfile, compiled: dict[str, Compi
 
 
 def _choose(profile: DeviceProfile, compiled: dict[str, Compiled], measured: dict[str, Measured],
-            failures: dict[str, str]) -> tuple[str, list[PrecisionRow]]:
+            failures: dict[str, str], superseded: dict[str, Compiled], superseded_measured: dict[str, Measured]
+            ) -> tuple[str, list[PrecisionRow]]:
     entries: dict[str, CompiledPrecision | BuildFailure] = {p: {"error": e} for p, e in failures.items()}
     for p, c in compiled.items():
         entry: CompiledPrecision = {"parity": c.meta["parity"], "latency": measured[p].latency if p in measured else None,
@@ -374,7 +407,25 @@ def _choose(profile: DeviceProfile, compiled: dict[str, Compiled], measured: dic
         if "unchecked_reason" in c.meta:
             entry["unchecked_reason"] = c.meta["unchecked_reason"]
         entries[p] = entry
-    return choose_precision(profile, entries)
+    chosen, rows = choose_precision(profile, entries)
+    for row in list(rows):  # accuracy control: its row says so, and the plain INT8 it replaced gets its own
+        plain = superseded.get(row["precision"])
+        if plain is None:
+            continue
+        plain_ms = superseded_measured[row["precision"]].latency["p50_ms"] if row["precision"] in superseded_measured \
+            else None
+        notes = compiled[row["precision"]].meta["notes"]
+        row["variant"] = "accuracy-control"
+        row["float_layers"] = list(notes.get("float_layers", []))
+        if plain_ms is not None and row["latency_ms_p50"] is not None:
+            row["latency_cost_ms_p50"] = row["latency_ms_p50"] - plain_ms
+        parity = plain.meta["parity"]
+        rows.insert(rows.index(row), {
+            "precision": row["precision"], "variant": "plain", "status": "rejected",
+            "reason": "; ".join(parity["failures"]) if parity else "", "parity": parity, "latency_ms_p50": plain_ms,
+            "size_bytes": plain.meta["size_bytes"]})
+        row["reason"] = (f"accuracy control kept {len(row['float_layers'])} layer(s) in float; " + row["reason"])
+    return chosen, rows
 
 
 def _predicted_and_checks(ws: Workspace, profile: DeviceProfile, search: SearchOutcome, chosen: str, compiled: Compiled,
@@ -430,8 +481,10 @@ def load_teacher(ws: Workspace, method: str, *, student: str | None = None) -> t
     return training.load_teacher(ws, training.teacher_input(ws, method, student=student))
 
 
-def distill_student(ws: Workspace, arch: str, *, teacher: str = "gtn", seed: int | None = None) -> DistillOutcome:
-    """Distill pool student `arch` from a cached teacher ('gtn', 'vanilla', 'sftn', or 'none': labels only)."""
+def distill_student(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = "gtn",
+                    seed: int | None = None) -> DistillOutcome:
+    """Distill pool student `arch` from a cached teacher ('gtn', 'vanilla', 'sftn', or 'none': labels only), a teacher
+    file (.onnx, .pt2, TorchScript) or an ExternalTeacher (gtnpipe.teacher_from_module)."""
     return training.distill_student(ws, training.distill_input(ws, arch, teacher=teacher, seed=seed))
 
 
@@ -449,7 +502,7 @@ def inherited_accuracies(ws: Workspace, archs: list[str]) -> list[float]:
     return _inherited_accuracies(ws, archs)
 
 
-def search_device(ws: Workspace, device: str | Path, *, config: SearchConfig | None = None) -> SearchOutcome:
+def search_device(ws: Workspace, device: str | Path | DeviceProfile, *, config: SearchConfig | None = None) -> SearchOutcome:
     """The best student for `device` (the same cached stage `gtnpipe build` runs)."""
     return _search_device(ws, search_input(ws, load_profile(device), config=config))
 

@@ -25,8 +25,8 @@ from gtnpipe.deploy.bench import bench_artifact
 from gtnpipe.deploy.manifest import load_manifest, schema, verify_files
 from gtnpipe.deploy.parity import choose_precision
 from gtnpipe.errors import ArtifactError, ParityError
-from gtnpipe.pipeline import build_device
 from gtnpipe.nas.evolution import SearchConfig
+from gtnpipe.pipeline import build_device
 from gtnpipe.stages.workspace import Workspace
 
 SMALL_SEARCH = SearchConfig(population=16, iterations=4)

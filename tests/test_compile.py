@@ -247,3 +247,32 @@ def test_cli_compile_json(case: Case, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "gtnpipe.cli", "compile", str(case.onnx), "--device", "host",
                           "--mean", "a,b"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--mean 'a,b': give one number per input channel" in bad.stderr
+
+
+@pytest.mark.slow
+def test_accuracy_control_int8_replaces_plain_int8_that_loses_too_much(deploy_case, tmp_path: Path) -> None:
+    """The deploy student loses > 0.1 points in plain OpenVINO INT8 (1.4 on its test split when measured): with a
+    0.1-point limit, accuracy-control INT8 is built, its row names the layers kept in float, and the plain row stays."""
+    import dataclasses
+
+    from conftest import DEPLOY_RECIPE
+
+    from gtnpipe.config.profiles import load_profile
+    from gtnpipe.pipeline import Workspace
+
+    ws = Workspace.open(DEPLOY_RECIPE, cache_dir=tmp_path / "cache", progress=False)
+    data = tmp_path / "deploy.npz"
+    np.savez(data, x_train=ws.data.train.x, y_train=ws.data.train.y, x_test=ws.data.test.x, y_test=ws.data.test.y)
+    nuc = load_profile("intel-nuc")
+    strict = dataclasses.replace(nuc, budgets=dataclasses.replace(nuc.budgets, max_accuracy_drop_points=0.1))
+    out = compile_model(deploy_case.inputs.onnx_path, strict, data=str(data), out=tmp_path)
+    rows = load_manifest(Path(out.folder))["precisions"]
+    plain = next(r for r in rows if r.get("variant") == "plain")
+    controlled = next(r for r in rows if r.get("variant") == "accuracy-control")
+    assert plain["status"] == "rejected" and plain["parity"]["drop_points"] > 0.1 and "points below" in plain["reason"]
+    assert controlled["parity"]["images"] == len(ws.data.test)
+    assert isinstance(controlled["float_layers"], list) and controlled["reason"].startswith("accuracy control kept")
+    assert all(isinstance(name, str) and name for name in controlled["float_layers"])
+    assert "latency_cost_ms_p50" in controlled
+    report = (Path(out.folder) / "report.md").read_text()
+    assert "| int8 (plain) | rejected |" in report and "| int8 (accuracy-control) |" in report

@@ -171,7 +171,9 @@ def known_profiles() -> list[str]:
     return sorted(p.stem for p in profiles_dir().glob("*.toml"))
 
 
-def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """A shipped profile by name (device_profiles/<name>.toml) or the user's own by path."""
+def load_profile(name_or_path: str | Path | DeviceProfile) -> DeviceProfile:
+    """A shipped profile by name (device_profiles/<name>.toml) or the user's own by path (a profile: itself)."""
+    if isinstance(name_or_path, DeviceProfile):
+        return name_or_path
     return load_named(DeviceProfile, name_or_path, profiles_dir(), kind="device",
                       hint="or pass the path to your own profile .toml; 'gtnpipe devices show host' prints one to start from")

@@ -132,9 +132,16 @@ def render_report(m: dict[str, Any]) -> str:
     ]
     for p in m["precisions"]:
         parity = p.get("parity") or {}
-        lines.append(f"| {p['precision']} | {p['status']} | {_fmt(p.get('latency_ms_p50'))} | {_fmt(p.get('size_bytes'))} | "
+        label = p["precision"] + (f" ({p['variant']})" if p.get("variant") else "")
+        lines.append(f"| {label} | {p['status']} | {_fmt(p.get('latency_ms_p50'))} | {_fmt(p.get('size_bytes'))} | "
                      f"{_fmt(parity.get('agreement_pct'), 2)} | {_fmt(parity.get('max_abs_diff'), 6)} | "
                      f"{_fmt(parity.get('artifact_top1'), 2)} | {p['reason']} |")
+    for p in m["precisions"]:
+        if p.get("variant") == "accuracy-control":
+            cost = p.get("latency_cost_ms_p50")
+            lines += ["", f"Accuracy-control INT8 (NNCF) kept {len(p.get('float_layers', []))} layer(s) in float"
+                      + (f", {cost:+.3f} ms p50 against plain INT8 here" if cost is not None else "") + ": "
+                      + (", ".join(f"`{name}`" for name in p.get("float_layers", [])) or "none")]
     if "pareto.png" in m["files"]:
         lines += ["", "## Search", "", "![Pareto front](pareto.png)", ""]
     if m["runtime"].get("engine_build_command"):

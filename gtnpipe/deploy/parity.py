@@ -174,6 +174,11 @@ class PrecisionRow(TypedDict):
     parity: ParityDict | None
     latency_ms_p50: float | None  # measured here; None when not built or not measurable here
     size_bytes: int | None
+    # INT8 by NNCF's accuracy control ("accuracy-control", which replaced the "plain" INT8 that lost too much top-1):
+    # the layers it kept in float, and what that cost in p50 latency here against plain INT8
+    variant: NotRequired[str]
+    float_layers: NotRequired[list[str]]
+    latency_cost_ms_p50: NotRequired[float]
 
 
 @final

@@ -39,7 +39,8 @@ MEASURE_PROCESSES = 3
 # gtnpipe compile without --data: parity on this many seeded uniform [0, 1] images (argmax agreement, max abs diff)
 RANDOM_IMAGES = 500
 RANDOM_SEED = 0
-_BACKEND_CODE = ("gtnpipe.deploy.backends", "gtnpipe.deploy.backends.onnxruntime", "gtnpipe.deploy.backends.openvino",
+_BACKEND_CODE = ("gtnpipe.deploy.backends", "gtnpipe.deploy.backends.accuracy_control",
+                 "gtnpipe.deploy.backends.onnxruntime", "gtnpipe.deploy.backends.openvino",
                  "gtnpipe.deploy.backends.tflite", "gtnpipe.deploy.backends.tensorrt",
                  "gtnpipe.deploy.backends.tensorrt_onnx", "gtnpipe.deploy.backends.tensorrt_engine",
                  "gtnpipe.deploy.backends.tensorrt_runner")
@@ -77,6 +78,10 @@ class CompileInput(Stage):
     calibration_images: int  # INT8/FP16 calibration images from the train split, as many as the backend asks for
     calibration_seed: int
     reference_images: int
+    # INT8 by NNCF's accuracy control (tried when plain INT8 loses too much top-1), ranking layers on this many
+    # images of the validation split
+    accuracy_control: bool = False
+    validation_images: int = 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -193,7 +198,8 @@ def compile_precision(cache: Cache, inp: CompileInput, backend: Backend,
 
     def build(staging: Any, meta: dict[str, Any]) -> None:
         inputs, torch_logits = exported()
-        result = backend.build(inputs, inp.precision, staging)
+        result = (backend.build_accuracy_controlled(inputs, staging) if inp.accuracy_control
+                  else backend.build(inputs, inp.precision, staging))
         meta |= {"model_file": result.model_file, "files": list(result.files), "notes": result.notes,
                  "runtime_version": inp.runtime_version, "deployed_format": result.deployed_format,
                  "size_bytes": sum((staging / f).stat().st_size for f in result.files if f != "calibration.npy")}

@@ -61,6 +61,10 @@ class CompileInputs:
     calibration: np.ndarray  # float32 (N, C, H, W) training-split images in [0, 1], for INT8 calibration
     max_onnx_opset: int  # the device runtime's limit (profile runtime.max_onnx_opset)
     torch_module: Any = None  # the same model as an eval-mode torch nn.Module, for converters that read torch
+    # accuracy-control INT8 (Backend.build_accuracy_controlled): labelled validation images (float32 [0, 1], int64
+    # labels) and the top-1 drop allowed, in points
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    max_drop_points: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class Backend(ABC):
     precisions: ClassVar[tuple[str, ...]]  # what `build` can produce
     # training images the build is given for INT8 calibration (gtnpipe build passes exactly this many)
     calibration_images: ClassVar[int] = CALIBRATION_IMAGES
+    # whether `build_accuracy_controlled` exists: INT8 with the layers that cost most accuracy kept in float
+    accuracy_control: ClassVar[bool] = False
 
     @abstractmethod
     def version(self) -> str: ...
@@ -92,6 +98,11 @@ class Backend(ABC):
 
     @abstractmethod
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> Runner: ...
+
+    def build_accuracy_controlled(self, inputs: CompileInputs, out_dir: Path) -> BuildResult:
+        """INT8 by NNCF's quantize_with_accuracy_control (backends with `accuracy_control`); notes name the layers
+        kept in float ("float_layers")."""
+        raise ConfigError(f"the {self.runtime} backend has no accuracy-control INT8 (NNCF supports OpenVINO and ONNX)")
 
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:

@@ -27,8 +27,30 @@ class OrtRunner:
         return self.session.run(None, {self.input_name: x})[0]
 
 
+_SESSIONS: dict[int, tuple[object, ort.InferenceSession]] = {}
+
+
+def _session_of(proto: object) -> ort.InferenceSession:
+    """One session per model NNCF hands the validation function (it asks for the same model once per item)."""
+    held = _SESSIONS.get(id(proto))
+    if held is None or held[0] is not proto:
+        _SESSIONS.clear()  # one model at a time: the previous one is done with
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+        held = _SESSIONS[id(proto)] = (proto, session)
+    return held[1]
+
+
+def _quantized_layers(model: object) -> set[str]:
+    """The nodes that read a DequantizeLinear's output: the ones that run in INT8."""
+    graph = model.graph  # type: ignore[attr-defined]
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name or n.output[0] for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dequantized for i in n.input)}
+
+
 class OnnxRuntimeBackend(Backend):
     runtime = "onnxruntime"
+    accuracy_control = True
     # FP16 is left out: ORT's CPU provider has no FP16 kernels for most ops and inserts casts around them
     precisions = ("fp32", "int8")
 
@@ -57,6 +79,38 @@ class OnnxRuntimeBackend(Backend):
         atomic_write_bytes(target, quantized.SerializeToString())
         return BuildResult(target.name, (target.name,), {"quantizer": f"nncf {nncf.__version__} post-training",
                                                          "calibration_images": len(samples) * inputs.input_shape[0]})
+
+    def build_accuracy_controlled(self, inputs: CompileInputs, out_dir: Path) -> BuildResult:
+        try:
+            import nncf
+            import onnx
+        except ImportError as err:
+            raise missing("INT8 quantization for ONNX Runtime", err, "build") from err
+        from gtnpipe.deploy.backends.accuracy_control import quantize_with_accuracy_control
+        from gtnpipe.fsutil import atomic_write_bytes
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model = onnx.load(str(inputs.onnx_path))
+        name = model.graph.input[0].name
+        batches = calibration_batches(inputs)
+
+        def logits(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+            session = _session_of(proto)
+            return np.asarray(session.run(None, {name: x})[0], dtype=np.float32)
+
+        with quiet_loggers("nncf"), toolchain_step("NNCF accuracy-control INT8 quantization for ONNX Runtime"):
+            plain = nncf.quantize(model, nncf.Dataset([{name: b} for b in batches]), subset_size=len(batches))
+            quantized = quantize_with_accuracy_control(onnx.load(str(inputs.onnx_path)), inputs,
+                                                       feed=lambda x: {name: x}, logits=logits)
+        target = out_dir / "model-int8-ac.onnx"
+        atomic_write_bytes(target, quantized.SerializeToString())
+        return BuildResult(target.name, (target.name,), {
+            "quantizer": f"nncf {nncf.__version__} quantize_with_accuracy_control",
+            "calibration_images": len(batches) * inputs.input_shape[0],
+            "validation_images": len(inputs.validation[0]) if inputs.validation is not None else 0,
+            "max_drop_points": inputs.max_drop_points,
+            "float_layers": sorted(_quantized_layers(plain) - _quantized_layers(quantized)),
+            "quantized_layers": len(_quantized_layers(quantized))})
 
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> OrtRunner:
         return OrtRunner(model_path, threads=threads)

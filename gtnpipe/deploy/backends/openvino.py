@@ -84,9 +84,17 @@ def _save_ir(model: ov.Model, out_dir: Path, stem: str, *, compress_to_fp16: boo
     return xml, bin_
 
 
+def _quantized_layers(model: ov.Model) -> set[str]:
+    """The operations that read a FakeQuantize's output: the ones that run in INT8 (shape bookkeeping left out)."""
+    return {target.get_node().get_friendly_name() for op in model.get_ops() if op.get_type_name() == "FakeQuantize"
+            for target in op.output(0).get_target_inputs()
+            if target.get_node().get_type_name() not in ("FakeQuantize", "ShapeOf")}
+
+
 class OpenVinoBackend(Backend):
     runtime = "openvino"
     precisions = ("fp32", "fp16", "int8")
+    accuracy_control = True
 
     def version(self) -> str:
         try:
@@ -125,6 +133,30 @@ class OpenVinoBackend(Backend):
         return BuildResult(files[0], files, {"quantizer": f"nncf {nncf.__version__} post-training",
                                              "calibration_images": len(samples) * inputs.input_shape[0], "weights": "int8",
                                              "input_shape": list(inputs.input_shape)})
+
+    def build_accuracy_controlled(self, inputs: CompileInputs, out_dir: Path) -> BuildResult:
+        try:
+            import nncf
+        except ImportError as err:
+            raise missing("INT8 quantization for OpenVINO", err, "build") from err
+        from gtnpipe.deploy.backends.accuracy_control import quantize_with_accuracy_control
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model = self._read(inputs)
+        with quiet_loggers("nncf"), toolchain_step("NNCF accuracy-control INT8 quantization for OpenVINO"):
+            plain = nncf.quantize(model, nncf.Dataset(calibration_batches(inputs)),
+                                  subset_size=len(calibration_batches(inputs)))
+            quantized = quantize_with_accuracy_control(
+                self._read(inputs), inputs, feed=lambda x: x,
+                logits=lambda compiled, x: np.asarray(compiled(x)[0], dtype=np.float32))
+        files = _save_ir(quantized, out_dir, "model-int8-ac", compress_to_fp16=False)
+        return BuildResult(files[0], files, {
+            "quantizer": f"nncf {nncf.__version__} quantize_with_accuracy_control", "weights": "int8 (mixed)",
+            "calibration_images": len(calibration_batches(inputs)) * inputs.input_shape[0],
+            "validation_images": len(inputs.validation[0]) if inputs.validation is not None else 0,
+            "max_drop_points": inputs.max_drop_points, "input_shape": list(inputs.input_shape),
+            "float_layers": sorted(_quantized_layers(plain) - _quantized_layers(quantized)),
+            "quantized_layers": len(_quantized_layers(quantized))})
 
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> OvRunner:
         return OvRunner(model_path, threads=threads, precision=precision)
