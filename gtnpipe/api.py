@@ -58,7 +58,7 @@ def workspace(data: Data = None, *, recipe: str | Path | Recipe = "quick", cache
                           train_device=train_device, progress=progress)
 
 
-def build(device: Device, *, data: Data = None, recipe: str | Path | Recipe = "quick", teacher: Teacher = "gtn",
+def build(device: Device, *, data: Data = None, recipe: str | Path | Recipe = "quick", teacher: Teacher | None = None,
           out: str | Path = "artifacts", cache_dir: Path | None = None, iterations: int = 500,
           check_measured_budgets: bool = False, strict: bool = False, ws: Workspace | None = None,
           say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
@@ -87,11 +87,14 @@ def compile(model: str | Path | nn.Module, device: Device, *, data: Data = None,
                                       check_measured_budgets=check_measured_budgets, strict=strict, say=say)
 
 
-def distill(arch: str, *, teacher: Teacher = "gtn", data: Data = None, recipe: str | Path | Recipe = "quick",
-            cache_dir: Path | None = None, seed: int | None = None, ws: Workspace | None = None) -> DistillOutcome:
-    """`gtnpipe distill`: pool student `arch` (an id, "smallest" or "largest") distilled from `teacher`."""
+def distill(arch: str, *, teacher: Teacher | None = None, finetune: str | None = None, data: Data = None,
+            recipe: str | Path | Recipe = "quick", cache_dir: Path | None = None, seed: int | None = None,
+            ws: Workspace | None = None) -> DistillOutcome:
+    """`gtnpipe distill`: pool student `arch` (an id, "smallest" or "largest") distilled from `teacher`.
+    `finetune="gtn"` with `teacher_from_module(model, stages=[...])`: your teacher fine-tuned as a generic teacher
+    (the recipe's gtn settings, gtn.finetune_epochs epochs) before it teaches."""
     ws = ws or workspace(data, recipe=recipe, cache_dir=cache_dir)
-    return pipeline.distill_student(ws, arch, teacher=_teacher(teacher), seed=seed)
+    return pipeline.distill_student(ws, arch, teacher=_teacher(teacher), finetune=finetune, seed=seed)
 
 
 def search(device: Device, *, data: Data = None, recipe: str | Path | Recipe = "quick", cache_dir: Path | None = None,
@@ -101,8 +104,8 @@ def search(device: Device, *, data: Data = None, recipe: str | Path | Recipe = "
     return pipeline.search_device(ws, device, config=SearchConfig(iterations=iterations))
 
 
-def _teacher(teacher: Teacher) -> str | ExternalTeacher:
-    if isinstance(teacher, ExternalTeacher):
+def _teacher(teacher: Teacher | None) -> str | ExternalTeacher | None:
+    if teacher is None or isinstance(teacher, ExternalTeacher):
         return teacher
     if isinstance(teacher, nn.Module):
         return teacher_from_module(teacher)

@@ -108,7 +108,7 @@ class BuildOutcome:
 
 
 def build_device(ws: Workspace, device: str | Path | DeviceProfile, *, out: Path = Path("artifacts"),
-                 teacher: str | ExternalTeacher = "gtn",
+                 teacher: str | ExternalTeacher | None = None,
                  config: SearchConfig | None = None, accuracy_samples: int | None = None,
                  check_measured_budgets: bool = False, strict: bool = False,
                  say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
@@ -119,6 +119,7 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, *, out: Path
     """
     profile = load_profile(device)
     backend = get_backend(profile.runtime.name)  # a missing runtime SDK fails here, before any training
+    teacher = teacher if teacher is not None else ws.teacher_source or "gtn"  # --teacher, [teacher] source, the GTN
     log_stage = _StageLog(say)
     say(f"building {profile.name} ({profile.runtime.name}, precisions {', '.join(profile.precisions)}) "
         f"with recipe {ws.recipe.name}")
@@ -481,11 +482,13 @@ def load_teacher(ws: Workspace, method: str, *, student: str | None = None) -> t
     return training.load_teacher(ws, training.teacher_input(ws, method, student=student))
 
 
-def distill_student(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = "gtn",
-                    seed: int | None = None) -> DistillOutcome:
+def distill_student(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher | None = None,
+                    finetune: str | None = None, seed: int | None = None) -> DistillOutcome:
     """Distill pool student `arch` from a cached teacher ('gtn', 'vanilla', 'sftn', or 'none': labels only), a teacher
-    file (.onnx, .pt2, TorchScript) or an ExternalTeacher (gtnpipe.teacher_from_module)."""
-    return training.distill_student(ws, training.distill_input(ws, arch, teacher=teacher, seed=seed))
+    file (.onnx, .pt2, TorchScript) or an ExternalTeacher (gtnpipe.teacher_from_module); finetune="gtn" fine-tunes
+    a module teacher with named stages as a generic teacher first."""
+    teacher = teacher if teacher is not None else ws.teacher_source or "gtn"  # --teacher, [teacher] source, the GTN
+    return training.distill_student(ws, training.distill_input(ws, arch, teacher=teacher, finetune=finetune, seed=seed))
 
 
 def load_distilled(ws: Workspace, arch: str, *, teacher: str = "gtn") -> Deployable:

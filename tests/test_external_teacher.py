@@ -118,3 +118,68 @@ def test_loads_inside_the_pt2_loader_are_restricted_to_weights(tmp_path: Path) -
     with _weights_only_loads(), pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         torch.load(path, weights_only=False)
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+class StagedCNN(nn.Module):
+    """A user's teacher whose stages do not line up with mbv3-28's (28, 14, 7 px here against 14, 7, 4 there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(12, 20, 3, stride=2, padding=1), nn.BatchNorm2d(20), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(20, 28, 3, stride=2, padding=1), nn.BatchNorm2d(28), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(28, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.c(self.b(self.a(x))))
+
+
+def test_module_teacher_with_named_stages_is_fine_tuned_as_a_generic_teacher(files: Files) -> None:
+    import copy
+
+    torch.manual_seed(0)
+    user = StagedCNN()
+    before = copy.deepcopy(user.state_dict())
+    teacher = teacher_from_module(user, stages=["a", "b", "c"])
+    arch = files.ws.space.smallest().id
+    inp = training.distill_input(files.ws, arch, teacher=teacher, finetune="gtn")
+    assert inp.method == "gtn:module" and isinstance(inp.teacher, training.TeacherInput)
+    fine_tuned = training.train_teacher(files.ws, inp.teacher)
+    assert fine_tuned.epochs == files.ws.recipe.gtn.finetune_epochs
+    kl = fine_tuned.log["kl_by_branch_point"]
+    assert set(kl) == {"0", "1", "2", "3"} and all(v["count"] > 0 for v in kl.values())  # branches from every stage
+    assert all(torch.equal(before[k], v) for k, v in user.state_dict().items())  # the caller's module is untouched
+    net, _ = training.load_teacher(files.ws, inp.teacher)
+    tuned = {k.removeprefix("inner.teacher."): v for k, v in net.state_dict().items() if k.startswith("inner.teacher.")}
+    assert any(not torch.equal(before[k], tuned[k]) for k in before if before[k].is_floating_point())
+    student = training.distill_student(files.ws, inp)
+    assert student.teacher == "gtn:module" and student.teacher_key == inp.teacher.key and 0 < student.test_top1 <= 100
+
+
+def test_gtn_fine_tuning_needs_one_stage_per_boundary(files: Files) -> None:
+    arch = files.ws.space.smallest().id
+    with pytest.raises(ConfigError, match="needs a module with named stages"):
+        training.distill_input(files.ws, arch, teacher=teacher_file(files.onnx), finetune="gtn")
+    two = teacher_from_module(StagedCNN(), stages=["a", "b"])
+    with pytest.raises(ConfigError, match=r"needs 3 teacher stages for space 'mbv3-28' .* got 2"):
+        training.train_teacher(files.ws, training.distill_input(files.ws, arch, teacher=two, finetune="gtn").teacher)
+    with pytest.raises(ConfigError, match=r"stages \['nope'\] are not submodules of StagedCNN"):
+        teacher_from_module(StagedCNN(), stages=["nope"])
+
+
+def test_recipe_teacher_source_is_the_default_teacher_and_keys_no_trained_teacher(files: Files, tmp_path: Path) -> None:
+    from gtnpipe.models.teacher import SPACE_TEACHERS
+    from gtnpipe.pipeline import distill_student
+
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text(TINY_RECIPE.read_text().replace('name = "tiny"', 'name = "mine"').replace(
+        "[teacher]\n", f'[teacher]\nsource = "{files.onnx}"\n'))
+    ws = Workspace.open(recipe, cache_dir=files.ws.cache.root, progress=False)
+    assert ws.teacher_source == str(files.onnx) and ws.teacher == files.ws.teacher  # the shape: without the source
+    assert training.train_input(ws, "teacher").key == training.train_input(files.ws, "teacher").key
+    student = distill_student(ws, ws.space.smallest().id)  # no teacher named: the recipe's file
+    assert student.teacher == "onnx" and student.teacher_key == teacher_file(files.onnx).sha256
+    only = tmp_path / "only.toml"
+    only.write_text(f'name = "only"\n[teacher]\nsource = "{files.onnx}"\n[train.teacher]\nepochs = 1\n'
+                    '[train.student]\nepochs = 1\n')
+    assert Workspace.open(only, progress=False, data_source=None).teacher == SPACE_TEACHERS["mbv3-28"]

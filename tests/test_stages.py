@@ -43,8 +43,10 @@ def _examples() -> dict[type, Stage]:
     compiled = deploy.CompileInput(distilled, HOST.runtime, "1.32.0", "int8", 1, 1.0, 300, 1234, 500)
     measured = deploy.MeasureInput(compiled, Machine("AMD EPYC", 2, "x86_64", "Linux"), 2, 20, 200, 3)
     logits = training.LogitsInput(vanilla, DATA)
+    external = training.ExternalTeacher("onnx", "e" * 64, ("layer1",), path="/data/teacher.onnx")
+    checked = training.TeacherCheckInput(external, DATA)
     assert student.arch is not None
-    return {type(x): x for x in (vanilla, gtn, distilled, accuracy, searched, compiled, measured, logits)}
+    return {type(x): x for x in (vanilla, gtn, distilled, accuracy, searched, compiled, measured, logits, checked)}
 
 
 EXAMPLES = _examples()
@@ -73,6 +75,8 @@ def _variants(obj: Any, path: str = "") -> list[tuple[str, Any]]:
     """(dotted field, obj with that one leaf changed) for every leaf of a dataclass tree that can be changed validly."""
     out = []
     for f in dataclasses.fields(obj):
+        if not f.metadata.get("keyed", True):  # where to find it, not what it is: tested apart
+            continue
         value = getattr(obj, f.name)
         where = f"{path}{f.name}"
         if dataclasses.is_dataclass(value):
@@ -109,6 +113,15 @@ def test_every_field_changes_the_key(cls: type) -> None:
     assert len(variants) >= len(dataclasses.fields(base))
     same = [w for w, v in variants if stage_key(v) == key]
     assert not same, f"{cls.__name__}: changing {same} does not change the cache key"
+
+
+def test_fields_marked_not_keyed_leave_the_key_alone() -> None:
+    """A teacher file's path is where to find it; its sha256 is what it is (a renamed file keeps its cache)."""
+    checked = EXAMPLES[training.TeacherCheckInput]
+    moved = dataclasses.replace(checked, teacher=dataclasses.replace(checked.teacher, path="/elsewhere/t.onnx"))
+    assert stage_key(moved) == stage_key(checked)
+    changed = dataclasses.replace(checked, teacher=dataclasses.replace(checked.teacher, sha256="f" * 64))
+    assert stage_key(changed) != stage_key(checked)
 
 
 def test_nested_input_kind_is_part_of_the_key() -> None:

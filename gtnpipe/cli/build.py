@@ -109,9 +109,9 @@ def build(
     storage: StorageOpt = "auto",
     train_device: TrainDeviceOpt = "auto",
     out_dir: Annotated[Path, typer.Option("--out", help="Artifacts folder: one sub-folder per device.")] = Path("artifacts"),
-    teacher: Annotated[str, typer.Option("--teacher", help="gtn (the generic teacher), vanilla, none, or a teacher file "
+    teacher: Annotated[str | None, typer.Option("--teacher", help="gtn (the generic teacher), vanilla, none, or a teacher file "
                                          "you bring: .onnx, torch.export .pt2 or TorchScript .pt/.ts (float32 NCHW [0, 1] "
-                                         "images in, logits out).")] = "gtn",
+                                         "images in, logits out) [default: the recipe's [teacher] source, else gtn].")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Search generations.")] = 500,
     accuracy_samples: Annotated[int | None, typer.Option("--accuracy-samples", min=10, help="Students measured with "
                                                          "inherited weights to fit the accuracy predictor "

@@ -88,9 +88,9 @@ def teacher(
 
 def distill(
     arch: Annotated[str, typer.Option("--arch", "-a", help="Student arch id, 'largest' or 'smallest'.")],
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="gtn, vanilla, sftn, none, or a teacher file: .onnx, "
+    teacher: Annotated[str | None, typer.Option("--teacher", "-t", help="gtn, vanilla, sftn, none, or a teacher file: .onnx, "
                                          "torch.export .pt2, TorchScript .pt/.ts (float32 NCHW [0, 1] images in, "
-                                         "logits out).")] = "gtn",
+                                         "logits out) [default: the recipe's [teacher] source, else gtn].")] = None,
     recipe: RecipeOpt = "quick",
     seed: Annotated[int | None, typer.Option("--seed", help="Student seed [default: the recipe's].")] = None,
     cache_dir: CacheOpt = None,

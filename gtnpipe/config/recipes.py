@@ -63,6 +63,11 @@ class TeacherConfig:
     stem_width: int = 32
     widths: tuple[int, ...] = (64, 128, 192, 256)
     blocks: tuple[int, ...] = (2, 2, 2, 1)
+    # a teacher file students distill from (vanilla KD) when the command names no --teacher: .onnx, torch.export
+    # .pt2 or TorchScript .pt/.ts (float32 NCHW [0, 1] images in, logits out); a path relative to where gtnpipe runs.
+    # The shape fields above stay the shape of the teachers gtnpipe trains (the generic teacher search needs); with
+    # `source` alone they are the space's own. Not part of any trained teacher's key (its content's sha256 keys it).
+    source: str = ""
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.blocks):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ from torch import nn
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import sha256_file
 
-__all__ = ["TEACHER_FILE_KINDS", "ExternalTeacher", "as_training_teacher", "load_external", "teacher_file",
-           "teacher_from_module"]
+__all__ = ["TEACHER_FILE_KINDS", "ExternalTeacher", "HookedTeacher", "as_training_teacher", "load_external",
+           "teacher_file", "teacher_from_module"]
 
 # file suffix -> kind
 TEACHER_FILE_KINDS = {".onnx": "onnx", ".pt2": "pt2", ".ts": "torchscript", ".pt": "torchscript", ".jit": "torchscript"}
@@ -46,6 +46,8 @@ class ExternalTeacher:
 
     kind: str  # "onnx" | "pt2" | "torchscript" | "module"
     sha256: str
+    # a module's named submodules whose outputs are its stage features (GTN fine-tuning: `HookedTeacher`)
+    stages: tuple[str, ...] = ()
     path: str | None = field(default=None, compare=False, metadata={"keyed": False})
     module: nn.Module | None = field(default=None, compare=False, repr=False, metadata={"keyed": False})
 
@@ -63,7 +65,7 @@ def teacher_file(path: str | Path) -> ExternalTeacher:
                           f"{', '.join(TEACHER_FILE_KINDS)} (ONNX, torch.export, TorchScript)")
     if not p.is_file():
         raise ConfigError(f"teacher file {p} does not exist")
-    return ExternalTeacher(kind, sha256_file(p), str(p.resolve()))
+    return ExternalTeacher(kind, sha256_file(p), path=str(p.resolve()))
 
 
 class _Normalised(nn.Module):
@@ -77,12 +79,21 @@ class _Normalised(nn.Module):
         return self.module((x - self.mean) / self.std)
 
 
-def teacher_from_module(model: nn.Module, *, input_mean: tuple[float, ...] | None = None,
+def teacher_from_module(model: nn.Module, *, stages: Sequence[str] = (), input_mean: tuple[float, ...] | None = None,
                         input_std: tuple[float, ...] | None = None) -> ExternalTeacher:
     """Any torch classifier as a teacher. It must take [0, 1] images, or give the normalisation it expects
-    (`input_mean`, `input_std`, per channel in [0, 1] pixel units). Keyed by its class and its weights."""
+    (`input_mean`, `input_std`, per channel in [0, 1] pixel units). Keyed by its class and its weights.
+
+    `stages`: names of submodules (as `model.named_modules()` names them) whose outputs are the teacher's stage
+    features, shallowest first, one per boundary between the search space's stages: with them the teacher can be
+    fine-tuned as a generic teacher (`finetune="gtn"`), forward hooks reading the features."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"teacher_from_module takes a torch.nn.Module, not {type(model).__name__}")
+    names = dict(model.named_modules())
+    unknown = [s for s in stages if s not in names or s == ""]
+    if unknown:
+        raise ConfigError(f"stages {unknown} are not submodules of {type(model).__name__}; its submodules include "
+                          f"{', '.join(list(n for n in names if n)[:12])}, ...")
     if (input_mean is None) != (input_std is None):
         raise ConfigError("give both input_mean and input_std (the normalisation the model expects), or neither")
     digest = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
@@ -92,7 +103,8 @@ def teacher_from_module(model: nn.Module, *, input_mean: tuple[float, ...] | Non
     if input_mean is not None and input_std is not None:
         digest.update(f"normalised:{list(input_mean)}:{list(input_std)}".encode())
         model = _Normalised(model, input_mean, input_std)
-    return ExternalTeacher("module", digest.hexdigest(), None, model)
+        stages = tuple(f"module.{s}" for s in stages)
+    return ExternalTeacher("module", digest.hexdigest(), tuple(stages), None, model)
 
 
 class _OnnxTeacher(nn.Module):
@@ -205,3 +217,45 @@ def as_training_teacher(teacher: ExternalTeacher, mean: tuple[float, ...], std: 
         raise ConfigError(f"teacher {teacher.name} returns {shape} for 2 images; the data has {num_classes} classes, so "
                           f"a teacher must return (batch, {num_classes}) logits")
     return module
+
+
+class HookedTeacher(nn.Module):
+    """A module teacher as GTN training uses one: normalised images in (the training loop's), logits out, and
+    `features_and_logits` giving the outputs of its named stage modules too, read by forward hooks."""
+
+    def __init__(self, module: nn.Module, stages: tuple[str, ...], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.inner = _FromNormalised(module, mean, std)
+        self.stage_names = stages
+        self._captured: dict[str, torch.Tensor] | None = None
+        named = dict(module.named_modules())
+        missing = [s for s in stages if s not in named]
+        if missing:
+            raise ConfigError(f"teacher stages {missing} are not submodules of the teacher")
+        for name in stages:
+            named[name].register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str) -> Any:
+        def keep(_module: nn.Module, _args: Any, output: Any) -> None:
+            if self._captured is not None:
+                if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                    raise ConfigError(f"teacher stage {name!r} returns {type(output).__name__}"
+                                      f"{tuple(output.shape) if isinstance(output, torch.Tensor) else ''}; a stage must "
+                                      "return one (N, C, H, W) feature map")
+                self._captured[name] = output
+        return keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(x)
+        return out
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        self._captured = {}
+        try:
+            logits = self.inner(x)
+            missing = [n for n in self.stage_names if n not in self._captured]
+            if missing:
+                raise ConfigError(f"teacher stages {missing} did not run in the teacher's forward")
+            return [self._captured[n] for n in self.stage_names], logits
+        finally:
+            self._captured = None

@@ -6,6 +6,8 @@ issue can run teacher stages 1..i, an adapter, then student stages i+1..K.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -48,11 +50,12 @@ class BasicBlock(nn.Module):
 
 
 def teacher_for(space: SearchSpace, configured: TeacherConfig | None = None) -> TeacherConfig:
-    """The recipe's [teacher] when it has one, else the space's (SPACE_TEACHERS)."""
-    if configured is not None:
+    """The recipe's [teacher] when it has one, else the space's (SPACE_TEACHERS). A [teacher] that names only a
+    teacher file (`source`) keeps the space's shape for the teachers gtnpipe trains."""
+    if configured is not None and not (configured.source and replace(configured, source="") == TeacherConfig()):
         return configured
     try:
-        return SPACE_TEACHERS[space.name]
+        return replace(SPACE_TEACHERS[space.name], source=configured.source if configured is not None else "")
     except KeyError as err:
         raise ConfigError(f"search space {space.name!r} has no default teacher; give the recipe a [teacher] section with "
                           f"one width and block count per stage ({space.num_stages} stages)") from err

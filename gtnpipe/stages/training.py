@@ -3,6 +3,7 @@ a teacher's logits on the train split, and a distilled student. Each input datac
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -12,7 +13,14 @@ import torch
 from gtnpipe.config.recipes import DistillConfig, GTNConfig, TeacherConfig, TrainConfig
 from gtnpipe.errors import ConfigError
 from gtnpipe.models.counting import count_module
-from gtnpipe.models.external import TEACHER_FILE_KINDS, ExternalTeacher, as_training_teacher, teacher_file
+from gtnpipe.models.external import (
+    TEACHER_FILE_KINDS,
+    ExternalTeacher,
+    HookedTeacher,
+    as_training_teacher,
+    load_external,
+    teacher_file,
+)
 from gtnpipe.models.static import StagedNet, at_resolution, build_static
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.models.teacher import build_teacher
@@ -92,7 +100,7 @@ class TeacherInput(Stage):
 
     method: str  # "gtn" | "sftn"
     student: str | None  # SFTN's student
-    teacher: TeacherConfig
+    teacher: TeacherConfig | ExternalTeacher  # our teacher's shape, or a user's module fine-tuned as a GTN
     train: TrainConfig  # as run: with gtn.teacher_init = "vanilla", the fine-tuning epochs
     gtn: GTNConfig
     seed: int
@@ -210,8 +218,20 @@ def train_input(ws: Workspace, model: str) -> TrainInput:
     return TrainInput(ws.space.parse(model).id, None, rec.train.student, rec.seed, ws.space, ws.task, ws.data_ref)
 
 
-def teacher_input(ws: Workspace, method: str, *, student: str | None = None) -> TrainInput | TeacherInput:
-    """The input of a teacher: vanilla (CE only), gtn (generic, for the whole pool) or sftn (for `student`)."""
+def teacher_input(ws: Workspace, method: str, *, student: str | None = None,
+                  external: ExternalTeacher | None = None) -> TrainInput | TeacherInput:
+    """The input of a teacher: vanilla (CE only), gtn (generic, for the whole pool) or sftn (for `student`).
+    `external` with gtn: a user's module teacher (with named stages) fine-tuned with the branches for
+    gtn.finetune_epochs, as `teacher_init = "vanilla"` fine-tunes ours."""
+    if external is not None:
+        if method != "gtn" or external.kind != "module" or not external.stages:
+            raise ConfigError("GTN fine-tuning of your teacher needs a module with named stages: "
+                              "gtnpipe.teacher_from_module(model, stages=[...]) and finetune='gtn' (files give logits "
+                              "only: vanilla KD)")
+        rec = ws.recipe
+        cfg = replace(rec.train.teacher, epochs=rec.gtn.finetune_epochs,
+                      warmup_epochs=min(rec.train.teacher.warmup_epochs, rec.gtn.finetune_epochs / 2))
+        return TeacherInput("gtn", None, external, cfg, rec.gtn, rec.seed, None, ws.space, ws.task, ws.data_ref)
     if method not in TEACHER_METHODS:
         raise ConfigError(f"unknown teacher method {method!r}; choose one of: {', '.join(TEACHER_METHODS)}")
     if (method == "sftn") != (student is not None):
@@ -229,14 +249,20 @@ def teacher_input(ws: Workspace, method: str, *, student: str | None = None) -> 
     return TeacherInput(method, arch, ws.teacher, train_cfg, rec.gtn, rec.seed, init, ws.space, ws.task, ws.data_ref)
 
 
-def distill_input(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = "gtn",
+def distill_input(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = "gtn", finetune: str | None = None,
                   seed: int | None = None) -> DistillInput:
     """The input that distills pool student `arch` from `teacher`: 'gtn', 'vanilla', 'sftn', 'none' (labels only), a
-    teacher file (.onnx, .pt2, TorchScript) or an ExternalTeacher (gtnpipe.teacher_from_module)."""
+    teacher file (.onnx, .pt2, TorchScript) or an ExternalTeacher (gtnpipe.teacher_from_module); `finetune="gtn"`:
+    an ExternalTeacher module with named stages, fine-tuned as a generic teacher first."""
     rec = ws.recipe
     student = ws.space.parse(arch)
     t_in: TrainInput | TeacherInput | ExternalTeacher | None
-    if isinstance(teacher, ExternalTeacher):
+    if finetune is not None:
+        if finetune != "gtn" or not isinstance(teacher, ExternalTeacher):
+            raise ConfigError(f"finetune={finetune!r}: only 'gtn', and only for a teacher from "
+                              "gtnpipe.teacher_from_module(model, stages=[...])")
+        t_in = teacher_input(ws, "gtn", external=teacher)
+    elif isinstance(teacher, ExternalTeacher):
         t_in = teacher
     elif teacher in (*TEACHER_METHODS, "none"):
         t_in = None if teacher == "none" else teacher_input(ws, teacher, student=student.id if teacher == "sftn" else None)
@@ -245,7 +271,8 @@ def distill_input(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = 
     else:
         raise ConfigError(f"unknown teacher {teacher!r}; choose one of: {', '.join((*TEACHER_METHODS, 'none'))}, or a "
                           f"teacher file ending in {', '.join(TEACHER_FILE_KINDS)}")
-    method = t_in.kind if isinstance(t_in, ExternalTeacher) else str(teacher)
+    method = (t_in.kind if isinstance(t_in, ExternalTeacher) else "gtn:module" if finetune is not None
+              else str(teacher))
     init_from = teacher_input(ws, "gtn") if rec.distill.init == "inherited" else None  # every method: same weights
     assert init_from is None or isinstance(init_from, TeacherInput)
     return DistillInput(student.id, method, t_in, rec.distill if t_in is not None else None, rec.distill.init, init_from,
@@ -298,7 +325,7 @@ def train_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> TeacherOutco
 
     def build(staging: Any, meta: dict[str, Any]) -> None:
         seed_everything(inp.seed)
-        teacher, supernet = build_teacher(inp.teacher, inp.space, inp.task), Supernet(inp.space, inp.task)
+        teacher, supernet = _teacher_net(ws, inp), Supernet(inp.space, inp.task)
         if inp.init_from is not None:
             load_weights(ws, teacher, inp.init_from)
         result, trainer = train_generic_teacher(
@@ -329,7 +356,16 @@ def load_teacher(ws: Workspace, inp: TrainInput | TeacherInput | ExternalTeacher
     if isinstance(inp, ExternalTeacher):
         return _external_teacher(ws, inp)
     outcome = train_teacher(ws, inp)
-    return load_weights(ws, build_teacher(ws.teacher, inp.space, inp.task), inp).train(False), outcome
+    net = _teacher_net(ws, inp) if isinstance(inp, TeacherInput) else build_teacher(ws.teacher, inp.space, inp.task)
+    return load_weights(ws, net, inp).train(False), outcome
+
+
+def _teacher_net(ws: Workspace, inp: TeacherInput) -> StagedNet | HookedTeacher:
+    """The network a GTN/SFTN run trains: our teacher, or a copy of the user's module with hooks on its stages."""
+    if isinstance(inp.teacher, ExternalTeacher):
+        module = copy.deepcopy(load_external(inp.teacher))  # fine-tuning must not change the caller's object
+        return HookedTeacher(module.train(True), inp.teacher.stages, ws.data.mean, ws.data.std)
+    return build_teacher(inp.teacher, inp.space, inp.task)
 
 
 def _external_teacher(ws: Workspace, teacher: ExternalTeacher) -> tuple[torch.nn.Module, TeacherOutcome]:

@@ -71,7 +71,9 @@ class Workspace:
         auto (CUDA when available), cpu, cuda[:N]. An image folder's index is kept under the cache (DATA_INDEX)."""
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         if data_source is not None:
-            rec = replace(rec, data=DataConfig(source=data_source), space=AUTO, teacher=None)
+            source = rec.teacher.source if rec.teacher is not None else ""  # a teacher file stays
+            rec = replace(rec, data=DataConfig(source=data_source), space=AUTO,
+                          teacher=TeacherConfig(source=source) if source else None)
         if image_size is not None:
             rec = replace(rec, data=replace(rec.data, image_size=image_size))
         if skip_unreadable is not None:
@@ -99,9 +101,15 @@ class Workspace:
 
     @property
     def teacher(self) -> TeacherConfig:
-        """The teacher's shape (the recipe's [teacher] or the space's own, resolved when the workspace opened)."""
+        """The shape of the teachers gtnpipe trains (the recipe's [teacher] or the space's own, resolved when the
+        workspace opened), without [teacher] source: a trained teacher's key names what was trained."""
         assert self.recipe.teacher is not None
-        return self.recipe.teacher
+        return replace(self.recipe.teacher, source="")
+
+    @property
+    def teacher_source(self) -> str | None:
+        """[teacher] source: the teacher file students distill from when a command names none."""
+        return self.recipe.teacher.source or None if self.recipe.teacher is not None else None
 
 
 

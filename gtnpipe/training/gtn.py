@@ -28,6 +28,8 @@ from torch import nn
 
 from gtnpipe.config.recipes import GTNConfig, TrainConfig
 from gtnpipe.data.datasets import Dataset
+from gtnpipe.errors import ConfigError
+from gtnpipe.models.external import HookedTeacher
 from gtnpipe.models.static import StagedNet
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.space.counting import count_parts
@@ -167,7 +169,7 @@ class GenericTeacherTrainer(nn.Module):
         fixed_arch: train an SFTN teacher for this one student instead of a generic teacher.
     """
 
-    def __init__(self, teacher: StagedNet, supernet: Supernet, cfg: GTNConfig, *, label_smoothing: float,
+    def __init__(self, teacher: StagedNet | HookedTeacher, supernet: Supernet, cfg: GTNConfig, *, label_smoothing: float,
                  fixed_arch: ArchConfig | None = None) -> None:
         super().__init__()
         space = supernet.space
@@ -178,12 +180,15 @@ class GenericTeacherTrainer(nn.Module):
         self.teacher, self.supernet, self.cfg = teacher, supernet, cfg
         self.label_smoothing = label_smoothing
         self.fixed_arch = space.validate(fixed_arch) if fixed_arch is not None else None
-        teacher_widths = [stage[-1].bn2.num_features for stage in teacher.stages]  # type: ignore[index]
-        self.adapters = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(teacher_widths[i - 1], space.stages[i - 1].width, 1, bias=False),
-                          nn.BatchNorm2d(space.stages[i - 1].width))
-            for i in range(1, space.num_stages)
-        )
+        if isinstance(teacher, StagedNet):  # our own teacher: its stages line up with the space's
+            teacher_widths = [stage[-1].bn2.num_features for stage in teacher.stages]  # type: ignore[index]
+            self.adapters = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(teacher_widths[i - 1], space.stages[i - 1].width, 1, bias=False),
+                              nn.BatchNorm2d(space.stages[i - 1].width))
+                for i in range(1, space.num_stages)
+            )
+        else:  # a user's teacher: its stage features resampled to each student stage's resolution, then 1x1 conv + BN
+            self.adapters = _resampling_adapters(teacher, supernet)
         self.sampler = ArchSampler(space)
         self.log = GTNLog()
 
@@ -219,9 +224,15 @@ class GenericTeacherTrainer(nn.Module):
             return self.supernet(x, arch)
         return self.supernet.forward_from(self.adapters[point - 1](teacher_feats[point - 1]), arch, start_stage=point)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _teacher_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The teacher's stage features (feats[i - 1] feeds branch point i) and its logits."""
+        if isinstance(self.teacher, HookedTeacher):
+            return self.teacher.features_and_logits(x)
         feats = self.teacher.forward_stages(x)
-        t_logits = self.teacher.head(feats[-1])
+        return feats, self.teacher.head(feats[-1])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, t_logits = self._teacher_outputs(x)
         branches, points = self._plan()
         # the batch is shuffled, so its first n images are a random subset for the branches
         n = max(1, round(self.cfg.branch_batch_fraction * x.shape[0]))
@@ -248,8 +259,53 @@ class GenericTeacherTrainer(nn.Module):
         return loss, t_logits
 
 
+class Resample(nn.Module):
+    """A feature map to `size` (H, W): adaptive average pooling to shrink, bilinear interpolation to grow."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) == self.size:
+            return x
+        if x.shape[2] >= self.size[0] and x.shape[3] >= self.size[1]:
+            return F.adaptive_avg_pool2d(x, self.size)
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+
+def _stage_sizes(supernet: Supernet) -> list[tuple[int, int]]:
+    """Each student stage's output (H, W): every stride-s convolution (padding k // 2) gives ceil(side / s)."""
+    space, (h, w) = supernet.space, supernet.task.image_hw
+    h, w = -(-h // space.stem_stride), -(-w // space.stem_stride)
+    sizes = []
+    for spec in space.stages:
+        h, w = -(-h // spec.stride), -(-w // spec.stride)
+        sizes.append((h, w))
+    return sizes
+
+
+def _resampling_adapters(teacher: HookedTeacher, supernet: Supernet) -> nn.ModuleList:
+    """One adapter per boundary between the space's stages, from the teacher's named stage there (probed once)."""
+    space, task = supernet.space, supernet.task
+    if len(teacher.stage_names) != space.num_stages - 1:
+        raise ConfigError(f"GTN fine-tuning needs {space.num_stages - 1} teacher stages for space {space.name!r} (one per "
+                          f"boundary between its {space.num_stages} stages, whose outputs are "
+                          f"{', '.join(f'{s.width}@{h}x{w}' for s, (h, w) in zip(space.stages, _stage_sizes(supernet)))}),"
+                          f" got {len(teacher.stage_names)}: {list(teacher.stage_names)}")
+    with torch.no_grad():
+        was = teacher.training
+        feats, _ = teacher.train(False).features_and_logits(torch.zeros(2, task.in_channels, *task.image_hw))
+        teacher.train(was)
+    sizes = _stage_sizes(supernet)
+    return nn.ModuleList(
+        nn.Sequential(Resample(sizes[i - 1]), nn.Conv2d(feats[i - 1].shape[1], space.stages[i - 1].width, 1, bias=False),
+                      nn.BatchNorm2d(space.stages[i - 1].width))
+        for i in range(1, space.num_stages))
+
+
 def train_generic_teacher(
-    teacher: StagedNet,
+    teacher: StagedNet | HookedTeacher,
     supernet: Supernet,
     data: Dataset,
     train_cfg: TrainConfig,
