@@ -5,6 +5,7 @@ The Python API (`gtnpipe.api`): `gtnpipe.build`, `gtnpipe.compile`, `gtnpipe.dis
 one of those imports torch and the pipeline. The `gtnpipe` command does the same from a shell.
 """
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -13,8 +14,6 @@ _API = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
-        from gtnpipe import api
-
-        return getattr(api, name)
+    if name in _API:  # imported on first use (by name: the package's own modules import it for __version__ only)
+        return getattr(importlib.import_module("gtnpipe.api"), name)
     raise AttributeError(f"module 'gtnpipe' has no attribute {name!r}")
