@@ -35,13 +35,14 @@ from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.config.recipes import Recipe
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_bytes
-from gtnpipe.models.external import ExternalTeacher, teacher_from_module
+from gtnpipe.models.external import ExternalTeacher, teacher_file, teacher_from_module
 from gtnpipe.nas.evolution import SearchConfig
 from gtnpipe.pipeline import BuildOutcome, CompileOutcome, Workspace
 from gtnpipe.stages.search import SearchOutcome
 from gtnpipe.stages.training import DistillOutcome
 
-__all__ = ["Data", "Device", "Teacher", "build", "compile", "distill", "search", "teacher_from_module", "workspace"]
+__all__ = ["Data", "Device", "Teacher", "build", "compile", "distill", "search", "teacher_file", "teacher_from_module",
+           "workspace"]
 
 Device = str | Path | DeviceProfile
 Data = str | Path | Sequence[np.ndarray] | None

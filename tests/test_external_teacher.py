@@ -183,3 +183,33 @@ def test_recipe_teacher_source_is_the_default_teacher_and_keys_no_trained_teache
     only.write_text(f'name = "only"\n[teacher]\nsource = "{files.onnx}"\n[train.teacher]\nepochs = 1\n'
                     '[train.student]\nepochs = 1\n')
     assert Workspace.open(only, progress=False, data_source=None).teacher == SPACE_TEACHERS["mbv3-28"]
+
+
+class NamedOutputs(StagedCNN):
+    """What a .pt2 for GTN fine-tuning returns: its logits and its stage features, by name."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        a = self.a(x)
+        b = self.b(a)
+        c = self.c(b)
+        return {"logits": self.head(c), "a": a, "b": b, "c": c}
+
+
+def test_pt2_with_named_outputs_teaches_and_is_fine_tuned_as_a_generic_teacher(files: Files, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "named.pt2"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.export.save(torch.export.export(NamedOutputs().eval(), (torch.zeros(4, 1, 28, 28),),
+                                          dynamic_shapes={"x": {0: batch}}), str(path))
+    arch = files.ws.space.smallest().id
+    plain, outcome = training.load_teacher(files.ws, teacher_file(path))  # logits only: the dict's "logits"
+    assert plain(torch.zeros(3, 1, 28, 28)).shape == (3, 10) and 0 <= outcome.test_top1 <= 100
+    staged = teacher_file(path, stages=["a", "b", "c"])
+    assert staged.sha256 == teacher_file(path).sha256 and staged.stages == ("a", "b", "c")
+    inp = training.distill_input(files.ws, arch, teacher=staged, finetune="gtn")
+    tuned = training.train_teacher(files.ws, inp.teacher)
+    assert set(tuned.log["kl_by_branch_point"]) == {"0", "1", "2", "3"}
+    student = training.distill_student(files.ws, inp)
+    assert student.teacher == "gtn:pt2" and 0 < student.test_top1 <= 100
+    with pytest.raises(ConfigError, match="a onnx file gives logits only"):
+        teacher_file(files.onnx, stages=["a"])

@@ -56,8 +56,12 @@ class ExternalTeacher:
         return Path(self.path).name if self.path else f"module:{type(self.module).__name__}"
 
 
-def teacher_file(path: str | Path) -> ExternalTeacher:
-    """A teacher file, recognised by its suffix (TEACHER_FILE_KINDS)."""
+def teacher_file(path: str | Path, *, stages: Sequence[str] = ()) -> ExternalTeacher:
+    """A teacher file, recognised by its suffix (TEACHER_FILE_KINDS).
+
+    `stages` (a .pt2 only): the names of its stage features among its outputs. A .pt2 that returns a dict
+    {"logits": ..., "<stage>": (N, C, H, W) features, ...} can then be fine-tuned as a generic teacher
+    (`finetune="gtn"`); every other file gives logits only (vanilla KD)."""
     p = Path(path)
     kind = TEACHER_FILE_KINDS.get(p.suffix.lower())
     if kind is None:
@@ -65,7 +69,10 @@ def teacher_file(path: str | Path) -> ExternalTeacher:
                           f"{', '.join(TEACHER_FILE_KINDS)} (ONNX, torch.export, TorchScript)")
     if not p.is_file():
         raise ConfigError(f"teacher file {p} does not exist")
-    return ExternalTeacher(kind, sha256_file(p), path=str(p.resolve()))
+    if stages and kind != "pt2":
+        raise ConfigError(f"teacher file {p}: stage features come from a torch.export .pt2 that returns a dict of "
+                          f"named outputs (or from a module: gtnpipe.teacher_from_module); a {kind} file gives logits only")
+    return ExternalTeacher(kind, sha256_file(p), tuple(stages), path=str(p.resolve()))
 
 
 class _Normalised(nn.Module):
@@ -196,8 +203,17 @@ class _FromNormalised(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    def raw(self, x: torch.Tensor) -> Any:
+        """The teacher's own output: logits, or a .pt2's dict of named outputs."""
+        return self.teacher((x * self.std + self.mean).contiguous())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.teacher((x * self.std + self.mean).contiguous()).float()
+        out = self.raw(x)
+        if isinstance(out, dict):  # a .pt2 with named outputs: its logits
+            if "logits" not in out:
+                raise ConfigError(f"the teacher returns a dict with {sorted(out)}; name its logits 'logits'")
+            out = out["logits"]
+        return torch.as_tensor(out).float()
 
 
 def as_training_teacher(teacher: ExternalTeacher, mean: tuple[float, ...], std: tuple[float, ...],
@@ -223,11 +239,15 @@ class HookedTeacher(nn.Module):
     """A module teacher as GTN training uses one: normalised images in (the training loop's), logits out, and
     `features_and_logits` giving the outputs of its named stage modules too, read by forward hooks."""
 
-    def __init__(self, module: nn.Module, stages: tuple[str, ...], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, module: nn.Module, stages: tuple[str, ...], mean: tuple[float, ...], std: tuple[float, ...], *,
+                 from_outputs: bool = False) -> None:
         super().__init__()
         self.inner = _FromNormalised(module, mean, std)
         self.stage_names = stages
+        self.from_outputs = from_outputs  # a .pt2: the stages are named outputs, not submodules
         self._captured: dict[str, torch.Tensor] | None = None
+        if from_outputs:
+            return
         named = dict(module.named_modules())
         missing = [s for s in stages if s not in named]
         if missing:
@@ -250,6 +270,13 @@ class HookedTeacher(nn.Module):
         return out
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if self.from_outputs:
+            out = self.inner.raw(x)
+            missing = [n for n in ("logits", *self.stage_names) if not isinstance(out, dict) or n not in out]
+            if missing:
+                raise ConfigError(f"the .pt2 teacher's outputs lack {missing}; it must return a dict with 'logits' "
+                                  "and each stage feature named in stages=")
+            return [out[n] for n in self.stage_names], out["logits"].float()
         self._captured = {}
         try:
             logits = self.inner(x)

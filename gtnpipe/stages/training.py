@@ -144,7 +144,9 @@ class DistillInput(Stage):
     PACKAGES = _TORCH
 
     arch: str
-    method: str  # "vanilla" | "gtn" | "sftn" | "none", or a teacher from outside: "onnx" | "pt2" | "torchscript" | "module"
+    # "vanilla" | "gtn" | "sftn" | "none"; a teacher from outside: "onnx" | "pt2" | "torchscript" | "module", or
+    # "gtn:module" | "gtn:pt2" (fine-tuned as a generic teacher first)
+    method: str
     teacher: TrainInput | TeacherInput | ExternalTeacher | None
     distill: DistillConfig | None  # None without a teacher: alpha, tau and the logit scale must not re-key it
     init: str  # "scratch" | "inherited"
@@ -224,10 +226,11 @@ def teacher_input(ws: Workspace, method: str, *, student: str | None = None,
     `external` with gtn: a user's module teacher (with named stages) fine-tuned with the branches for
     gtn.finetune_epochs, as `teacher_init = "vanilla"` fine-tunes ours."""
     if external is not None:
-        if method != "gtn" or external.kind != "module" or not external.stages:
-            raise ConfigError("GTN fine-tuning of your teacher needs a module with named stages: "
-                              "gtnpipe.teacher_from_module(model, stages=[...]) and finetune='gtn' (files give logits "
-                              "only: vanilla KD)")
+        if method != "gtn" or external.kind not in ("module", "pt2") or not external.stages:
+            raise ConfigError("GTN fine-tuning of your teacher needs its stage features: a module with named stages "
+                              "(gtnpipe.teacher_from_module(model, stages=[...])) or a .pt2 returning them as named "
+                              "outputs (gtnpipe.teacher_file(path, stages=[...])), and finetune='gtn'; other files give "
+                              "logits only: vanilla KD")
         rec = ws.recipe
         cfg = replace(rec.train.teacher, epochs=rec.gtn.finetune_epochs,
                       warmup_epochs=min(rec.train.teacher.warmup_epochs, rec.gtn.finetune_epochs / 2))
@@ -271,8 +274,8 @@ def distill_input(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = 
     else:
         raise ConfigError(f"unknown teacher {teacher!r}; choose one of: {', '.join((*TEACHER_METHODS, 'none'))}, or a "
                           f"teacher file ending in {', '.join(TEACHER_FILE_KINDS)}")
-    method = (t_in.kind if isinstance(t_in, ExternalTeacher) else "gtn:module" if finetune is not None
-              else str(teacher))
+    method = (t_in.kind if isinstance(t_in, ExternalTeacher)
+              else f"gtn:{teacher.kind}" if isinstance(teacher, ExternalTeacher) else str(teacher))
     init_from = teacher_input(ws, "gtn") if rec.distill.init == "inherited" else None  # every method: same weights
     assert init_from is None or isinstance(init_from, TeacherInput)
     return DistillInput(student.id, method, t_in, rec.distill if t_in is not None else None, rec.distill.init, init_from,
@@ -364,7 +367,8 @@ def _teacher_net(ws: Workspace, inp: TeacherInput) -> StagedNet | HookedTeacher:
     """The network a GTN/SFTN run trains: our teacher, or a copy of the user's module with hooks on its stages."""
     if isinstance(inp.teacher, ExternalTeacher):
         module = copy.deepcopy(load_external(inp.teacher))  # fine-tuning must not change the caller's object
-        return HookedTeacher(module.train(True), inp.teacher.stages, ws.data.mean, ws.data.std)
+        return HookedTeacher(module.train(True), inp.teacher.stages, ws.data.mean, ws.data.std,
+                             from_outputs=inp.teacher.kind == "pt2")
     return build_teacher(inp.teacher, inp.space, inp.task)
 
 
