@@ -158,7 +158,7 @@ def test_module_teacher_with_named_stages_is_fine_tuned_as_a_generic_teacher(fil
 
 def test_gtn_fine_tuning_needs_one_stage_per_boundary(files: Files) -> None:
     arch = files.ws.space.smallest().id
-    with pytest.raises(ConfigError, match="needs a module with named stages"):
+    with pytest.raises(ConfigError, match="needs its stage features: a module with named stages"):
         training.distill_input(files.ws, arch, teacher=teacher_file(files.onnx), finetune="gtn")
     two = teacher_from_module(StagedCNN(), stages=["a", "b"])
     with pytest.raises(ConfigError, match=r"needs 3 teacher stages for space 'mbv3-28' .* got 2"):

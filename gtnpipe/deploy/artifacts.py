@@ -82,7 +82,8 @@ def _origin_lines(m: dict[str, Any]) -> list[str]:
     return [f"- student: {model['macs'] / 1e6:.2f}M MACs, {model['params'] / 1e6:.3f}M params",
             f"- distilled from the **{prov['teacher']}** teacher (recipe `{prov['recipe']}`, "
             f"student cache key `{prov['student_key'][:16]}`)",
-            f"- test top-1 ({acc['test_images']} images): torch FP32 **{acc['reference_top1']:.2f}%**, {shipped}"
+            f"- test top-1 ({acc['test_images']} images): torch FP32 "
+            f"**{acc.get('reference_top1', acc.get('torch_fp32_top1')):.2f}%**, {shipped}"  # before 0.2: torch_fp32_top1
             + (f"; search estimated {estimated:.2f}% (inherited weights, before distillation)" if estimated is not None
                else "")]
 
