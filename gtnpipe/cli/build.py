@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -150,17 +150,27 @@ def build(
         out = stdout()
         for r in results:
             shipped = f"{r.shipped_top1:.2f}%" if r.shipped_top1 is not None else "not checked here"
-            measured = (f", measured here p90 {r.measured['latency_ms_p90']:.3f} ms, {r.measured['peak_memory_mb']:.1f} MB"
-                        if r.measured else "")
+            measured = _measured_here(r.measured)
             out.print(f"[bold]{escape(r.device)}[/]: {r.arch} as {r.runtime} {r.precision} -> {escape(r.folder)}\n"
                       f"  test top-1 torch {r.torch_top1:.2f}%, shipped {shipped}; predicted p90 "
                       f"{r.predicted['latency_ms_p90']:.3f} ms ({r.predicted['latency_source']}){measured}")
-            for v in r.budget_violations:
-                out.print(f"  [bold red]over budget[/] {escape(v)}")
-            for w in r.warnings:
-                out.print(f"  [yellow]warning[/] {escape(w)}")
+            _print_checks(r.budget_violations, r.warnings)
     if any(r.budget_violations for r in results):
         raise typer.Exit(3)
+
+
+def _print_checks(violations: list[str], warnings: list[str]) -> None:
+    """An artifact's broken budgets and warnings, one line each under its summary (build and compile)."""
+    out = stdout()
+    for v in violations:
+        out.print(f"  [bold red]over budget[/] {escape(v)}")
+    for w in warnings:
+        out.print(f"  [yellow]warning[/] {escape(w)}")
+
+
+def _measured_here(measured: dict[str, Any] | None) -> str:
+    return (f", measured here p90 {measured['latency_ms_p90']:.3f} ms, {measured['peak_memory_mb']:.1f} MB"
+            if measured else "")
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -215,13 +225,9 @@ def compile_(
         for r in results:
             top1 = (f"test top-1 ONNX Runtime FP32 {r.reference_top1:.2f}%, shipped {r.shipped_top1:.2f}%"
                     if r.reference_top1 is not None and r.shipped_top1 is not None else "parity on random images")
-            measured = (f", measured here p90 {r.measured['latency_ms_p90']:.3f} ms, {r.measured['peak_memory_mb']:.1f} MB"
-                        if r.measured else "")
+            measured = _measured_here(r.measured)
             out.print(f"[bold]{escape(r.device)}[/]: {escape(r.model)} as {r.runtime} {r.precision} -> {escape(r.folder)} "
                       f"({r.seconds:.1f} s)\n  {top1}{measured}")
-            for v in r.budget_violations:
-                out.print(f"  [bold red]over budget[/] {escape(v)}")
-            for w in r.warnings:
-                out.print(f"  [yellow]warning[/] {escape(w)}")
+            _print_checks(r.budget_violations, r.warnings)
     if any(r.budget_violations for r in results):
         raise typer.Exit(3)
