@@ -112,6 +112,64 @@ def test_sampler_moves_towards_high_kl_archs() -> None:
     assert np.mean([reward(a) for a in late]) > 0.55  # uniform sampling gives 1/3
 
 
+def test_sampler_moves_at_the_scale_of_real_branch_kls() -> None:
+    """As in training: one sampled arch a step, the default step size, and rewards that differ by 0.02 between archs
+    around 0.5 (branch KLs differ by about that much). The raw score-function step left the distribution where it
+    started (entropy 40.70 -> 40.69 nats in a real run); advantages in units of their running std must move it."""
+    sampler, cfg = ArchSampler(SPACE), GTNConfig()
+    k7 = [i for i, b in enumerate(SPACE.choices) if b.kernel == 7]
+
+    def share_k7(arch: ArchConfig) -> float:
+        blocks = [b for s in arch.stages for b in s]
+        return sum(b.kernel == 7 for b in blocks) / len(blocks)
+
+    torch.manual_seed(0)
+    start_h = sampler.entropy()
+    for _ in range(400):
+        archs = sampler.sample(1)
+        sampler.reinforce(archs, torch.tensor([0.5 + 0.02 * share_k7(archs[0])]), lr=cfg.sampler_lr,
+                          entropy_bonus=cfg.entropy_bonus, baseline_momentum=cfg.baseline_momentum)
+    assert float(sampler.block_logits.softmax(-1)[..., k7].sum(-1).mean()) > 0.45  # uniform: 1/3
+    assert sampler.entropy() < start_h - 1.0
+    probs = sampler.probabilities()
+    assert probs["choices"] == [f"k{c.kernel}e{c.expand}" for c in SPACE.choices]
+    assert sum(probs["choice_probs"]) == pytest.approx(1.0, abs=1e-3)
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-3) for row in probs["depth_probs"])
+
+
+def test_uniform_sampler_never_moves() -> None:
+    trainer = _trainer(GTNConfig(sampler="uniform")).train()
+    torch.manual_seed(0)
+    for _ in range(5):
+        trainer(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    assert int(trainer.sampler.updates) == 0
+    assert trainer.sampler.entropy() == pytest.approx(trainer.sampler.max_entropy())
+    assert trainer.log.summary()["sampler_trace"][0]["choice_probs"] == pytest.approx(
+        [1 / len(SPACE.choices)] * len(SPACE.choices), abs=1e-4)
+
+
+def test_frozen_teacher_phase_trains_the_branches_alone() -> None:
+    """Pre-training: no gradient and no BN update reaches the teacher, its CE leaves the loss, the branches
+    (adapters, supernet) get gradients; unfrozen, the teacher trains again."""
+    trainer = _trainer(GTNConfig(branch_points=(0, 2), teacher_init="vanilla", branch_pretrain_epochs=1)).train()
+    trainer.freeze_teacher(True)
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    torch.manual_seed(0)
+    loss, t_logits = trainer(x, y)
+    loss.backward()
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items())  # BN statistics too
+    assert not t_logits.requires_grad
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.supernet.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.adapters.parameters())
+    trainer.freeze_teacher(False)
+    trainer.train()
+    loss, _ = trainer(x, y)
+    loss.backward()
+    assert all(p.grad is not None for p in trainer.teacher.parameters() if p.requires_grad)
+
+
 def test_entropy_bonus_alone_keeps_the_distribution_uniform() -> None:
     sampler = ArchSampler(SPACE)
     torch.manual_seed(0)
@@ -167,6 +225,9 @@ def test_branch_grad_into_teacher_switch(into_teacher: bool) -> None:
     ("branch_points", (1, 1), "'branch_points' must be distinct"),
     ("finetune_epochs", 0, "'finetune_epochs' must be >= 1"),
     ("teacher_lr_scale", 0.0, "'teacher_lr_scale' must be a finite number > 0"),
+    ("branch_pretrain_epochs", -1, "'branch_pretrain_epochs' must be >= 0"),
+    ("branch_pretrain_epochs", 2, "needs teacher_init = \"vanilla\""),
+    ("sampler", "greedy", "'sampler' must be \"uniform\" or \"learned\""),
 ])
 def test_invalid_gtn_config_names_the_field(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -236,3 +297,34 @@ def test_optimizer_gives_the_teacher_its_own_learning_rate() -> None:
     trainer.lr_groups = lambda: [(list(trainer.teacher.parameters()), 1.0)]  # forgets the branches
     with pytest.raises(TrainError, match="must list every trainable parameter exactly once"):
         _optimizer(trainer, TrainConfig(epochs=1))
+
+
+@pytest.mark.slow
+def test_pretraining_phase_then_joint_phase(fmnist_small: Dataset) -> None:
+    """A real run with both phases: the pre-training epoch leaves the teacher exactly as it was (a fit of the frozen
+    trainer alone shows it) and improves the whole-student branches; the joint run logs both phases."""
+    from gtnpipe.training.train import fit
+
+    torch.manual_seed(0)
+    teacher, supernet = build_teacher(SMALL_TEACHER, SPACE, TASK), Supernet(SPACE, TASK)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.1, augment="none", label_smoothing=0.0)
+    gtn = GTNConfig(teacher_init="vanilla", branch_pretrain_epochs=1, sampler="uniform")
+    trainer = GenericTeacherTrainer(teacher, supernet, gtn, label_smoothing=0.0)
+    trainer.freeze_teacher(True)
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    fit(trainer, fmnist_small, cfg, seed=0, run_id="pre", loss_fn=lambda m, x, y, i: m(x, y), progress=False,
+        find_unused_parameters=True, eval_model=teacher)
+    assert all(torch.equal(t_before[k], v) for k, v in teacher.state_dict().items())
+    assert not all(torch.equal(s_before[k], v) for k, v in supernet.state_dict().items())
+
+    torch.manual_seed(0)
+    teacher, supernet = build_teacher(SMALL_TEACHER, SPACE, TASK), Supernet(SPACE, TASK)
+    result, trainer = train_generic_teacher(teacher, supernet, fmnist_small, cfg, gtn, seed=0, run_id="t",
+                                            progress=False)
+    log = trainer.log.summary()
+    assert len(result.history) == 2  # one pre-training epoch + one joint epoch
+    assert log["phases_first_step"] == {"pretrain": 1, "joint": 17}
+    per_epoch = log["student_branch_top1_by_epoch"]
+    assert set(per_epoch) == {"largest", "smallest", "sampled"} and all(len(v) == 2 for v in per_epoch.values())
+    assert int(trainer.sampler.updates) == 0  # uniform

@@ -158,6 +158,14 @@ class GTNConfig:
     teacher_init: Literal["scratch", "vanilla"] = "scratch"
     finetune_epochs: int = 3
     teacher_lr_scale: float = 1.0
+    # > 0 (teacher_init = "vanilla"): a first phase of this many epochs in which the teacher is frozen (eval mode, no
+    # gradient) and only the supernet and adapters train, on the branch loss alone (lambda_kl KD from the teacher +
+    # lambda_ce CE), so the branches are real students before their KL term starts pulling the teacher
+    branch_pretrain_epochs: int = 0
+    # which pool students the non-extreme branches are: "uniform" (the sandwich rule of OFA/BigNAS with
+    # include_extremes: largest, smallest and uniformly random archs), or "learned": a distribution moved by REINFORCE
+    # towards the archs whose branch KL is highest (the students the teacher serves worst), plus an entropy bonus
+    sampler: Literal["uniform", "learned"] = "learned"
 
     def __post_init__(self) -> None:
         for name in ("lambda_kl", "lambda_ce", "sampler_lr", "entropy_bonus"):
@@ -178,6 +186,14 @@ class GTNConfig:
             raise ValueError(f"'finetune_epochs' must be >= 1, got {self.finetune_epochs}")
         if not (math.isfinite(self.teacher_lr_scale) and self.teacher_lr_scale > 0):
             raise ValueError(f"'teacher_lr_scale' must be a finite number > 0, got {self.teacher_lr_scale}")
+        if self.branch_pretrain_epochs < 0:
+            raise ValueError(f"'branch_pretrain_epochs' must be >= 0 (0: no pre-training phase), got "
+                             f"{self.branch_pretrain_epochs}")
+        if self.branch_pretrain_epochs and self.teacher_init == "scratch":
+            raise ValueError("'branch_pretrain_epochs' > 0 distils the branches from a trained teacher: it needs "
+                             "teacher_init = \"vanilla\" (with teacher_init = \"scratch\" there is no teacher to learn from)")
+        if self.sampler not in ("uniform", "learned"):
+            raise ValueError(f"'sampler' must be \"uniform\" or \"learned\", got {self.sampler!r}")
 
 
 @dataclass(frozen=True)
