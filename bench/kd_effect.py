@@ -21,6 +21,8 @@ finds there instead of redoing them, so a table can be finished across sessions.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -28,8 +30,9 @@ import os
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +83,23 @@ def student_set(which: str) -> list[str]:
 # --- what a run is, as a key that survives code changes ------------------------------------------------------------
 
 def _plain(value: Any) -> Any:
+    """Plain JSON of a stage input; a field at its default is left out, so a setting added later (at a default that
+    keeps the old behaviour) leaves the keys of the runs already stored as they were."""
     if is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.metadata.get("keyed", True)}
+        out = {f.name: _plain(getattr(value, f.name)) for f in fields(value)
+               if f.metadata.get("keyed", True) and not _is_default(f, getattr(value, f.name))}
         return out | ({"stage": type(value).STAGE} if isinstance(value, Stage) else {})
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value if not isinstance(value, Path) else str(value)
+
+
+def _is_default(f: Any, value: Any) -> bool:
+    if f.default is not MISSING:
+        return bool(value == f.default)
+    return f.default_factory is not MISSING and bool(value == f.default_factory())
 
 
 def run_key(inp: Stage) -> str:
@@ -145,30 +157,48 @@ def _student_job(arch: str, method: str, seed: int, recipe: str, alpha: float, t
 
 class Store:
     """bench/results/kd_effect-runs.json: run key -> {what, result, commit, cpu, finished}; rewritten atomically after
-    every run, so an interrupted invocation loses at most the runs in flight."""
+    every run, so an interrupted invocation loses at most the runs in flight. Invocations running side by side
+    share it: each write re-reads the file under a lock and adds its run to what is there."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.runs: dict[str, dict] = json.loads(path.read_text())["runs"] if path.exists() else {}
+        self.runs: dict[str, dict] = self.read()
+
+    def read(self) -> dict[str, dict]:
+        return json.loads(self.path.read_text())["runs"] if self.path.exists() else {}
 
     def add(self, key: str, what: dict, result: dict) -> None:
-        self.runs[key] = {"what": what, "result": result, "commit": _commit(), "cpu": _cpu(),
-                          "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        entry = {"what": what, "result": result, "commit": _commit(), "cpu": _cpu(),
+                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with self._locked():
+            self.runs = self.read() | {key: entry}
+            self.save()
+
+    def save(self) -> None:
         atomic_write_json(self.path, {"about": "every run of bench/kd_effect.py, keyed by what it trained (run_key)",
                                       "runs": self.runs})
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
 
 def run_all(jobs: dict[str, tuple], whats: dict[str, dict], deps: dict[str, list[str]], store: Store,
             workers: int) -> dict[str, dict]:
     """Run every job (key -> (fn, *args)) not already in the store once its dependencies are done, `workers` at a
     time, in the order given (teachers first: they are the critical path)."""
+    store.runs = store.read() | store.runs  # what invocations beside this one finished meanwhile
     done = {k: store.runs[k]["result"] for k in jobs if k in store.runs}
     pending = [k for k in jobs if k not in done]
     print(f"{len(done)} of {len(jobs)} runs found in {store.path.name}; {len(pending)} to run", flush=True)
     with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
         running: dict[Future, str] = {}
         while pending or running:
-            for key in [k for k in pending if all(d in done for d in deps.get(k, []))]:
+            ready = [k for k in pending if all(d in done for d in deps.get(k, []))]
+            for key in sorted(ready, key=lambda k: whats[k]["kind"] != "teacher"):  # stable: teachers first
                 if len(running) >= workers:
                     break
                 fn, *args = jobs[key]
@@ -224,6 +254,31 @@ class Plan:
         return key
 
 
+def rekey(store: Store, cache_dir: Path | None) -> None:
+    """Every stored run under the key the current run_key gives what it trained (its recipe, method, student, seed,
+    alpha and tau, as stored), so runs stored before a change of the key function are found again."""
+    with store._locked():
+        store.runs = store.read()
+        _rekey(store, cache_dir)
+
+
+def _rekey(store: Store, cache_dir: Path | None) -> None:
+    plans: dict[str, Plan] = {}
+    moved: dict[str, dict] = {}
+    for old, entry in store.runs.items():
+        what = entry["what"]
+        if what["recipe"] not in plans:
+            plans[what["recipe"]] = Plan(_workspace(what["recipe"], cache_dir), what["recipe"], cache_dir, 1, [])
+        plan = plans[what["recipe"]]
+        new = (plan.teacher(what["method"], what.get("student")) if what["kind"] == "teacher" else
+               plan.student(what["arch"], what["method"], what["seed"], (what["alpha"], what["tau"])
+                            if what["method"] != "none" else (0.0, 1.0)))
+        moved[new] = entry
+        print(f"{old} -> {new}: {what['label']}")
+    store.runs = moved
+    store.save()
+
+
 def choose_hp(results: dict[str, dict], keys: dict[tuple[float, float], list[str]]) -> dict[str, Any]:
     """The grid point of highest mean validation top-1 (first on ties), and every point's mean."""
     scores = {hp: statistics.fmean(results[k]["val_top1"] for k in ks) for hp, ks in keys.items()}
@@ -248,10 +303,15 @@ def main() -> None:
     parser.add_argument("--name", default="kd_effect", help="results file stem under bench/results")
     parser.add_argument("--store", type=Path, default=STORE, help="the runs file (default bench/results/kd_effect-runs.json)")
     parser.add_argument("--pick-students", action="store_true", help="rewrite bench/kd_students.json and exit")
+    parser.add_argument("--rekey", action="store_true",
+                        help="recompute every stored run's key from what it trained (after run_key changed), and exit")
     args = parser.parse_args()
     if args.pick_students:
         STUDENTS_FILE.write_text(json.dumps(pick_students(), indent=2) + "\n")
         print(f"wrote {STUDENTS_FILE}")
+        return
+    if args.rekey:
+        rekey(Store(args.store), args.cache_dir)
         return
 
     started = time.perf_counter()

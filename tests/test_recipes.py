@@ -183,8 +183,8 @@ INVALID = {
     ),
     "unknown key in data": (
         "[data]\nval = 3\n" + VALID_TRAIN,
-        ["unknown key 'data.val'", "allowed keys in [data]: image_size, skip_unreadable, source, split_seed, test_subset, "
-                                   "train_subset, val_size"],
+        ["unknown key 'data.val'", "allowed keys in [data]: image_size, skip_unreadable, source, split_seed, "
+                                   "teacher_train_subset, test_subset, train_subset, val_size"],
     ),
     "string for int": (
         '[train.teacher]\nepochs = "ten"\n[train.student]\nepochs = 4\n',
@@ -265,6 +265,19 @@ INVALID = {
     "negative val_size": (
         "[data]\nval_size = -1\n" + VALID_TRAIN,
         ["[data] 'val_size' must be >= 0, got -1"],
+    ),
+    "teacher sees fewer images than the students": (
+        "[data]\ntrain_subset = 4000\nteacher_train_subset = 3000\n" + VALID_TRAIN,
+        ["[data] 'teacher_train_subset' = 3000 is below train_subset = 4000"],
+    ),
+    "gtn pre-training without a trained teacher": (
+        "[gtn]\nbranch_pretrain_epochs = 2\n" + VALID_TRAIN,
+        ["[gtn] 'branch_pretrain_epochs' > 0 distils the branches from a trained teacher",
+         "teacher_init = \"vanilla\""],
+    ),
+    "unknown gtn sampler": (
+        '[gtn]\nsampler = "greedy"\n' + VALID_TRAIN,
+        ["gtn.sampler"],
     ),
     "widths and blocks differ in length": (
         "[teacher]\nwidths = [64, 128]\nblocks = [2, 2, 2]\n" + VALID_TRAIN,

@@ -25,8 +25,10 @@ from gtnpipe.stages.keys import Stage, stage_key
 from gtnpipe.stages.workspace import DataRef, resolve, run_stage
 
 REC, SPACE = resolve(load_recipe(TINY_RECIPE), (28, 28))
+REC = dataclasses.replace(REC, gtn=dataclasses.replace(REC.gtn, teacher_init="vanilla"))  # so a pre-training phase is valid
 TASK = TaskShape(1, (28, 28), 10)
-DATA = DataRef(REC.data, "0" * 64)
+# teachers on twice the students' images, so that every field of the data config has a valid neighbour
+DATA = DataRef(dataclasses.replace(REC.data, teacher_train_subset=2 * REC.data.train_subset), "0" * 64)
 HOST = load_profile("host")
 
 
@@ -62,7 +64,8 @@ def _changed(value: Any) -> list[Any]:
         return [value + 0.5, value / 2]
     if isinstance(value, str):
         alternatives = {"fp32": "fp16", "int8": "fp32", "gtn": "sftn", "sftn": "gtn", "inherited": "scratch",
-                        "onnxruntime": "openvino", "none": "flip", "flip": "none", "cosine": "step", "sgd": "adamw"}
+                        "onnxruntime": "openvino", "none": "flip", "flip": "none", "cosine": "step", "sgd": "adamw",
+                        "learned": "uniform", "uniform": "learned"}
         return [alternatives.get(value, value + "x"), value + "x", value + ",!=0.0.1"]  # the last: a version range
     if isinstance(value, tuple):
         if value and isinstance(value[0], int | float) and not isinstance(value[0], bool):
@@ -237,3 +240,25 @@ def test_own_data_gets_its_space_teacher_and_a_ten_percent_val_split(tmp_path: P
     assert ws.recipe.train == load_recipe("quick").train  # the training settings stay
     # the same images at 128 px: OFA's space
     assert Workspace.open("quick", data_source=str(root), image_size=128, progress=False).space.name == "mbv3-224"
+
+
+def test_teachers_may_learn_from_more_images_than_their_students(tmp_path: Path) -> None:
+    """[data] teacher_train_subset: the teachers gtnpipe trains see a longer prefix of the same permutation (the
+    students' images among them), with the students' normalisation; the students' data and keys stay as they were."""
+    import numpy as np
+
+    from gtnpipe.stages.workspace import Workspace
+
+    rec = load_recipe(TINY_RECIPE)
+    plain = Workspace.open(rec, cache_dir=tmp_path, progress=False)
+    n = len(plain.data.train)
+    wide = Workspace.open(dataclasses.replace(rec, data=dataclasses.replace(rec.data, teacher_train_subset=3 * n)),
+                          cache_dir=tmp_path, progress=False)
+    t_data, t_ref = wide.teachers_data
+    assert len(t_data.train) == 3 * n and np.array_equal(t_data.train.y[:n], plain.data.train.y)
+    assert (t_data.mean, t_data.std) == (wide.data.mean, wide.data.std)
+    assert np.array_equal(t_data.val.y, plain.data.val.y) and np.array_equal(t_data.test.y, plain.data.test.y)
+    assert wide.data_ref == plain.data_ref and plain.teachers_data[1] == plain.data_ref
+    assert training.train_input(wide, "teacher").data == t_ref != plain.data_ref
+    assert training.teacher_input(wide, "vanilla") != training.teacher_input(plain, "vanilla")
+    assert training.distill_input(wide, "smallest", teacher="none") == training.distill_input(plain, "smallest", teacher="none")

@@ -42,9 +42,13 @@ class DataConfig:
     # 0: the images as they are (they must then share one size)
     image_size: int = 0
     skip_unreadable: bool = False  # image files Pillow cannot decode: skipped and counted (true) or an error (false)
+    # > 0: the teachers gtnpipe trains (vanilla, GTN, SFTN) learn from this many training images while students train
+    # on train_subset; both are prefixes of one permutation, so the students' images are among the teacher's (a
+    # teacher trained on more data than its students: a capacity gap). 0: teachers and students see the same images
+    teacher_train_subset: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("train_subset", "test_subset", "image_size"):
+        for name in ("train_subset", "test_subset", "image_size", "teacher_train_subset"):
             if getattr(self, name) < 0:
                 raise ValueError(f"'{name}' must be >= 0 (0 means all), got {getattr(self, name)}")
         if isinstance(self.val_size, float) and not (0 <= self.val_size <= 0.5):
@@ -52,6 +56,13 @@ class DataConfig:
                              "(or give a count of images as an integer)")
         if isinstance(self.val_size, int) and self.val_size < 0:
             raise ValueError(f"'val_size' must be >= 0, got {self.val_size}")
+        if self.teacher_train_subset and self.train_subset and self.teacher_train_subset < self.train_subset:
+            raise ValueError(f"'teacher_train_subset' = {self.teacher_train_subset} is below train_subset = "
+                             f"{self.train_subset}: the teacher's images must include the students' (raise it, or 0: "
+                             "the same images)")
+        if self.teacher_train_subset and not self.train_subset:
+            raise ValueError("'teacher_train_subset' needs a train_subset for the students (with train_subset = 0 they "
+                             "already see every training image)")
         if 0 < self.image_size < 8:
             raise ValueError(f"'image_size' = {self.image_size} is too small; give 8 px or more (0: keep the images' size)")
 

@@ -216,7 +216,7 @@ def train_input(ws: Workspace, model: str) -> TrainInput:
     """The input that trains `model` ('teacher', an arch id, 'largest' or 'smallest') with the recipe's settings."""
     rec = ws.recipe
     if model == "teacher":
-        return TrainInput(None, ws.teacher, rec.train.teacher, rec.seed, ws.space, ws.task, ws.data_ref)
+        return TrainInput(None, ws.teacher, rec.train.teacher, rec.seed, ws.space, ws.task, ws.teachers_data[1])
     return TrainInput(ws.space.parse(model).id, None, rec.train.student, rec.seed, ws.space, ws.task, ws.data_ref)
 
 
@@ -234,7 +234,7 @@ def teacher_input(ws: Workspace, method: str, *, student: str | None = None,
         rec = ws.recipe
         cfg = replace(rec.train.teacher, epochs=rec.gtn.finetune_epochs,
                       warmup_epochs=min(rec.train.teacher.warmup_epochs, rec.gtn.finetune_epochs / 2))
-        return TeacherInput("gtn", None, external, cfg, rec.gtn, rec.seed, None, ws.space, ws.task, ws.data_ref)
+        return TeacherInput("gtn", None, external, cfg, rec.gtn, rec.seed, None, ws.space, ws.task, ws.teachers_data[1])
     if method not in TEACHER_METHODS:
         raise ConfigError(f"unknown teacher method {method!r}; choose one of: {', '.join(TEACHER_METHODS)}")
     if (method == "sftn") != (student is not None):
@@ -249,7 +249,8 @@ def teacher_input(ws: Workspace, method: str, *, student: str | None = None,
         train_cfg = replace(train_cfg, epochs=rec.gtn.finetune_epochs,
                             warmup_epochs=min(train_cfg.warmup_epochs, rec.gtn.finetune_epochs / 2))
     arch = ws.space.parse(student).id if student is not None else None
-    return TeacherInput(method, arch, ws.teacher, train_cfg, rec.gtn, rec.seed, init, ws.space, ws.task, ws.data_ref)
+    return TeacherInput(method, arch, ws.teacher, train_cfg, rec.gtn, rec.seed, init, ws.space, ws.task,
+                        ws.teachers_data[1])
 
 
 def distill_input(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = "gtn", finetune: str | None = None,
@@ -296,7 +297,8 @@ def train_model(ws: Workspace, inp: TrainInput) -> TrainOutcome:
         seed_everything(inp.seed)
         net = inp.build_net()
         arch = ArchConfig.from_id(inp.arch) if inp.arch is not None else ArchConfig(())
-        result = fit(at_resolution(net, arch), ws.data, inp.train, seed=inp.seed, run_id=inp.key,
+        data = ws.teachers_data[0] if inp.arch is None else ws.data
+        result = fit(at_resolution(net, arch), data, inp.train, seed=inp.seed, run_id=inp.key,
                      checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), progress=ws.progress,
                      description="teacher" if inp.arch is None else "student", device=ws.train_device)
         resumed_from_epoch = result.resumed_from_epoch
@@ -332,7 +334,7 @@ def train_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> TeacherOutco
         if inp.init_from is not None:
             load_weights(ws, teacher, inp.init_from)
         result, trainer = train_generic_teacher(
-            teacher, supernet, ws.data, inp.train, inp.gtn, seed=inp.seed, run_id=inp.key,
+            teacher, supernet, ws.teachers_data[0], inp.train, inp.gtn, seed=inp.seed, run_id=inp.key,
             checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key),
             fixed_arch=ArchConfig.from_id(inp.student) if inp.student else None, progress=ws.progress,
             device=ws.train_device)

@@ -57,6 +57,17 @@ class Workspace:
     train_device: torch.device = torch.device("cpu")
     # Where the images are kept (data.storage: memory or disk) is not a key either: a test trains from both to the
     # same weights, bit for bit.
+    # [data] teacher_train_subset: what the teachers gtnpipe trains learn from (more images than the students'), with
+    # the students' normalisation; None: the students' data
+    teacher_data: Dataset | None = None
+    teacher_data_ref: DataRef | None = None
+
+    @property
+    def teachers_data(self) -> tuple[Dataset, DataRef]:
+        """The data (and its key) the teachers gtnpipe trains learn from."""
+        if self.teacher_data is not None and self.teacher_data_ref is not None:
+            return self.teacher_data, self.teacher_data_ref
+        return self.data, self.data_ref
 
     @classmethod
     def open(cls, recipe: str | Path | Recipe = "quick", *, cache_dir: Path | None = None, data_source: str | None = None,
@@ -79,12 +90,21 @@ class Workspace:
         if skip_unreadable is not None:
             rec = replace(rec, data=replace(rec.data, skip_unreadable=skip_unreadable))
         cfg, cache = rec.data, Cache(cache_dir)
-        data = load_dataset(cfg.source, val_size=cfg.val_size, train_subset=cfg.train_subset,
-                            test_subset=cfg.test_subset, split_seed=cfg.split_seed, image_size=cfg.image_size,
-                            skip_unreadable=cfg.skip_unreadable, storage=storage, index_dir=cache.root / DATA_INDEX)
+
+        def load(train_subset: int) -> Dataset:
+            return load_dataset(cfg.source, val_size=cfg.val_size, train_subset=train_subset,
+                                test_subset=cfg.test_subset, split_seed=cfg.split_seed, image_size=cfg.image_size,
+                                skip_unreadable=cfg.skip_unreadable, storage=storage, index_dir=cache.root / DATA_INDEX)
+
+        data = load(cfg.train_subset)
+        student_cfg = replace(cfg, teacher_train_subset=0)  # what students see does not depend on the teacher's share
+        teacher_data = teacher_ref = None
+        if cfg.teacher_train_subset:
+            teacher_data = replace(load(cfg.teacher_train_subset), mean=data.mean, std=data.std)
+            teacher_ref = DataRef(replace(student_cfg, train_subset=cfg.teacher_train_subset), teacher_data.fingerprint)
         rec, space = resolve(rec, data.image_hw)
-        return cls(rec, data, space, task_of(data), cache, DataRef(cfg, data.fingerprint), progress,
-                   resolve_train_device(train_device))
+        return cls(rec, data, space, task_of(data), cache, DataRef(student_cfg, data.fingerprint), progress,
+                   resolve_train_device(train_device), teacher_data, teacher_ref)
 
     def for_student(self, arch: ArchConfig) -> Workspace:
         """The workspace a student is deployed from: with its own input resolution (elastic resolution), the task at
