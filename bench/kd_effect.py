@@ -359,7 +359,8 @@ def main() -> None:
     teachers = {("sftn:" + w["student"] if w["method"] == "sftn" else w["method"]): results[k]
                 for k, w in plan.whats.items() if w["kind"] == "teacher"}
     runs = [{**results[k], "teacher": m, "arch": a, "seed": s, "run_key": k} for (m, a, s), k in table_keys.items()]
-    report = summarise(runs, teachers, tuning, students, args.seeds, ws)
+    report = summarise(runs, teachers, tuning, students, args.seeds, ws.recipe, ws.space, ws.task,
+                       len(ws.teachers_data[0].train))
     report["wall_seconds_this_invocation"] = time.perf_counter() - started
     report["machine"] = {"cpu": _cpu(), "cores": os.cpu_count(), "jobs": args.jobs, "torch_threads_per_job": threads}
     report["command"] = (f"python bench/kd_effect.py --recipe {args.recipe} --students {args.students} --seeds "
@@ -395,13 +396,12 @@ def paired(runs: list[dict], a: str, b: str, split: str = "test_top1", archs: li
 
 
 def summarise(runs: list[dict], teachers: dict[str, dict], tuning: dict[str, Any], students: list[str],
-              seeds: list[int], ws: Workspace) -> dict[str, Any]:
+              seeds: list[int], rec: Any, space: Any, task: Any, n_train: int) -> dict[str, Any]:
+    """The report: `rec`, `space`, `task` as the workspace resolved them; `n_train` the teachers' training images."""
     from gtnpipe.models.counting import count_module
-    from gtnpipe.models.teacher import build_teacher
+    from gtnpipe.models.teacher import build_teacher, teacher_for
 
-    rec, space, task = ws.recipe, ws.space, ws.task
-    teacher_macs = count_module(build_teacher(ws.teacher, space, task), task).macs
-    n_train = len(ws.data.train)
+    teacher_macs = count_module(build_teacher(teacher_for(space, rec.teacher), space, task), task).macs
     pretrain = rec.gtn.branch_pretrain_epochs
     teacher_rows = {}
     for name, t in teachers.items():
