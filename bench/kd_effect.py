@@ -77,6 +77,8 @@ def student_set(which: str) -> list[str]:
         return archs[: len(archs) // 2]
     if which == "quick":
         return [archs[0], archs[len(archs) // 2], archs[-1]]
+    if which == "screen":  # three of the smaller half, the cheapest to train: one GTN configuration's first look
+        return [archs[0], archs[1], archs[3]]
     return archs
 
 
@@ -289,8 +291,9 @@ def choose_hp(results: dict[str, dict], keys: dict[tuple[float, float], list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="kd", help="recipe name or TOML (its [gtn] is the GTN configuration)")
-    parser.add_argument("--students", choices=("small", "all", "quick"), default="small",
-                        help="small: the smaller half of bench/kd_students.json (default); all; quick: 3")
+    parser.add_argument("--students", choices=("small", "all", "quick", "screen"), default="small",
+                        help="small: the smaller half of bench/kd_students.json (default); all; quick: smallest, median "
+                             "and largest; screen: the 1st, 2nd and 4th (the cheapest three of the smaller half)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--sftn-students", type=int, default=1, help="how many students get an SFTN teacher (first n)")

@@ -119,7 +119,7 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, *, out: Path
     """
     profile = load_profile(device)
     backend = get_backend(profile.runtime.name)  # a missing runtime SDK fails here, before any training
-    teacher = teacher if teacher is not None else ws.teacher_source or "gtn"  # --teacher, [teacher] source, the GTN
+    teacher = teacher if teacher is not None else ws.default_teacher  # --teacher, [teacher] source, [distill] teacher
     log_stage = _StageLog(say)
     say(f"building {profile.name} ({profile.runtime.name}, precisions {', '.join(profile.precisions)}) "
         f"with recipe {ws.recipe.name}")
@@ -487,7 +487,7 @@ def distill_student(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher 
     """Distill pool student `arch` from a cached teacher ('gtn', 'vanilla', 'sftn', or 'none': labels only), a teacher
     file (.onnx, .pt2, TorchScript) or an ExternalTeacher (gtnpipe.teacher_from_module); finetune="gtn" fine-tunes
     a module teacher with named stages as a generic teacher first."""
-    teacher = teacher if teacher is not None else ws.teacher_source or "gtn"  # --teacher, [teacher] source, the GTN
+    teacher = teacher if teacher is not None else ws.default_teacher  # --teacher, [teacher] source, [distill] teacher
     return training.distill_student(ws, training.distill_input(ws, arch, teacher=teacher, finetune=finetune, seed=seed))
 
 

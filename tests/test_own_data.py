@@ -55,6 +55,9 @@ precise_bn_images = 512
 [predictor]
 samples = 10
 bn_images = 64
+
+[distill]
+teacher = "gtn"  # trained anyway for the supernet: one teacher per build, as before vanilla became the default
 """
 
 

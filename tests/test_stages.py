@@ -262,3 +262,18 @@ def test_teachers_may_learn_from_more_images_than_their_students(tmp_path: Path)
     assert training.train_input(wide, "teacher").data == t_ref != plain.data_ref
     assert training.teacher_input(wide, "vanilla") != training.teacher_input(plain, "vanilla")
     assert training.distill_input(wide, "smallest", teacher="none") == training.distill_input(plain, "smallest", teacher="none")
+
+
+def test_students_distill_from_the_vanilla_teacher_unless_told_otherwise(tmp_path: Path) -> None:
+    """The KD benchmark's table put GTN-KD below vanilla KD, so vanilla is the default of every shipped recipe; a
+    recipe's [distill] teacher, then its [teacher] source, then --teacher override it."""
+    from gtnpipe.config.recipes import known_recipes
+    from gtnpipe.stages.workspace import Workspace
+
+    assert all(load_recipe(name).distill.teacher == "vanilla" for name in known_recipes())
+    ws = Workspace.open("quick", cache_dir=tmp_path, progress=False)
+    assert ws.default_teacher == "vanilla"
+    assert Workspace.open(TINY_RECIPE, cache_dir=tmp_path, progress=False).default_teacher == "gtn"
+    with_file = dataclasses.replace(ws, recipe=dataclasses.replace(ws.recipe, teacher=dataclasses.replace(
+        ws.recipe.teacher, source="teacher.onnx")))
+    assert with_file.default_teacher == "teacher.onnx"

@@ -111,7 +111,8 @@ def build(
     out_dir: Annotated[Path, typer.Option("--out", help="Artifacts folder: one sub-folder per device.")] = Path("artifacts"),
     teacher: Annotated[str | None, typer.Option("--teacher", help="gtn (the generic teacher), vanilla, none, or a teacher file "
                                          "you bring: .onnx, torch.export .pt2 or TorchScript .pt/.ts (float32 NCHW [0, 1] "
-                                         "images in, logits out) [default: the recipe's [teacher] source, else gtn].")] = None,
+                                         "images in, logits out) [default: the recipe's [teacher] source, else "
+                                         "its [distill] teacher: vanilla].")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Search generations.")] = 500,
     accuracy_samples: Annotated[int | None, typer.Option("--accuracy-samples", min=10, help="Students measured with "
                                                          "inherited weights to fit the accuracy predictor "
@@ -124,7 +125,7 @@ def build(
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Profile -> search -> distill from the cached generic teacher -> compile -> check -> artifacts/<device>/.
+    """Profile -> search -> distill from the cached teacher (vanilla by default) -> compile -> check -> artifacts/<device>/.
 
     Exit 2 on bad input or a failed parity check, 3 when the artifact breaks a budget.
     """

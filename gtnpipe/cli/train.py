@@ -90,7 +90,8 @@ def distill(
     arch: Annotated[str, typer.Option("--arch", "-a", help="Student arch id, 'largest' or 'smallest'.")],
     teacher: Annotated[str | None, typer.Option("--teacher", "-t", help="gtn, vanilla, sftn, none, or a teacher file: .onnx, "
                                          "torch.export .pt2, TorchScript .pt/.ts (float32 NCHW [0, 1] images in, "
-                                         "logits out) [default: the recipe's [teacher] source, else gtn].")] = None,
+                                         "logits out) [default: the recipe's [teacher] source, else its "
+                                         "[distill] teacher: vanilla].")] = None,
     recipe: RecipeOpt = "quick",
     seed: Annotated[int | None, typer.Option("--seed", help="Student seed [default: the recipe's].")] = None,
     cache_dir: CacheOpt = None,

@@ -7,7 +7,7 @@ cache keys, so editing one value retrains exactly what depends on it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -218,8 +218,15 @@ class DistillConfig:
     # value (a per-teacher temperature: teachers are compared by the shape of their targets, not their scale);
     # 0: the logits as the teacher gives them
     teacher_logit_std: float = 0.0
+    # the teacher students distill from when a command names no --teacher and [teacher] has no source. "vanilla"
+    # (CE only) by default: the KD benchmark's table (README, "Distillation benchmark") has GTN-KD below vanilla KD;
+    # "gtn" or "none" (labels only). Not part of a student's key: the student's own teacher is
+    teacher: Literal["vanilla", "gtn", "none"] = field(default="vanilla", metadata={"keyed": False})
 
     def __post_init__(self) -> None:
+        if self.teacher not in ("vanilla", "gtn", "none"):
+            raise ValueError(f"'teacher' must be \"vanilla\", \"gtn\" or \"none\" (a file: [teacher] source), got "
+                             f"{self.teacher!r}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"'alpha' must be in [0, 1], got {self.alpha}")
         if not (math.isfinite(self.teacher_logit_std) and self.teacher_logit_std >= 0):

@@ -131,6 +131,11 @@ class Workspace:
         """[teacher] source: the teacher file students distill from when a command names none."""
         return self.recipe.teacher.source or None if self.recipe.teacher is not None else None
 
+    @property
+    def default_teacher(self) -> str:
+        """What students distill from when a command names no teacher: [teacher] source, else [distill] teacher."""
+        return self.teacher_source or self.recipe.distill.teacher
+
 
 
 
