@@ -50,9 +50,9 @@ def test_summary_arithmetic() -> None:
                  _run(b, "vanilla", seed, 85 + shift), _run(b, "gtn", seed, 85.2 + shift)]
     teachers = {
         "vanilla": {"test_top1": 90.0, "train_seconds": 100.0, "epochs": 10, "key": "v", "log": None},
-        "gtn": {"test_top1": 89.0, "train_seconds": 240.0, "epochs": 3, "init_epochs": 10, "key": "g",
+        "gtn": {"test_top1": 89.0, "train_seconds": 240.0, "epochs": 7, "init_epochs": 10, "key": "g",  # kd: 5 + 2
                 "log": {"branch_macs_per_image_per_step": 1e6}},
-        f"sftn:{a}": {"test_top1": 89.5, "train_seconds": 120.0, "epochs": 3, "init_epochs": 10, "key": "s",
+        f"sftn:{a}": {"test_top1": 89.5, "train_seconds": 120.0, "epochs": 7, "init_epochs": 10, "key": "s",
                       "log": {"branch_macs_per_image_per_step": 5e5}},
     }
     tuning = {"vanilla": {"chosen": [0.5, 2.0], "val_top1_by_grid_point": {"alpha 0.5 tau 2.0": 82.0}}}

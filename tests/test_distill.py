@@ -75,7 +75,7 @@ def test_cached_logits_give_the_same_student_as_online_teacher(fmnist_small: Dat
 
 def _recipe_no_augment(tmp_path: Path) -> Path:
     text = TINY_RECIPE.read_text().replace('name = "tiny"', 'name = "tinyplain"')
-    text += '\n[distill]\nalpha = 0.9\ntemperature = 4.0\n'
+    text = text.replace("[distill]\n", "[distill]\nalpha = 0.9\ntemperature = 4.0\n")
     text = text.replace("[train.student]\n", '[train.student]\naugment = "none"\n')
     path = tmp_path / "tinyplain.toml"
     path.write_text(text)
@@ -150,7 +150,7 @@ def test_cli_sftn_teacher_and_distill(tmp_path: Path) -> None:
 def test_inherited_init_starts_from_the_gtn_supernet(tmp_path: Path) -> None:
     text = TINY_RECIPE.read_text().replace('name = "tiny"', 'name = "tinyinherit"')
     path = tmp_path / "tinyinherit.toml"
-    path.write_text(text + '\n[distill]\ninit = "inherited"\n')
+    path.write_text(text.replace("[distill]\n", '[distill]\ninit = "inherited"\n'))
     cache = tmp_path / "cache"
     gtn = pipeline.train_teacher(Workspace.open(path, cache_dir=cache, progress=False), "gtn")
     out = pipeline.distill_student(Workspace.open(path, cache_dir=cache, progress=False), "smallest", teacher="none")

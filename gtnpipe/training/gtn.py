@@ -388,7 +388,8 @@ def train_generic_teacher(
         return model(x, y)
 
     def phase(name: str, cfg: TrainConfig, frozen: bool) -> FitResult:
-        trainer.freeze_teacher(frozen)
+        if frozen or trainer.teacher_frozen:  # leaves a teacher's own requires_grad flags alone when never frozen
+            trainer.freeze_teacher(frozen)
         trainer.log.start_phase(name)
         return fit(trainer, data, cfg, seed=seed, run_id=f"{run_id}:{name}", loss_fn=loss_fn, progress=progress,
                    checkpoint_dir=checkpoint_dir / name if checkpoint_dir is not None else None,
