@@ -133,11 +133,14 @@ def _cpu() -> str:
 
 # --- the jobs (each in its own process) ----------------------------------------------------------------------------
 
+def _with_kd(ws: Workspace, alpha: float, tau: float) -> Workspace:
+    """The workspace with its recipe's [distill] alpha and temperature replaced (one point of the KD grid)."""
+    return replace(ws, recipe=replace(ws.recipe, distill=replace(ws.recipe.distill, alpha=alpha, temperature=tau)))
+
+
 def _workspace(recipe: str, cache_dir: Path | None, alpha: float | None = None, tau: float | None = None) -> Workspace:
     ws = Workspace.open(recipe, cache_dir=cache_dir, progress=False)
-    if alpha is not None and tau is not None:
-        ws = replace(ws, recipe=replace(ws.recipe, distill=replace(ws.recipe.distill, alpha=alpha, temperature=tau)))
-    return ws
+    return _with_kd(ws, alpha, tau) if alpha is not None and tau is not None else ws
 
 
 def _teacher_job(method: str, student: str | None, recipe: str, cache_dir: Path | None, threads: int,
@@ -243,9 +246,7 @@ class Plan:
 
     def student(self, arch: str, method: str, seed: int, hp: tuple[float, float]) -> str:
         alpha, tau = hp
-        ws = replace(self.ws, recipe=replace(self.ws.recipe, distill=replace(self.ws.recipe.distill, alpha=alpha,
-                                                                             temperature=tau)))
-        key = run_key(training.distill_input(ws, arch, teacher=method, seed=seed))
+        key = run_key(training.distill_input(_with_kd(self.ws, alpha, tau), arch, teacher=method, seed=seed))
         if key not in self.jobs:
             self.jobs[key] = (_student_job, arch, method, seed, self.recipe, alpha, tau, self.cache_dir, self.threads)
             self.whats[key] = {"kind": "student", "method": method, "arch": arch, "seed": seed, "recipe": self.recipe,
@@ -442,10 +443,7 @@ def summarise(runs: list[dict], teachers: dict[str, dict], tuning: dict[str, Any
                 test, val = [r["test_top1"] for r in rs], [r["val_top1"] for r in rs]
                 row[method] = {"mean": statistics.fmean(test), "half_range": (max(test) - min(test)) / 2,
                                "val_mean": statistics.fmean(val), "n": len(rs)}
-        row["gtn_minus_vanilla_per_seed"] = {
-            str(s): next(r["test_top1"] for r in runs if (r["teacher"], r["arch"], r["seed"]) == ("gtn", arch, s))
-            - next(r["test_top1"] for r in runs if (r["teacher"], r["arch"], r["seed"]) == ("vanilla", arch, s))
-            for s in seeds if {("gtn", s), ("vanilla", s)} <= {(r["teacher"], r["seed"]) for r in runs if r["arch"] == arch}}
+        row["gtn_minus_vanilla_per_seed"] = paired(runs, "gtn", "vanilla", archs=[arch]).get("per_seed", {})
         table.append(row)
 
     sftn_archs = [k.split(":", 1)[1] for k in teachers if k.startswith("sftn:")]
