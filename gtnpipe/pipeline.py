@@ -36,7 +36,13 @@ from gtnpipe.deploy.timing import Machine
 from gtnpipe.devices.cost import CostModel, table_write_path
 from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.errors import BackendBuildError, ConfigError, ParityError
-from gtnpipe.measure.host_table import build_calibration_kit, calibrate
+from gtnpipe.measure.host_table import (
+    build_calibration_kit,
+    calibrate,
+    calibration_wanted,
+    fit_within_share,
+    stale_table_reason,
+)
 from gtnpipe.measure.kit import table_summary
 from gtnpipe.models.external import ExternalTeacher
 from gtnpipe.nas.evolution import SearchConfig
@@ -110,12 +116,14 @@ class BuildOutcome:
 def build_device(ws: Workspace, device: str | Path | DeviceProfile, *, out: Path = Path("artifacts"),
                  teacher: str | ExternalTeacher | None = None,
                  config: SearchConfig | None = None, accuracy_samples: int | None = None,
-                 check_measured_budgets: bool = False, strict: bool = False,
+                 check_measured_budgets: bool = False, strict: bool = False, calibrate_host: bool | None = None,
                  say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
     """profile -> search -> distill the pick from the cached teacher -> export -> compile every allowed precision
     -> parity on the test split -> measure here -> write out/<device>/ (manifest, report, model).
 
     `strict`: a precision the profile allows that the toolchain failed to build fails the build (CI uses it).
+    `calibrate_host`: measure this machine's latency table first when `host`'s was measured elsewhere (None: on,
+    unless $GTNPIPE_CALIBRATE is 0).
     """
     profile = load_profile(device)
     backend = get_backend(profile.runtime.name)  # a missing runtime SDK fails here, before any training
@@ -124,6 +132,7 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, *, out: Path
     say(f"building {profile.name} ({profile.runtime.name}, precisions {', '.join(profile.precisions)}) "
         f"with recipe {ws.recipe.name}")
 
+    calibrate_if_stale(ws, profile, calibrate_host, say)
     search = _search_device(ws, search_input(ws, profile, config=config, accuracy_samples=accuracy_samples))
     log_stage("search", search.cached, key=search.key, arch=search.result.pick.arch.id)
 
@@ -505,9 +514,29 @@ def inherited_accuracies(ws: Workspace, archs: list[str]) -> list[float]:
     return _inherited_accuracies(ws, archs)
 
 
-def search_device(ws: Workspace, device: str | Path | DeviceProfile, *, config: SearchConfig | None = None) -> SearchOutcome:
+def search_device(ws: Workspace, device: str | Path | DeviceProfile, *, config: SearchConfig | None = None,
+                  calibrate_host: bool | None = None, say: Callable[[str], None] = lambda _: None) -> SearchOutcome:
     """The best student for `device` (the same cached stage `gtnpipe build` runs)."""
-    return _search_device(ws, search_input(ws, load_profile(device), config=config))
+    profile = load_profile(device)
+    calibrate_if_stale(ws, profile, calibrate_host, say)
+    return _search_device(ws, search_input(ws, profile, config=config))
+
+
+def calibrate_if_stale(ws: Workspace, profile: DeviceProfile, wanted: bool | None, say: Callable[[str], None]) -> None:
+    """For `host` (the machine running this): measure its latency table here first when the one found was measured on
+    another machine or is missing (once per machine: the table goes to the user data directory, which wins)."""
+    reason = stale_table_reason(profile, ws.space, ws.task)
+    if reason is None:
+        return
+    if not calibration_wanted(wanted):
+        log.warning("%s; not measuring this machine's table (--no-calibrate or GTNPIPE_CALIBRATE=0): latency "
+                    "predictions may be off", reason)
+        return
+    say(f"{reason}: measuring this machine's latency table first (about a minute, once per machine; --no-calibrate "
+        "skips it)")
+    info = calibrate_device(profile, space=ws.space.name, task=ws.task, progress=say)
+    say(f"host latency table measured in {info['seconds']:.0f} s; its fit predicts {info['fit_within_10pct']:.0%} of its "
+        f"{info['networks']} calibration networks within ±10%; written to {info['table']}")
 
 
 def data_info(ws: Workspace) -> dict[str, Any]:
@@ -518,7 +547,7 @@ def data_info(ws: Workspace) -> dict[str, Any]:
             "storage": data.storage}
 
 
-def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,
+def calibrate_device(device: str | Path | DeviceProfile, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,
                      n_networks: int = 30, runs: int = 100, rounds: int = 10, tables_dir: Path | None = None,
                      progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Measure the device's latency table here (run this ON the device) and write it where search reads it."""
@@ -526,7 +555,8 @@ def calibrate_device(device: str | Path, *, space: str = "mbv3-28", task: TaskSh
     table = calibrate(profile, get_space(space), task, n_networks=n_networks, runs=runs, rounds=rounds, progress=progress)
     path = table_write_path(profile.name, space, task, tables_dir)  # the user data directory unless told: never the package
     table.save(path)
-    return table_summary(table, path)
+    return {**table_summary(table, path), "fit_within_10pct": fit_within_share(table),
+            "networks": len(table.measured["networks"])}
 
 
 def make_calibration_kit(device: str | Path, out: Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,

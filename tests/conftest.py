@@ -54,6 +54,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """No test reads or writes the user's ~/.cache/gtnpipe, nor their own latency tables (user data directory)."""
     monkeypatch.setenv("GTNPIPE_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("GTNPIPE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    # builds for host do not measure this machine's latency table on the way (a minute each, every test has its own
+    # data dir); tests/test_calibrate.py turns it back on where it tests that
+    monkeypatch.setenv("GTNPIPE_CALIBRATE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,16 @@ from gtnpipe.deploy.backends import get_backend
 from gtnpipe.devices.cost import CostModel, LatencyTable, table_path
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file
-from gtnpipe.measure.host_table import build_calibration_kit, calibrate, calibration_archs
+from gtnpipe.deploy.timing import Machine
+from gtnpipe.devices.latency_table import user_tables_dir
+from gtnpipe.measure.host_table import (
+    CALIBRATE_ENV,
+    build_calibration_kit,
+    calibrate,
+    calibration_archs,
+    calibration_wanted,
+    stale_table_reason,
+)
 from gtnpipe.measure.kit import KIT_FILE, calibrate_from_kit, fit_precision_table
 from gtnpipe.space.schedule import all_units, units
 from gtnpipe.space.spaces import TaskShape, get_space
@@ -137,3 +146,38 @@ def test_the_committed_host_table_matches_the_host_profile() -> None:
     model = CostModel(load_profile("host"), SPACE, TASK)
     assert model.table is not None, model.table_note
     assert model.estimate(SPACE.smallest()).latency_source == "measured-table"
+
+
+def test_host_calibration_on_the_way_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CALIBRATE_ENV, raising=False)
+    assert calibration_wanted(None)
+    for off in ("0", "false", "no"):
+        monkeypatch.setenv(CALIBRATE_ENV, off)
+        assert not calibration_wanted(None)
+        assert calibration_wanted(True)  # --calibrate wins over the environment
+    monkeypatch.setenv(CALIBRATE_ENV, "1")
+    assert not calibration_wanted(False)
+    assert stale_table_reason(load_profile("raspberry-pi-4"), SPACE, TASK) is None  # not this machine: never measured here
+
+
+@pytest.mark.slow
+def test_the_host_table_is_reused_on_this_machine_and_remeasured_on_another(tmp_path: Path) -> None:
+    from gtnpipe import pipeline
+
+    host = load_profile("host")
+    other = TaskShape(1, (20, 20), 10)
+    assert "no latency table for host at mbv3-28 1x20x20" in (stale_table_reason(host, SPACE, other) or "")
+    info = pipeline.calibrate_device(host, n_networks=2, runs=5, rounds=1)  # into the user data directory
+    path = Path(info["table"])
+    assert path.is_relative_to(user_tables_dir()) and table_path("host", SPACE.name, TASK) == path
+    assert stale_table_reason(host, SPACE, TASK) is None  # measured here: the next build reuses it
+    assert 0.0 <= info["fit_within_10pct"] <= 1.0 and info["networks"] == 4
+    raw = json.loads(path.read_text())
+    assert raw["measured"]["machine"] == Machine.here().describe()
+    raw["measured"]["machine"] = "AMD EPYC (family 25 model 1 stepping 1, avx2), 2 CPUs"  # same name, another CPU
+    path.write_text(json.dumps(raw))
+    assert "was measured on 'AMD EPYC (family 25 model 1" in (stale_table_reason(host, SPACE, TASK) or "")
+    raw["measured"]["machine"] = Machine.here().describe()
+    raw["runtime_version"] = "1.0.0"
+    path.write_text(json.dumps(raw))
+    assert "measured with onnxruntime 1.0.0, this machine has" in (stale_table_reason(host, SPACE, TASK) or "")

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 
 __all__ = ["build", "compile_", "search"]
 
+CalibrateOpt = Annotated[bool | None, typer.Option(
+    "--calibrate/--no-calibrate", help="For --device host: measure this machine's latency table first when the one "
+    "found was measured on another machine (about a minute, once per machine) [default: on, unless "
+    "GTNPIPE_CALIBRATE=0].")]
+
 
 def search(
     device: Annotated[str, typer.Option("--device", "-d", help="Device profile name or path to your own .toml.")],
@@ -47,6 +52,7 @@ def search(
     cache_dir: CacheOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the Pareto front as a PNG here.")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Evolution generations.")] = 500,
+    calibrate: CalibrateOpt = None,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -61,7 +67,8 @@ def search(
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
                             skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
-        found = pipeline.search_device(ws, device, config=SearchConfig(iterations=iterations))  # the stage build runs
+        found = pipeline.search_device(ws, device, config=SearchConfig(iterations=iterations),  # the stage build runs
+                                       calibrate_host=calibrate, say=p.say)
         result, acc = found.result, found.predictor
         if plot is not None:
             from gtnpipe.config.profiles import load_profile
@@ -121,6 +128,7 @@ def build(
                                                  "measured HERE exceeds the budgets (when this machine is the device).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when a precision the profile allows could not be built "
                                          "(CI uses it); without it such a precision is recorded as not built.")] = False,
+    calibrate: CalibrateOpt = None,
     cache_dir: CacheOpt = None,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
@@ -144,7 +152,8 @@ def build(
         for name in devices:
             results.append(pipeline.build_device(
                 ws, name, out=out_dir, teacher=teacher, config=SearchConfig(iterations=iterations),
-                accuracy_samples=accuracy_samples, check_measured_budgets=check_measured, strict=strict, say=p.say))
+                accuracy_samples=accuracy_samples, check_measured_budgets=check_measured, strict=strict,
+                calibrate_host=calibrate, say=p.say))
     if as_json:
         emit_json([asdict(r) for r in results])
     else:

@@ -72,20 +72,38 @@ class Machine:
     cpu_count: int
     arch: str
     system: str
+    # family/model/stepping and the vector ISA: a cloud VM's "model name" can be just "AMD EPYC" for CPUs two
+    # generations apart (Zen 3 without AVX-512 and Zen 4 with it ran the same networks at different speeds)
+    cpu_id: str = ""
 
     @classmethod
     def here(cls) -> Machine:
         cpu = platform.processor() or platform.machine()
+        fields: dict[str, str] = {}
         cpuinfo = Path("/proc/cpuinfo")
         if cpuinfo.exists():
             for line in cpuinfo.read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        return cls(cpu, os.cpu_count() or 1, platform.machine(), platform.system())
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+            cpu = fields.get("model name", cpu)
+        return cls(cpu, os.cpu_count() or 1, platform.machine(), platform.system(), _cpu_id(fields))
 
     def describe(self) -> str:
-        return f"{self.cpu}, {self.cpu_count} CPUs"
+        return f"{self.cpu}" + (f" ({self.cpu_id})" if self.cpu_id else "") + f", {self.cpu_count} CPUs"
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_tile", "asimd", "sve")  # what changes which kernels a runtime runs
+
+
+def _cpu_id(cpuinfo: dict[str, str]) -> str:
+    """'family F model M stepping S, ISA' from /proc/cpuinfo's first block ('' where it says none of it)."""
+    ids = [f"{name} {cpuinfo[key]}" for key, name in (("cpu family", "family"), ("model", "model"),
+                                                      ("stepping", "stepping"), ("CPU part", "part")) if key in cpuinfo]
+    flags = set((cpuinfo.get("flags") or cpuinfo.get("Features") or "").split())
+    isa = [f for f in ISA_FLAGS if f in flags]
+    return ", ".join(filter(None, [" ".join(ids), " ".join(isa)]))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
 from gtnpipe.deploy.export import export_onnx
 from gtnpipe.deploy.manifest import file_records
-from gtnpipe.devices.cost import BYTES, MB, LatencyTable, activation_peak_elems, weight_bytes
+from gtnpipe.deploy.timing import Machine
+from gtnpipe.devices.cost import BYTES, MB, LatencyTable, activation_peak_elems, table_path, weight_bytes
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_json
 from gtnpipe.measure.kit import KIT_FILE, KIT_SCHEMA, calibrate_from_kit, kit_command, time_models
@@ -41,10 +42,53 @@ from gtnpipe.models.static import build_static, build_unit
 from gtnpipe.space.schedule import all_units, units
 from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
 
-__all__ = ["CALIBRATION_SEED", "build_calibration_kit", "calibrate", "calibration_archs", "time_models"]
+__all__ = ["CALIBRATE_ENV", "CALIBRATION_SEED", "SELF_CALIBRATING", "build_calibration_kit", "calibrate",
+           "calibration_archs", "calibration_wanted", "fit_within_share", "stale_table_reason", "time_models"]
 
 CALIBRATION_SEED = 7919  # archs drawn for the whole-network fit; bench/predictor.py evaluates on other seeds
 KIT_PRECISION = "fp32"  # the only precision calibrated so far
+# Profiles that describe the machine running gtnpipe: `gtnpipe build/search` measure their table here first when the
+# one found was measured on another machine (another CPU, CPU count or runtime version)
+SELF_CALIBRATING = frozenset({"host"})
+CALIBRATE_ENV = "GTNPIPE_CALIBRATE"  # "0": never calibrate the host on the way (the tests set it; --calibrate wins)
+
+
+def calibration_wanted(flag: bool | None) -> bool:
+    """--calibrate/--no-calibrate when given, else $GTNPIPE_CALIBRATE ("0" or "false" turn it off), else on."""
+    if flag is not None:
+        return flag
+    return os.environ.get(CALIBRATE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def stale_table_reason(profile: DeviceProfile, space: SearchSpace, task: TaskShape) -> str | None:
+    """Why this machine should measure `profile`'s table before using it (None: the table found was measured here).
+
+    Only for the profiles of this machine (SELF_CALIBRATING): a table is stale when none exists for the space and
+    input, or when it was measured on another CPU model or CPU count (`Machine.describe()`) or with another version
+    of the runtime."""
+    if profile.name not in SELF_CALIBRATING:
+        return None
+    path = table_path(profile.name, space.name, task)
+    if not path.is_file():
+        h, w = task.image_hw
+        return f"no latency table for {profile.name} at {space.name} {task.in_channels}x{h}x{w} yet"
+    table = LatencyTable.from_json(path.read_text(), where=str(path))
+    here, there = Machine.here().describe(), table.measured.get("machine")
+    if there != here:
+        return f"{path} was measured on '{there}', this machine is '{here}'"
+    version = get_backend(profile.runtime.name).version()
+    if table.runtime_version != version:
+        return f"{path} was measured with {table.runtime} {table.runtime_version}, this machine has {version}"
+    return None
+
+
+def fit_within_share(table: LatencyTable, tolerance: float = 0.10) -> float:
+    """The share of the calibration networks whose p50 the table's fit predicts within `tolerance` (in-sample)."""
+    fit = table.precisions[KIT_PRECISION]
+    nets = table.measured["networks"]
+    hits = [abs((fit.slope * n["units_sum_ms"] + fit.per_unit_ms * n["units"] + fit.intercept_ms) / n["p50_ms"] - 1)
+            <= tolerance for n in nets]
+    return sum(hits) / len(hits)
 
 
 def calibration_archs(space: SearchSpace, n_networks: int) -> list[ArchConfig]:

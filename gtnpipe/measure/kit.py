@@ -20,8 +20,6 @@ folder and runs the same code. Torch-free: a device needs the kit, numpy and its
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -33,7 +31,7 @@ import numpy as np
 from gtnpipe.config.profiles import DeviceProfile, load_profile
 from gtnpipe.deploy.backends import get_backend, load_runner
 from gtnpipe.deploy.manifest import verify_file_hashes
-from gtnpipe.deploy.timing import measure_latency, measure_peak_rss_mb
+from gtnpipe.deploy.timing import Machine, measure_latency, measure_peak_rss_mb
 from gtnpipe.devices.latency_table import LatencyTable, PrecisionTable, table_write_path
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file
@@ -124,12 +122,7 @@ def load_kit(kit_dir: Path, profile: DeviceProfile) -> dict[str, Any]:
 
 def machine_description() -> str:
     """The CPU the table was measured on: a table only predicts latency on the same kind of machine."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    return Machine.here().describe()
 
 
 def calibrate_from_kit(kit_dir: Path, profile: DeviceProfile, *, runs: int = 100, rounds: int = 10,
@@ -158,7 +151,8 @@ def calibrate_from_kit(kit_dir: Path, profile: DeviceProfile, *, runs: int = 100
         "runs": runs, "rounds": rounds, "profile_sha256": profile.sha256(), "calibration_seed": kit["calibration_seed"],
         "machine": machine_description(),
         "kit": {"made_at": kit["made_at"], "sha256": sha256_file(kit_dir / KIT_FILE)},
-        "networks": [{"arch": n["arch"], "units_sum_ms": sum(units_ms[k] for k in n["units"]), "p50_ms": p50, "p90_ms": p90,
+        "networks": [{"arch": n["arch"], "units_sum_ms": sum(units_ms[k] for k in n["units"]),
+                      "units": len(n["units"]), "p50_ms": p50, "p90_ms": p90,
                       "model_mb": m, "peak_rss_mb": r} for n, (p50, p90), m, r in zip(networks, net_times, model_mb, rss)],
     }
     return LatencyTable(profile.name, runtime, version, profile.threads, kit["batch_size"], kit["space"],
