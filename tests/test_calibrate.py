@@ -15,11 +15,11 @@ from conftest import HANG_TIMEOUT_S, block_imports_prelude
 
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.backends import get_backend
+from gtnpipe.deploy.timing import Machine
 from gtnpipe.devices.cost import CostModel, LatencyTable, table_path
+from gtnpipe.devices.latency_table import user_tables_dir
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file
-from gtnpipe.deploy.timing import Machine
-from gtnpipe.devices.latency_table import user_tables_dir
 from gtnpipe.measure.host_table import (
     CALIBRATE_ENV,
     build_calibration_kit,
