@@ -40,6 +40,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # before pytest-timeout's own pytest_configure reads its setting: the ini file has none, this is the default
     if config.getoption("timeout", None) is None and not os.environ.get("PYTEST_TIMEOUT"):
         config.option.timeout = HANG_TIMEOUT_S
+    # builds for host do not measure this machine's latency table on the way (a minute each, and every test has its
+    # own data dir). Set for the whole session, not in a function fixture: module-scoped build fixtures run before
+    # those. tests/test_calibrate.py turns it back on where it tests that.
+    os.environ["GTNPIPE_CALIBRATE"] = "0"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,9 +58,6 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """No test reads or writes the user's ~/.cache/gtnpipe, nor their own latency tables (user data directory)."""
     monkeypatch.setenv("GTNPIPE_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("GTNPIPE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    # builds for host do not measure this machine's latency table on the way (a minute each, every test has its own
-    # data dir); tests/test_calibrate.py turns it back on where it tests that
-    monkeypatch.setenv("GTNPIPE_CALIBRATE", "0")
 
 
 @pytest.fixture(scope="session")
