@@ -40,7 +40,6 @@ from gtnpipe.measure.host_table import (
     build_calibration_kit,
     calibrate,
     calibration_wanted,
-    fit_within_share,
     stale_table_reason,
 )
 from gtnpipe.measure.kit import table_summary
@@ -555,8 +554,7 @@ def calibrate_device(device: str | Path | DeviceProfile, *, space: str = "mbv3-2
     table = calibrate(profile, get_space(space), task, n_networks=n_networks, runs=runs, rounds=rounds, progress=progress)
     path = table_write_path(profile.name, space, task, tables_dir)  # the user data directory unless told: never the package
     table.save(path)
-    return {**table_summary(table, path), "fit_within_10pct": fit_within_share(table),
-            "networks": len(table.measured["networks"])}
+    return table_summary(table, path)
 
 
 def make_calibration_kit(device: str | Path, out: Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,

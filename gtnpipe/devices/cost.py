@@ -212,7 +212,7 @@ class CostModel:
         size_mb = model_size_bytes(schedule, self.precision, runtime=self.profile.runtime.name) / MB
         t, _, _ = self.table_at(self.task.for_arch(arch))
         if t is not None:
-            p50 = t.slope * sum(t.units_ms[u.key] for u in schedule) + t.per_unit_ms * len(schedule) + t.intercept_ms
+            p50 = t.network_p50_ms(sum(t.units_ms[u.key] for u in schedule), len(schedule))
             return CostEstimate(arch.id, self.precision, net.macs, net.params, p50, p50 * t.p90_over_p50,
                                 "measured-table", t.memory_overhead_mb + t.memory_slope * model_bytes / MB,
                                 "measured-table", size_mb, "formula")

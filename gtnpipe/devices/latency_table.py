@@ -44,6 +44,10 @@ class PrecisionTable:
     memory_overhead_mb: float  # peak RSS = overhead + memory_slope * (weights + peak activations)
     memory_slope: float
 
+    def network_p50_ms(self, units_sum_ms: float, n_units: int) -> float:
+        """The whole-network p50 the fit predicts from the sum and the number of its units' p50s."""
+        return self.slope * units_sum_ms + self.per_unit_ms * n_units + self.intercept_ms
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

@@ -43,7 +43,7 @@ from gtnpipe.space.schedule import all_units, units
 from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
 
 __all__ = ["CALIBRATE_ENV", "CALIBRATION_SEED", "SELF_CALIBRATING", "build_calibration_kit", "calibrate",
-           "calibration_archs", "calibration_wanted", "fit_within_share", "stale_table_reason", "time_models"]
+           "calibration_archs", "calibration_wanted", "stale_table_reason", "time_models"]
 
 CALIBRATION_SEED = 7919  # archs drawn for the whole-network fit; bench/predictor.py evaluates on other seeds
 KIT_PRECISION = "fp32"  # the only precision calibrated so far
@@ -80,15 +80,6 @@ def stale_table_reason(profile: DeviceProfile, space: SearchSpace, task: TaskSha
     if table.runtime_version != version:
         return f"{path} was measured with {table.runtime} {table.runtime_version}, this machine has {version}"
     return None
-
-
-def fit_within_share(table: LatencyTable, tolerance: float = 0.10) -> float:
-    """The share of the calibration networks whose p50 the table's fit predicts within `tolerance` (in-sample)."""
-    fit = table.precisions[KIT_PRECISION]
-    nets = table.measured["networks"]
-    hits = [abs((fit.slope * n["units_sum_ms"] + fit.per_unit_ms * n["units"] + fit.intercept_ms) / n["p50_ms"] - 1)
-            <= tolerance for n in nets]
-    return sum(hits) / len(hits)
 
 
 def calibration_archs(space: SearchSpace, n_networks: int) -> list[ArchConfig]:

@@ -43,6 +43,7 @@ __all__ = [
     "calibrate_device_from_kit",
     "calibrate_from_kit",
     "fit_precision_table",
+    "fit_within_share",
     "kit_command",
     "load_kit",
     "table_summary",
@@ -159,10 +160,18 @@ def calibrate_from_kit(kit_dir: Path, profile: DeviceProfile, *, runs: int = 100
                         TaskShape.of(kit["task"]), {kit["precision"]: fit}, measured)
 
 
+def fit_within_share(table: LatencyTable, tolerance: float = 0.10) -> float:
+    """The share of the calibration networks whose p50 the table's fit predicts within `tolerance` (in-sample)."""
+    fit = table.precisions["fp32"]
+    nets = table.measured["networks"]
+    return sum(abs(fit.network_p50_ms(n["units_sum_ms"], n["units"]) / n["p50_ms"] - 1) <= tolerance for n in nets) / len(nets)
+
+
 def table_summary(table: LatencyTable, path: Path) -> dict[str, Any]:
     """What `gtnpipe latency-table` reports about a table it wrote."""
     fit = table.precisions["fp32"]
     return {"device": table.device, "table": str(path), "units": len(fit.units_ms), "slope": fit.slope,
+            "networks": len(table.measured["networks"]), "fit_within_10pct": fit_within_share(table),
             "per_unit_ms": fit.per_unit_ms, "intercept_ms": fit.intercept_ms, "memory_overhead_mb": fit.memory_overhead_mb,
             "seconds": table.measured["seconds"]}
 
