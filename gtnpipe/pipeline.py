@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from gtnpipe.data.datasets import Dataset, load_dataset
 from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
 from gtnpipe.deploy.backends.accuracy_control import ACCURACY_CONTROL_IMAGES
 from gtnpipe.deploy.export import Deployable, compile_inputs, to_unit_float
+from gtnpipe.deploy.fleet import update_index, write_index
 from gtnpipe.deploy.onnx_model import OnnxFacts, count_onnx, prepare_onnx, read_onnx
 from gtnpipe.deploy.onnx_torch import onnx_to_torch
 from gtnpipe.deploy.parity import BuildFailure, CompiledPrecision, PrecisionRow, choose_precision, run_batched
@@ -77,6 +78,7 @@ __all__ = [
     "Workspace",
     "accuracy_predictor",
     "build_device",
+    "build_fleet",
     "compile_model",
     "data_info",
     "distill_student",
@@ -204,6 +206,21 @@ class CompileOutcome:
     warnings: list[str]
     not_built: dict[str, str]
     seconds: float
+
+
+def build_fleet(ws: Workspace, devices: Sequence[str | Path], *, out: Path = Path("artifacts"),
+                **kw: Any) -> list[BuildOutcome]:
+    """build_device for each device in turn (they share the teacher and the cached stages), then the fleet view
+    out/index.md and out/fleet.png over every device folder in `out` (gtnpipe.deploy.fleet)."""
+    results = [build_device(ws, device, out=out, **kw) for device in devices]
+    refresh_fleet(out, built=len(results))
+    return results
+
+
+def refresh_fleet(out: Path, *, built: int) -> Path | None:
+    """The fleet index after building `built` artifacts into `out`: written for more than one, else kept up to date
+    where one exists."""
+    return write_index(out) if built > 1 else update_index(out)
 
 
 def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, *, data: str | Dataset | None = None,

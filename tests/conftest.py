@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from gtnpipe.data.datasets import Dataset, load_dataset
+
+if TYPE_CHECKING:  # imported where used: they import this module
+    from installed_wheel import InstalledWheel
+    from sshd import LocalSshd
 
 TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS / "data" / "tiny.toml"
@@ -109,6 +115,35 @@ class DeployCase:
 @pytest.fixture(scope="session")
 def deploy_case(tmp_path_factory: pytest.TempPathFactory) -> DeployCase:
     return DeployCase(tmp_path_factory.mktemp("deploy"))
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledWheel]:
+    """The wheel built here, being installed with [onnx] into a fresh venv (tests/installed_wheel.py): a device with
+    gtnpipe and its runtime and no torch. Ask for it before `host_artifact`: pip installs while that trains."""
+    from installed_wheel import InstalledWheel
+
+    wheel = InstalledWheel(tmp_path_factory.mktemp("wheel"))
+    yield wheel
+    wheel.close()
+
+
+@pytest.fixture(scope="session")
+def host_artifact(deploy_case: DeployCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real host artifact folder (artifacts/host) for `gtnpipe bench`; tests copy it before changing anything."""
+    from installed_wheel import make_host_artifact
+
+    return make_host_artifact(deploy_case, tmp_path_factory.mktemp("artifact"))
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
+    """A real OpenSSH server on 127.0.0.1 with throwaway keys (tests/sshd.py), stopped at the end of the session."""
+    from sshd import LocalSshd
+
+    server = LocalSshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
 
 
 def make_colour_folder(root: Path, *, classes: int = 3, per_class: int = 30, seed: int = 0,

@@ -45,8 +45,18 @@ app.add_typer(device.devices_app, name="devices")
 app.command("calibration-kit", hidden=True, deprecated=True)(device.latency_kit)
 
 
+def _print_version(value: bool) -> None:
+    if value:  # `gtnpipe --version`: what `gtnpipe bench --remote` compares with the device's
+        from gtnpipe import __version__
+
+        sys.stdout.write(f"gtnpipe {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False,
+          version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                help="Print gtnpipe's version and exit.")] = False) -> None:
     # gtnpipe's own INFO lines show; the libraries' (converters, runtimes) only from WARNING up, unless -v.
     # RichHandler lays a line out at the console's full width: in a terminal only; a log file gets plain lines.
     console = Console(stderr=True)

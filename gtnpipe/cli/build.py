@@ -142,18 +142,16 @@ def build(
     devices = known_profiles() if all_devices else list(device or [])
     if not devices:
         fail("give --device NAME|PATH (repeatable) or --all; 'gtnpipe devices list' shows the shipped profiles")
-    results = []
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
         from gtnpipe.nas.evolution import SearchConfig
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
                             skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
-        for name in devices:
-            results.append(pipeline.build_device(
-                ws, name, out=out_dir, teacher=teacher, config=SearchConfig(iterations=iterations),
-                accuracy_samples=accuracy_samples, check_measured_budgets=check_measured, strict=strict,
-                calibrate_host=calibrate, say=p.say))
+        results = pipeline.build_fleet(
+            ws, devices, out=out_dir, teacher=teacher, config=SearchConfig(iterations=iterations),
+            accuracy_samples=accuracy_samples, check_measured_budgets=check_measured, strict=strict,
+            calibrate_host=calibrate, say=p.say)
     if as_json:
         emit_json([asdict(r) for r in results])
     else:
@@ -165,8 +163,16 @@ def build(
                       f"  test top-1 torch {r.torch_top1:.2f}%, shipped {shipped}; predicted p90 "
                       f"{r.predicted['latency_ms_p90']:.3f} ms ({r.predicted['latency_source']}){measured}")
             _print_checks(r.budget_violations, r.warnings)
+        _print_fleet(out_dir)
     if any(r.budget_violations for r in results):
         raise typer.Exit(3)
+
+
+def _print_fleet(out_dir: Path) -> None:
+    from gtnpipe.deploy.fleet import INDEX
+
+    if (out_dir / INDEX).is_file():
+        stdout().print(f"fleet index: {escape(str(out_dir / INDEX))}")
 
 
 def _print_checks(violations: list[str], warnings: list[str]) -> None:
@@ -228,6 +234,7 @@ def compile_(
                 model, name, data=data, out=out_dir, cache_dir=cache_dir, precisions=tuple(precision) if precision else None,
                 mean=_floats(mean, "--mean"), std=_floats(std, "--std"), check_measured_budgets=check_measured,
                 strict=strict, say=p.say))
+        pipeline.refresh_fleet(out_dir, built=len(results))
     if as_json:
         emit_json([asdict(r) for r in results])
     else:

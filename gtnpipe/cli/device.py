@@ -11,6 +11,7 @@ torch nor the pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +31,7 @@ from gtnpipe.cli._common import (
     stdout,
     value_column,
 )
+from gtnpipe.deploy.remote import Remote  # the OpenSSH client's driver: stdlib only
 from gtnpipe.space.spaces import TaskShape  # pure Python: the CLI stays torch-free
 
 __all__ = ["bench", "devices_app", "latency_kit", "latency_table"]
@@ -43,8 +45,19 @@ RoundsOpt = Annotated[int, typer.Option("--rounds", min=1, help="Interleaved tim
 TableSpaceOpt = Annotated[str, typer.Option("--space", help="The search space whose blocks the table times.")]
 InputOpt = Annotated[str, typer.Option("--input", help="The input the table is for, CxHxW (e.g. 3x224x224).")]
 ClassesOpt = Annotated[int, typer.Option("--classes", min=2, help="Classes of the task (the head's last layer).")]
+NetworksOpt = Annotated[int, typer.Option("--networks", min=2, help="Random whole networks for the fit, besides the "
+                                          "smallest and the largest.")]
 TablesDirOpt = Annotated[Path | None, typer.Option("--tables-dir", help="Write the table here [default: tables/ in "
                                                    "the user data directory, where search looks first].")]
+RemoteOpt = Annotated[str | None, typer.Option(
+    "--remote", metavar="USER@HOST", help="Run it on this device over ssh (the system OpenSSH client, with your "
+    "~/.ssh/config, keys and jump hosts): copy, run gtnpipe there, bring the result back here.")]
+SshOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--ssh-option", metavar="NAME=VALUE", help="An ssh -o option for --remote, e.g. Port=2222 or "
+    "IdentityFile=~/.ssh/device_key (repeatable).")]
+RemoteGtnpipeOpt = Annotated[str, typer.Option(
+    "--remote-gtnpipe", metavar="COMMAND", help="The gtnpipe command on the --remote device, e.g. "
+    "~/venv/bin/gtnpipe (a non-interactive ssh session has a short PATH).")]
 TABLE_RUNS = 200  # timed runs per unit: what `gtnpipe bench --calibrate` has always used (bench's --runs default)
 
 
@@ -53,6 +66,9 @@ def bench(
     runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs.")] = TABLE_RUNS,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 20,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Runtime threads [default: the profile's].")] = None,
+    remote: RemoteOpt = None,
+    ssh_option: SshOptionOpt = None,
+    remote_gtnpipe: RemoteGtnpipeOpt = "gtnpipe",
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
     # the deprecated alias `gtnpipe bench --calibrate --device NAME [--kit DIR]` of `gtnpipe latency-table`
@@ -67,7 +83,8 @@ def bench(
     Every file's sha256 is checked against the manifest first, parity is re-checked on the reference images
     it carries, then p50/p90/p99 latency, throughput and peak memory are measured and bench.json is written
     beside the manifest. Needs only the artifact and the runtime (no torch). Exit 3 when a budget or the
-    parity check fails. (The device's latency table is 'gtnpipe latency-table'.)
+    parity check fails. With --remote USER@HOST it runs on that device over ssh and bench.json comes back here.
+    (The device's latency table is 'gtnpipe latency-table'.)
     """
     if calibrate or device is not None or kit is not None:
         if not calibrate:
@@ -81,21 +98,38 @@ def bench(
         fail("give an artifact folder (gtnpipe bench artifacts/host); the device's latency table is "
              "'gtnpipe latency-table --device NAME'")
     with running(progress=progress, as_json=as_json) as p:
-        from gtnpipe.deploy.bench import BENCH_FILE, bench_artifact
+        from gtnpipe.deploy.bench import BENCH_FAILED_EXIT, BENCH_FILE, bench_artifact
+        from gtnpipe.deploy.fleet import update_index
 
-        result = bench_artifact(artifact, runs=runs, warmup=warmup, threads=threads, say=p.say)
+        if remote is None:
+            result = bench_artifact(artifact, runs=runs, warmup=warmup, threads=threads, say=p.say)
+        else:
+            from gtnpipe.deploy.remote import bench_remote
+
+            result = bench_remote(artifact, _remote(remote, ssh_option, remote_gtnpipe), runs=runs, warmup=warmup,
+                                  threads=threads, say=p.say)
+        index = update_index(artifact.parent)  # the fleet view beside it, where a multi-device build made one
     if as_json:
         emit_json(result)
     else:
-        _print_bench(result, artifact / BENCH_FILE)
+        _print_bench(result, artifact / BENCH_FILE, remote)
+        if index is not None:
+            stdout().print(f"updated the fleet index {escape(str(index))}")
     if not result["verdict"]["ok"]:
-        raise typer.Exit(3)
+        raise typer.Exit(BENCH_FAILED_EXIT)
 
 
-def _print_bench(result: dict[str, Any], written: Path) -> None:
+def _remote(target: str, ssh_options: list[str] | None, command: str) -> Remote:
+    with running():  # a malformed --remote or --ssh-option: one line and exit 2
+        return Remote(target, tuple(ssh_options or ()), command)
+
+
+def _print_bench(result: dict[str, Any], written: Path, remote: str | None = None) -> None:
     lat, parity, runtime, verdict = result["latency"], result["parity"], result["runtime"], result["verdict"]
     out = stdout()
-    out.print(f"[bold]{escape(result['device_profile'])}[/] artifact {escape(str(written.parent))}: {runtime['name']} "
+    where = f" on {escape(remote)} ({escape(result['machine'].get('description', result['machine']['platform']))})" \
+        if remote else ""
+    out.print(f"[bold]{escape(result['device_profile'])}[/] artifact {escape(str(written.parent))}{where}: {runtime['name']} "
               f"{runtime['version']} {result['precision']}, {result['threads']} threads, {lat['runs']} runs")
     table = Table(id_column("figure"), value_column("measured"), id_column("budget"), value_column("ok"))
     for name, check in verdict["checks"].items():
@@ -119,7 +153,11 @@ def latency_table(
     classes: ClassesOpt = 10,
     runs: Annotated[int, typer.Option("--runs", min=10, help="Timed runs per unit and network.")] = TABLE_RUNS,
     rounds: RoundsOpt = 10,
+    n_networks: NetworksOpt = 30,
     tables_dir: TablesDirOpt = None,
+    remote: RemoteOpt = None,
+    ssh_option: SshOptionOpt = None,
+    remote_gtnpipe: RemoteGtnpipeOpt = "gtnpipe",
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -128,10 +166,12 @@ def latency_table(
 
     Without --kit every unit of the pool and the fit networks are compiled and timed here (needs torch);
     with --kit DIR the models come precompiled from 'gtnpipe latency-kit' on the host (no torch needed; the kit
-    fixes the space and input).
+    fixes the space and input). With --remote USER@HOST, from the host: the kit (built here unless --kit gives
+    one) is timed on that device over ssh and the table it measures is installed here for that profile.
     """
-    _latency_table(device, kit=kit, runs=runs, rounds=rounds, tables_dir=tables_dir, space=space,
-                   input_shape=input_shape, classes=classes, progress=progress, as_json=as_json)
+    _latency_table(device, kit=kit, runs=runs, rounds=rounds, n_networks=n_networks, tables_dir=tables_dir, space=space,
+                   input_shape=input_shape, classes=classes, progress=progress, as_json=as_json,
+                   remote=_remote(remote, ssh_option, remote_gtnpipe) if remote else None)
 
 
 def _task(input_shape: str, classes: int) -> TaskShape:
@@ -144,31 +184,53 @@ def _task(input_shape: str, classes: int) -> TaskShape:
 
 
 def _latency_table(device: str, *, kit: Path | None, runs: int, rounds: int, tables_dir: Path | None, space: str,
-                   input_shape: str, classes: int, progress: bool, as_json: bool) -> None:
+                   input_shape: str, classes: int, progress: bool, as_json: bool, n_networks: int = 30,
+                   remote: Remote | None = None) -> None:
     task = _task(input_shape, classes)
     with running(progress=progress, as_json=as_json) as p:
-        if kit is not None:  # on the device: torch-free, so not through pipeline (which imports torch)
+        if remote is not None:
+            info = _latency_table_remote(device, remote, kit=kit, space=space, task=task, n_networks=n_networks, runs=runs,
+                                         rounds=rounds, tables_dir=tables_dir, say=p.say)
+        elif kit is not None:  # on the device: torch-free, so not through pipeline (which imports torch)
             from gtnpipe.measure.kit import calibrate_device_from_kit
 
             info = calibrate_device_from_kit(kit, device, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=p.say)
         else:
             from gtnpipe import pipeline
 
-            info = pipeline.calibrate_device(device, space=space, task=task, runs=runs, rounds=rounds,
-                                             tables_dir=tables_dir, progress=p.say)
+            info = pipeline.calibrate_device(device, space=space, task=task, n_networks=n_networks, runs=runs,
+                                             rounds=rounds, tables_dir=tables_dir, progress=p.say)
     if as_json:
         return emit_json(info)
-    stdout().print(f"[bold]{escape(info['device'])}[/]: {info['units']} units timed in {info['seconds']:.0f} s; whole network "
-                   f"p50 = {info['slope']:.3f} x sum(units) {info['per_unit_ms']:+.4f} ms x units "
+    where = f" on {escape(remote.target)} ({escape(info['machine'])})" if remote is not None else ""
+    stdout().print(f"[bold]{escape(info['device'])}[/]{where}: {info['units']} units timed in {info['seconds']:.0f} s; "
+                   f"whole network p50 = {info['slope']:.3f} x sum(units) {info['per_unit_ms']:+.4f} ms x units "
                    f"{info['intercept_ms']:+.4f} ms; runtime overhead {info['memory_overhead_mb']:.1f} MB; "
                    f"table written to {escape(str(info['table']))}")
+
+
+def _latency_table_remote(device: str, remote: Remote, *, kit: Path | None, space: str, task: TaskShape, n_networks: int,
+                          runs: int, rounds: int, tables_dir: Path | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """Time a kit on the device over ssh: the one given, or one built here for the device first (needs torch)."""
+    import tempfile
+
+    from gtnpipe.measure.kit import calibrate_remote_from_kit
+
+    if kit is not None:
+        return calibrate_remote_from_kit(kit, device, remote, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=say)
+    from gtnpipe import pipeline
+
+    with tempfile.TemporaryDirectory(prefix="gtnpipe-remote-kit-") as scratch:
+        made = pipeline.make_calibration_kit(device, Path(scratch) / "kit", space=space, task=task, n_networks=n_networks,
+                                             progress=say)
+        return calibrate_remote_from_kit(made["kit"], device, remote, runs=runs, rounds=rounds, tables_dir=tables_dir,
+                                         progress=say)
 
 
 def latency_kit(
     device: DeviceOpt,
     out_dir: Annotated[Path, typer.Option("--out", help="Kit folder to write (an old kit there is replaced).")],
-    n_networks: Annotated[int, typer.Option("--networks", min=2, help="Random whole networks for the fit, besides the "
-                                            "smallest and the largest.")] = 30,
+    n_networks: NetworksOpt = 30,
     space: TableSpaceOpt = "mbv3-28",
     input_shape: InputOpt = "1x28x28",
     classes: ClassesOpt = 10,
@@ -239,6 +301,25 @@ def devices_show(
             out.print(f"  {key} = {value!r}", markup=False)
     out.print(f"precisions = {list(profile.precisions)}, threads = {profile.threads}, batch_size = {profile.batch_size}",
               markup=False)
+
+
+@devices_app.command("runtimes")
+def devices_runtimes(as_json: JsonOpt = False) -> None:
+    """The runtimes installed here, with their versions, and what installs a missing one ('gtnpipe bench --remote'
+    asks a device this before copying anything)."""
+    with running(as_json=as_json):
+        from gtnpipe import __version__
+        from gtnpipe.deploy.backends import installed_runtimes
+        from gtnpipe.deploy.timing import Machine
+
+        data = {"gtnpipe": __version__, "machine": Machine.here().describe(), "runtimes": installed_runtimes()}
+    if as_json:
+        return emit_json(data)
+    stdout().print(f"gtnpipe {data['gtnpipe']} on {escape(data['machine'])}")
+    table = Table(id_column("runtime"), value_column("installed"), value_column("version, or how to install it"))
+    for name, found in data["runtimes"].items():
+        table.add_row(name, "yes" if found["installed"] else "no", found.get("version") or found["error"])
+    print_table(table)
 
 
 @devices_app.command("validate")

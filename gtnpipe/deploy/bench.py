@@ -17,12 +17,13 @@ import numpy as np
 from gtnpipe.deploy.backends import get_backend
 from gtnpipe.deploy.manifest import load_manifest, verify_files
 from gtnpipe.deploy.parity import compare_on_device, run_batched
-from gtnpipe.deploy.timing import LatencyStats, measure_fresh
+from gtnpipe.deploy.timing import LatencyStats, Machine, measure_fresh
 from gtnpipe.fsutil import atomic_write_json
 
-__all__ = ["BENCH_FILE", "bench_artifact"]
+__all__ = ["BENCH_FAILED_EXIT", "BENCH_FILE", "bench_artifact"]
 
 BENCH_FILE = "bench.json"
+BENCH_FAILED_EXIT = 3  # `gtnpipe bench`'s exit status when a budget or the parity check fails (bench.json is written)
 
 
 def _verdict(budgets: dict[str, Any], latency: LatencyStats, peak_mb: float, size_mb: float,
@@ -79,7 +80,8 @@ def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: 
     size_mb = sum(manifest["files"][f]["bytes"] for f in model["files"]) / 1e6
     result = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"description": Machine.here().describe(), "platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version()},
         "device_profile": manifest["device"]["name"],
         "runtime": {"name": runtime["name"], "version": version, "profile_range": runtime["version_range"],

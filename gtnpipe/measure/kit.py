@@ -31,10 +31,11 @@ import numpy as np
 from gtnpipe.config.profiles import DeviceProfile, load_profile
 from gtnpipe.deploy.backends import get_backend, load_runner
 from gtnpipe.deploy.manifest import verify_file_hashes
+from gtnpipe.deploy.remote import Remote, RemoteError
 from gtnpipe.deploy.timing import Machine, measure_latency, measure_peak_rss_mb
 from gtnpipe.devices.latency_table import LatencyTable, PrecisionTable, table_write_path
 from gtnpipe.errors import ArtifactError, ConfigError
-from gtnpipe.fsutil import sha256_file
+from gtnpipe.fsutil import atomic_write_bytes, sha256_file
 from gtnpipe.space.spaces import TaskShape
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "KIT_SCHEMA",
     "calibrate_device_from_kit",
     "calibrate_from_kit",
+    "calibrate_remote_from_kit",
     "fit_precision_table",
     "fit_within_share",
     "kit_command",
@@ -173,7 +175,7 @@ def table_summary(table: LatencyTable, path: Path) -> dict[str, Any]:
     return {"device": table.device, "table": str(path), "units": len(fit.units_ms), "slope": fit.slope,
             "networks": len(table.measured["networks"]), "fit_within_10pct": fit_within_share(table),
             "per_unit_ms": fit.per_unit_ms, "intercept_ms": fit.intercept_ms, "memory_overhead_mb": fit.memory_overhead_mb,
-            "seconds": table.measured["seconds"]}
+            "seconds": table.measured["seconds"], "machine": table.measured["machine"]}
 
 
 def calibrate_device_from_kit(kit_dir: Path, device: str | Path, *, runs: int = 100, rounds: int = 10,
@@ -188,3 +190,34 @@ def calibrate_device_from_kit(kit_dir: Path, device: str | Path, *, runs: int = 
     path = table_write_path(profile.name, table.space, table.task, tables_dir)
     table.save(path)
     return table_summary(table, path)
+
+
+def calibrate_remote_from_kit(kit_dir: Path | str, device: str | Path, remote: Remote, *, runs: int = 100, rounds: int = 10,
+                              tables_dir: Path | None = None,
+                              progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """On the host: time a kit on `remote` (`gtnpipe latency-table --kit` there) and install the table it measured
+    here, where search reads it for that profile (the user data directory, or `tables_dir`).
+
+    The kit is checked here first (made for this profile, every sha256), then again on the device after the copy.
+    A profile given as a .toml path is copied along, so the device checks the kit against the very same profile."""
+    profile = load_profile(device)
+    kit = load_kit(Path(kit_dir), profile)
+    remote.check(kit["runtime"], progress)
+    with remote.temp_dir() as tmp:
+        progress(f"{remote.target}: copying the kit ({len(kit['files'])} files) to {tmp}")
+        there = remote.put(Path(kit_dir), tmp)
+        name = remote.put(Path(device), tmp) if Path(device).suffix == ".toml" else profile.name
+        progress(f"{remote.target}: gtnpipe latency-table, {len(kit['units'])} units and {len(kit['networks'])} networks "
+                 f"({rounds} rounds of {runs} runs)")
+        done = remote.run_gtnpipe("run", "latency-table", "--device", name, "--kit", there, "--tables-dir", f"{tmp}/tables",
+                                  "--runs", str(runs), "--rounds", str(rounds), "--json")
+        measured = json.loads(done.stdout)
+        data = remote.fetch(measured["table"])
+    table = LatencyTable.from_json(data.decode(), where=f"{remote.target}:{measured['table']}")
+    if (table.device, table.space, table.task) != (profile.name, kit["space"], TaskShape.of(kit["task"])):
+        raise RemoteError(remote.target, "fetch", f"the device returned a table for {table.device} {table.space}, not "
+                          f"for the kit's {profile.name} {kit['space']}; run the command again")
+    path = table_write_path(profile.name, table.space, table.task, tables_dir)
+    atomic_write_bytes(path, data)
+    progress(f"installed the table measured on {remote.target} as {path}")
+    return {**table_summary(table, path), "remote": remote.target, "remote_table": measured["table"]}

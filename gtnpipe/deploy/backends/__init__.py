@@ -39,6 +39,7 @@ __all__ = [
     "calibration_batches",
     "Runner",
     "get_backend",
+    "installed_runtimes",
     "missing",
     "load_runner",
     "runtime_version",
@@ -167,3 +168,14 @@ def load_runner(runtime: str, model_path: Path, *, threads: int, precision: str 
 
 def runtime_version(runtime: str) -> str:
     return get_backend(runtime).version()
+
+
+def installed_runtimes() -> dict[str, dict[str, Any]]:
+    """Every known runtime: {"installed": True, "version": ...} here, or {"installed": False, "error": what installs it}."""
+    found: dict[str, dict[str, Any]] = {}
+    for runtime in sorted(BACKENDS):
+        try:
+            found[runtime] = {"installed": True, "version": runtime_version(runtime)}
+        except BackendUnavailable as err:
+            found[runtime] = {"installed": False, "error": str(err)}
+    return found
