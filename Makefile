@@ -3,7 +3,7 @@
 # make test-fast - the tests that neither train nor compile nor build (pytest -m "not slow"): well under a minute
 # make wheel  - build/dist/gtnpipe-*.whl, what a device installs (`pip install 'gtnpipe-*.whl[onnx]'`)
 # make lint   - ruff, import-linter contracts, mypy --strict on the core modules ([tool.mypy]), actionlint on .github/workflows
-# Both install what they need first (virtual env, pinned packages, the dataset), once.
+# Both install what they need first (virtual env, pinned packages, the dataset, the OpenSSH server the remote tests use), once.
 
 PYTHON ?= python3
 VENV := .venv
@@ -19,9 +19,9 @@ FIND_LINKS = $(shell echo "$${PIP_FIND_LINKS:-$$($(PYTHON) -m pip config get glo
 # actionlint runs ShellCheck on every `run:` script of the workflows; Debian's shellcheck package if none is installed
 SHELLCHECK ?= $(shell command -v shellcheck || echo /usr/bin/shellcheck)
 
-.PHONY: setup dataset test test-fast wheel demo bench lint clean
+.PHONY: setup dataset sshd test test-fast wheel demo bench lint clean
 
-setup: $(STAMP) dataset
+setup: $(STAMP) dataset sshd
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "gtnpipe needs Python >= 3.11"'
@@ -37,6 +37,16 @@ dataset:
 		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	fi
+
+# tests/test_remote.py runs `--remote` against a real OpenSSH server on 127.0.0.1 (tests/sshd.py starts and stops it):
+# Debian's openssh-server and its privilege-separation folder, which sshd wants even when run as one user.
+SSHD := /usr/sbin/sshd
+sshd:
+	@if [ ! -x $(SSHD) ] || ! command -v scp > /dev/null; then \
+		echo "installing the OpenSSH server and client (Debian packages openssh-server, openssh-client)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server openssh-client; \
+	fi
+	@[ -d /run/sshd ] || $(SUDO) mkdir -p -m 0755 /run/sshd
 
 # --durations: the 20 slowest tests at the end of every run (CI's log says where the suite's time goes)
 test: setup

@@ -49,7 +49,7 @@ class LocalSshd:
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
             "StrictModes no",  # the keys live under /tmp, which is world-writable
             "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",  # scp speaks SFTP since OpenSSH 9
-            f"SetEnv TMPDIR={self.remote_tmp}",  # where the sessions' mktemp -d goes: a test can see it emptied
+            f"SetEnv TMPDIR={self.remote_tmp}",  # where the sessions' mktemp -d goes: a test can see it removed
         ]) + "\n")
         self.log = (root / "sshd.log").open("w")
         self.process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=self.log,

@@ -22,11 +22,12 @@ from gtnpipe.cache import Cache
 from gtnpipe.cli import app
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.bench import bench_artifact
+from gtnpipe.deploy.fleet import FIGURE, INDEX, fleet_rows
 from gtnpipe.deploy.manifest import load_manifest, schema, verify_files
 from gtnpipe.deploy.parity import choose_precision
 from gtnpipe.errors import ArtifactError, ParityError
 from gtnpipe.nas.evolution import SearchConfig
-from gtnpipe.pipeline import build_device
+from gtnpipe.pipeline import build_device, build_fleet
 from gtnpipe.stages.workspace import Workspace
 
 SMALL_SEARCH = SearchConfig(population=16, iterations=4)
@@ -267,3 +268,36 @@ def test_two_builds_at_once_share_one_cache(tmp_path: Path) -> None:
         for entry in kind_dir.iterdir():
             cache.verify(kind_dir.name, entry.name)
     assert not (cache_dir / "quarantine").exists()
+
+
+def test_a_multi_device_build_writes_the_fleet_index(host_build, workspace: dict[str, Path]) -> None:  # noqa: ANN001
+    out = workspace["out"]
+    (out / "broken").mkdir(exist_ok=True)
+    (out / "broken" / "manifest.json").write_text("{not json")  # listed as unreadable; hides no other device
+    ws = Workspace.open(DEPLOY_RECIPE, cache_dir=workspace["cache"], progress=False)
+    results = build_fleet(ws, ["host", "intel-nuc"], out=out, config=SMALL_SEARCH, accuracy_samples=ACCURACY_SAMPLES)
+    assert [r.device for r in results] == ["host", "intel-nuc"]
+    text = (out / INDEX).read_text()
+    rows = {r["folder"]: r for r in fleet_rows(out)}
+    folders = {p.name for p in out.iterdir() if (p / "manifest.json").is_file()}
+    assert set(rows) == folders >= {"host", "intel-nuc", "broken"}
+    assert "unreadable: ArtifactError" in text or "unreadable: JSONDecodeError" in text
+    for r in results:
+        row = rows[Path(r.folder).name]
+        assert (row["arch"], row["runtime"], row["precision"]) == (r.arch, r.runtime, r.precision)
+        assert row["predicted_latency_ms_p90"] == r.predicted["latency_ms_p90"]
+        assert f"| [{r.device}]({Path(r.folder).name}/report.md) | `{r.arch}` | {r.runtime} " in text
+    assert rows["host"]["measured_source"].startswith("build machine, ") and not rows["host"]["measured_on_device"]
+    nuc = load_manifest(out / "intel-nuc")["measured_on_build_machine"]  # timed here where OpenVINO is installed
+    assert rows["intel-nuc"]["measured_source"] == (f"build machine, {nuc['machine']}" if nuc else "not measured")
+    from PIL import Image
+
+    with Image.open(out / FIGURE) as png:
+        assert png.format == "PNG" and png.size == (840, 540)
+    # a bench beside the index updates it: the host row now carries the device's own figures and verdict
+    done = CliRunner().invoke(app, ["bench", str(out / "host"), "--runs", "10", "--warmup", "2", "--no-progress"])
+    assert done.exit_code in (0, 3), done.output
+    host = next(r for r in fleet_rows(out) if r["folder"] == "host")
+    bench = json.loads((out / "host" / "bench.json").read_text())
+    assert host["measured_on_device"] and host["measured_latency_ms_p90"] == bench["latency"]["p90_ms"]
+    assert host["verdict"] == "within budgets" if bench["verdict"]["ok"] else host["verdict"].startswith("FAILS ")

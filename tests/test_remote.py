@@ -110,7 +110,7 @@ def test_bench_remote_brings_bench_json_back_and_updates_the_fleet_index(
     assert result["machine"]["description"] == Machine.here().describe()
     assert f"on {sshd.target} ({Machine.here().describe()})" in done.output
     assert ("within budgets" if done.exit_code == 0 else "FAILS") in done.output
-    assert not any(sshd.remote_tmp.iterdir()), "the device's temporary folder was left behind"
+    assert not list(sshd.remote_tmp.glob("gtnpipe.*")), "the device's temporary folder was left behind"
     # the fleet view now shows the device's own figures
     (row,) = fleet_rows(fleet)
     assert row["measured_on_device"] and row["measured_latency_ms_p90"] == result["latency"]["p90_ms"]
@@ -132,4 +132,4 @@ def test_latency_table_remote_times_the_kit_there_and_installs_the_table_here(
     table = LatencyTable.from_json(path.read_text(), where=str(path))
     assert table.measured["runs"] == 10 and table.measured["machine"] == Machine.here().describe() == info["machine"]
     assert len(table.measured["networks"]) == 4 and info["units"] == len(table.precisions["fp32"].units_ms)
-    assert not any(sshd.remote_tmp.iterdir()), "the device's temporary folder was left behind"
+    assert not list(sshd.remote_tmp.glob("gtnpipe.*")), "the device's temporary folder was left behind"

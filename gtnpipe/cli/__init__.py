@@ -4,7 +4,7 @@ One module per command group, registered here:
 - `inspect`: data info, pool info, pool sample
 - `train`: train, teacher, distill
 - `build`: search, build, compile
-- `device`: bench, latency-table, latency-kit, devices list/show/validate
+- `device`: bench, latency-table, latency-kit, fleet, devices list/show/validate/runtimes
 - `_common`: the options, consoles, tables, error handling and progress policy they share
 
 Heavy imports (torch, the pipeline) happen inside the commands, so `gtnpipe --help` is fast and works with
@@ -40,6 +40,7 @@ app.command("compile")(build.compile_)
 app.command("bench")(device.bench)
 app.command("latency-table")(device.latency_table)
 app.command("latency-kit")(device.latency_kit)
+app.command("fleet")(device.fleet)
 app.add_typer(device.devices_app, name="devices")
 # the name 'gtnpipe latency-kit' had before; `gtnpipe bench --calibrate` is the other old spelling (see device.py)
 app.command("calibration-kit", hidden=True, deprecated=True)(device.latency_kit)

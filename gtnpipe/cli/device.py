@@ -1,4 +1,5 @@
-"""What runs on (or for) a device: `gtnpipe bench`, `gtnpipe latency-table`, `gtnpipe latency-kit`, `gtnpipe devices ...`.
+"""What runs on (or for) a device: `gtnpipe bench`, `gtnpipe latency-table`, `gtnpipe latency-kit`, `gtnpipe fleet`,
+`gtnpipe devices ...`.
 
 Names: "bench" is the on-device benchmark of an artifact; the per-block latency table that search reads is
 measured by `latency-table` (from a `latency-kit` on a device without torch); "calibration" is left to INT8
@@ -6,7 +7,7 @@ calibration. The old spellings stay as hidden, deprecated aliases: `gtnpipe benc
 `gtnpipe calibration-kit`.
 
 Torch-free where the device needs it: `bench ARTIFACT`, `latency-table --kit` and `devices` import neither
-torch nor the pipeline.
+torch nor the pipeline; nor do `bench --remote`, `latency-table --kit --remote` and `fleet` on the host.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from gtnpipe.cli._common import (
 from gtnpipe.deploy.remote import Remote  # the OpenSSH client's driver: stdlib only
 from gtnpipe.space.spaces import TaskShape  # pure Python: the CLI stays torch-free
 
-__all__ = ["bench", "devices_app", "latency_kit", "latency_table"]
+__all__ = ["bench", "devices_app", "fleet", "latency_kit", "latency_table"]
 
 devices_app = typer.Typer(help="Device profiles: list, show, validate.", no_args_is_help=True)
 
@@ -225,6 +226,31 @@ def _latency_table_remote(device: str, remote: Remote, *, kit: Path | None, spac
                                              progress=say)
         return calibrate_remote_from_kit(made["kit"], device, remote, runs=runs, rounds=rounds, tables_dir=tables_dir,
                                          progress=say)
+
+
+def fleet(
+    out_dir: Annotated[Path, typer.Argument(help="An artifacts folder: one sub-folder per device.")] = Path("artifacts"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the fleet view DIR/index.md (one row per device: pick, runtime, precision, accuracy, predicted and
+    measured latency and memory with their sources, verdict) and DIR/fleet.png (accuracy vs latency).
+
+    A multi-device 'gtnpipe build' and every 'gtnpipe bench' beside an index already do this; this command is for
+    folders put together otherwise (CI's per-device jobs, bench.json files copied back by hand).
+    """
+    with running(as_json=as_json):
+        from gtnpipe.deploy.fleet import fleet_rows, write_index
+
+        if not out_dir.is_dir():
+            fail(f"{out_dir} is not a folder; give the artifacts folder that 'gtnpipe build --out' wrote")
+        rows = fleet_rows(out_dir)
+        if not rows:
+            fail(f"{out_dir} has no artifact folder (a sub-folder with manifest.json); build one with "
+                 f"'gtnpipe build --device NAME --out {out_dir}'")
+        index = write_index(out_dir)
+    if as_json:
+        return emit_json({"index": str(index), "devices": rows})
+    stdout().print(f"fleet index of {len(rows)} device(s): {escape(str(index))}")
 
 
 def latency_kit(

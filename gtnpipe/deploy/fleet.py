@@ -108,17 +108,20 @@ def _figure(rows: list[dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    xs = []
     for r in rows:
         measured = r.get("measured_latency_ms_p90")
         x = measured if measured is not None else r.get("predicted_latency_ms_p90")
-        if x is None or r.get("top1") is None:
+        if not x or r.get("top1") is None:  # no latency (a user's model not measured here) or no accuracy (no labels)
             continue
+        xs.append(x)
         on_device = r.get("measured_on_device", False)
         ax.scatter([x], [r["top1"]], s=50, marker="o" if on_device else "s",
                    facecolors="C0" if on_device else "none", edgecolors="C0" if on_device else "C1")
         ax.annotate(f"{r['device']} ({r['precision']})", (x, r["top1"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
-    ax.set_xscale("log")
+    if xs:
+        ax.set_xscale("log")
     ax.set_xlabel("latency p90 (ms, log scale): filled = measured on the device, hollow = build machine or predicted")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("gtnpipe fleet: accuracy vs latency")
