@@ -328,3 +328,61 @@ def test_pretraining_phase_then_joint_phase(fmnist_small: Dataset) -> None:
     per_epoch = log["student_branch_top1_by_epoch"]
     assert set(per_epoch) == {"largest", "smallest", "sampled"} and all(len(v) == 2 for v in per_epoch.values())
     assert int(trainer.sampler.updates) == 0  # uniform
+
+
+def test_supernet_phase_trains_whole_sandwich_students_on_the_whole_batch() -> None:
+    """The sandwich rule: largest, smallest and uniformly random whole students (branch point 0), each on every image
+    of the batch, all getting gradients into the shared weights; the teacher frozen; the learned sampling
+    distribution is left as it was and not used."""
+    trainer = _trainer(GTNConfig(branch_points=(1, 2), branch_batch_fraction=0.25, archs_per_step=4, supernet_epochs=1))
+    trainer.sampler.block_logits[:, :, 0] = 50.0  # learned: all mass on the first (kernel, expand)
+    learned = trainer.sampler.block_logits.clone()
+    trainer.start_supernet_phase()
+    trainer.train()
+    seen: list[tuple[ArchConfig, int]] = []
+    original = trainer.branch_logits
+
+    def spy(x: torch.Tensor, feats: list[torch.Tensor], arch: ArchConfig, point: int) -> torch.Tensor:
+        seen.append((arch, x.shape[0]))
+        assert point == 0
+        return original(x, feats, arch, point)
+
+    trainer.branch_logits = spy  # type: ignore[method-assign]
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    torch.manual_seed(3)
+    loss, _ = trainer(x, y)
+    loss.backward()
+    archs = [a for a, _ in seen]
+    assert archs[:2] == [SPACE.largest(), SPACE.smallest()] and len(archs) == 4
+    assert all(n == 16 for _, n in seen)  # the whole batch, not branch_batch_fraction of it
+    first = SPACE.choices[0]
+    assert any(b != first for a in archs[2:] for stage in a.stages for b in stage)  # uniform, not the learned mass
+    assert torch.equal(trainer.sampler.block_logits, learned)
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+    got = {n for n, p in trainer.supernet.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for arch in (SPACE.largest(), SPACE.smallest()):  # every weight each extreme uses alone got a gradient here
+        trainer.supernet.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(trainer.supernet(x, arch), y).backward()
+        alone = {n for n, p in trainer.supernet.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert alone and alone <= got, sorted(alone - got)[:5]
+
+
+@pytest.mark.slow
+def test_supernet_phase_runs_after_the_joint_phase(fmnist_small: Dataset) -> None:
+    """The last phase changes the supernet and leaves the teacher as the joint phase made it."""
+    fmnist_small = replace(fmnist_small, train=fmnist_small.train.take(np.arange(128)))
+    torch.manual_seed(0)
+    teacher, supernet = build_teacher(SMALL_TEACHER, SPACE, TASK), Supernet(SPACE, TASK)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.1, augment="none", label_smoothing=0.0)
+    gtn = GTNConfig(supernet_epochs=1, branch_batch_fraction=0.25, sampler="uniform")
+    result, trainer = train_generic_teacher(teacher, supernet, fmnist_small, cfg, gtn, seed=0, run_id="sn",
+                                            progress=False)
+    log = trainer.log.summary()
+    assert len(result.history) == 2 and log["phases_first_step"] == {"joint": 1, "supernet": 5}
+    torch.manual_seed(0)
+    joint_only_teacher, joint_only_supernet = build_teacher(SMALL_TEACHER, SPACE, TASK), Supernet(SPACE, TASK)
+    train_generic_teacher(joint_only_teacher, joint_only_supernet, fmnist_small, cfg, replace(gtn, supernet_epochs=0),
+                          seed=0, run_id="sn", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), joint_only_teacher.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(supernet.state_dict().values(),
+                                                    joint_only_supernet.state_dict().values()))

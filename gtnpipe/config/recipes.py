@@ -177,6 +177,12 @@ class GTNConfig:
     # include_extremes: largest, smallest and uniformly random archs), or "learned": a distribution moved by REINFORCE
     # towards the archs whose branch KL is highest (the students the teacher serves worst), plus an entropy bonus
     sampler: Literal["uniform", "learned"] = "learned"
+    # > 0: after the teacher's training, a last phase of this many epochs trains the supernet alone, as whole
+    # students, by OFA/BigNAS's sandwich rule: every step the largest, the smallest and archs_per_step - 2 uniformly
+    # random students, each on the whole batch, distilled in place from the frozen trained teacher (lambda_kl KD +
+    # lambda_ce CE). Search's inherited-weight accuracies come from this supernet; the teacher is unchanged by it.
+    # Cost: archs_per_step student steps per batch (the largest student's alone is ~2x the teacher's).
+    supernet_epochs: int = 0
 
     def __post_init__(self) -> None:
         for name in ("lambda_kl", "lambda_ce", "sampler_lr", "entropy_bonus"):
@@ -191,6 +197,8 @@ class GTNConfig:
             raise ValueError(f"'branch_points' must be distinct stage indices >= 0, got {list(self.branch_points)}")
         if not 0 <= self.baseline_momentum < 1:
             raise ValueError(f"'baseline_momentum' must be in [0, 1), got {self.baseline_momentum}")
+        if self.supernet_epochs < 0:
+            raise ValueError(f"'supernet_epochs' must be >= 0, got {self.supernet_epochs}")
         if not 0 < self.branch_batch_fraction <= 1:
             raise ValueError(f"'branch_batch_fraction' must be in (0, 1], got {self.branch_batch_fraction}")
         if not self.finetune_epochs >= 1:

@@ -14,7 +14,9 @@ DESIGN.md gives the method. Each step:
    bonus so the whole pool stays covered; with "uniform" it stays uniform (the sandwich rule).
 With `branch_pretrain_epochs` > 0 a first phase trains only the supernet and adapters (the
 teacher frozen, no teacher CE): the branches become students of the teacher before their KL
-term starts to shape it.
+term starts to shape it. With `supernet_epochs` > 0 a last phase trains the supernet alone as whole
+students on whole batches (the sandwich rule with in-place distillation from the frozen teacher), so
+that search's inherited-weight accuracies come from subnets trained as students.
 SFTN (Park et al., NeurIPS 2021) is the same training with every branch at one fixed student.
 After training only the teacher is kept (and the supernet, whose weights students may inherit).
 """
@@ -66,10 +68,13 @@ class ArchSampler(nn.Module):
         self.register_buffer("reward_var", torch.ones(()))  # EMA of the rewards' variance: advantages in its units
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
-    def sample(self, n: int) -> list[ArchConfig]:
-        """n archs from the global torch RNG (seeded per epoch by `fit`, so resume replays them)."""
-        depth_idx = torch.multinomial(self.depth_logits.softmax(-1), n, replacement=True)  # (stages, n)
-        flat = self.block_logits.softmax(-1).reshape(-1, len(self.space.choices))
+    def sample(self, n: int, *, uniform: bool = False) -> list[ArchConfig]:
+        """n archs from the global torch RNG (seeded per epoch by `fit`, so resume replays them); `uniform`: from
+        the uniform distribution whatever the logits learned (the supernet phase's sandwich rule)."""
+        depth_logits = torch.zeros_like(self.depth_logits) if uniform else self.depth_logits
+        block_logits = torch.zeros_like(self.block_logits) if uniform else self.block_logits
+        depth_idx = torch.multinomial(depth_logits.softmax(-1), n, replacement=True)  # (stages, n)
+        flat = block_logits.softmax(-1).reshape(-1, len(self.space.choices))
         block_idx = torch.multinomial(flat, n, replacement=True).reshape(self.space.num_stages, self.space.max_depth, n)
         archs = []
         for k in range(n):
@@ -232,6 +237,14 @@ class GenericTeacherTrainer(nn.Module):
         self.sampler = ArchSampler(space)
         self.log = GTNLog()
         self.teacher_frozen = False
+        self.supernet_phase = False
+
+    def start_supernet_phase(self) -> None:
+        """From here on (recipe [gtn] supernet_epochs): whole students only (branch point 0), each on the whole batch,
+        the non-extreme ones uniformly random, the teacher frozen: the sandwich rule with in-place distillation."""
+        self.supernet_phase = True
+        self.cfg = replace(self.cfg, branch_points=(0,), branch_batch_fraction=1.0, sampler="uniform")
+        self.freeze_teacher(True)
 
     def freeze_teacher(self, frozen: bool) -> None:
         """Frozen: the teacher runs in eval mode without gradients and its own CE leaves the loss (the pre-training
@@ -253,7 +266,8 @@ class GenericTeacherTrainer(nn.Module):
             branches = [("fixed", self.fixed_arch)] * cfg.archs_per_step
         else:
             branches = [("largest", space.largest()), ("smallest", space.smallest())] if cfg.include_extremes else []
-            branches += [("sampled", a) for a in self.sampler.sample(cfg.archs_per_step - len(branches))]
+            branches += [("sampled", a) for a in self.sampler.sample(cfg.archs_per_step - len(branches),
+                                                                     uniform=self.supernet_phase)]
         choice = torch.randint(len(cfg.branch_points), (len(branches),))
         return branches, [cfg.branch_points[int(c)] for c in choice]
 
@@ -401,4 +415,10 @@ def train_generic_teacher(
                           warmup_epochs=min(train_cfg.warmup_epochs, gtn_cfg.branch_pretrain_epochs / 2))
         history = phase("pretrain", pre_cfg, frozen=True).history
     result = phase("joint", train_cfg, frozen=False)
-    return replace(result, history=history + result.history), trainer
+    history += result.history
+    if gtn_cfg.supernet_epochs:
+        trainer.start_supernet_phase()
+        sn_cfg = replace(train_cfg, epochs=gtn_cfg.supernet_epochs, precise_bn_images=0,  # the teacher's BN stays
+                         warmup_epochs=min(train_cfg.warmup_epochs, gtn_cfg.supernet_epochs / 2))
+        history += phase("supernet", sn_cfg, frozen=True).history
+    return replace(result, history=history), trainer
