@@ -107,22 +107,33 @@ def _figure(rows: list[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     xs = []
     for r in rows:
-        measured = r.get("measured_latency_ms_p90")
-        x = measured if measured is not None else r.get("predicted_latency_ms_p90")
+        # the device's own measurement where gtnpipe bench ran there; else the cost model's prediction for the device
+        # (the build machine's measurement describes the build machine, not the device)
+        on_device = r.get("measured_on_device", False)
+        x = r.get("measured_latency_ms_p90") if on_device else r.get("predicted_latency_ms_p90")
         if not x or r.get("top1") is None:  # no latency (a user's model not measured here) or no accuracy (no labels)
             continue
         xs.append(x)
-        on_device = r.get("measured_on_device", False)
         ax.scatter([x], [r["top1"]], s=50, marker="o" if on_device else "s",
-                   facecolors="C0" if on_device else "none", edgecolors="C0" if on_device else "C1")
+                   facecolors="C0" if on_device else "none", edgecolors="C0" if on_device else "C1",
+                   label="measured on the device (gtnpipe bench)" if on_device else "predicted (not benched yet)")
         ax.annotate(f"{r['device']} ({r['precision']})", (x, r["top1"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
     if xs:
         ax.set_xscale("log")
-    ax.set_xlabel("latency p90 (ms, log scale): filled = measured on the device, hollow = build machine or predicted")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
+    ax.margins(x=0.15, y=0.15)
+    ax.set_xlabel("latency p90 (ms, log scale)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("gtnpipe fleet: accuracy vs latency")
     ax.grid(True, alpha=0.3)
