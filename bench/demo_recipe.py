@@ -37,6 +37,17 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "adamw": {"train": {"optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01, "precise_bn_images": 2000}},
     "12k-2ep": {"train": {"epochs": 2, "precise_bn_images": 2000}, "data": {"train_subset": 12000}},
     "18k-1ep": {"train": {"epochs": 1, "warmup_epochs": 0.2, "precise_bn_images": 2000}, "data": {"train_subset": 18000}},
+    # the second round: the first round's winners combined, then more images
+    "no-aug-bs64": {"train": {"augment": "none", "batch_size": 64, "precise_bn_images": 2000}},
+    "no-aug-bs32": {"train": {"augment": "none", "batch_size": 32, "lr": 0.05, "precise_bn_images": 2000}},
+    "no-aug-bs32-ls0": {"train": {"augment": "none", "batch_size": 32, "lr": 0.05, "label_smoothing": 0.0,
+                                  "precise_bn_images": 2000}},
+    "no-aug-bs32-12k": {"train": {"augment": "none", "batch_size": 32, "lr": 0.05, "precise_bn_images": 2000},
+                        "data": {"train_subset": 12000}},
+    "no-aug-bs32-24k": {"train": {"augment": "none", "batch_size": 32, "lr": 0.05, "precise_bn_images": 2000},
+                        "data": {"train_subset": 24000}},
+    "no-aug-bs64-24k": {"train": {"augment": "none", "batch_size": 64, "precise_bn_images": 2000},
+                        "data": {"train_subset": 24000}},
 }
 
 

@@ -386,3 +386,11 @@ def test_supernet_phase_runs_after_the_joint_phase(fmnist_small: Dataset) -> Non
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), joint_only_teacher.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(supernet.state_dict().values(),
                                                     joint_only_supernet.state_dict().values()))
+
+
+def test_supernet_phase_without_the_sandwich_trains_random_students_only() -> None:
+    trainer = _trainer(GTNConfig(archs_per_step=3, supernet_epochs=1, supernet_sandwich=False))
+    trainer.start_supernet_phase()
+    torch.manual_seed(0)
+    branches, points = trainer._plan()
+    assert [kind for kind, _ in branches] == ["sampled"] * 3 and points == [0, 0, 0]

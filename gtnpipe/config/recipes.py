@@ -183,6 +183,9 @@ class GTNConfig:
     # lambda_ce CE). Search's inherited-weight accuracies come from this supernet; the teacher is unchanged by it.
     # Cost: archs_per_step student steps per batch (the largest student's alone is ~2x the teacher's).
     supernet_epochs: int = 0
+    # false: that phase trains archs_per_step uniformly random students per step and no extremes (the sandwich rule's
+    # extremes train every step, so their inherited accuracy overstates them against the students in between)
+    supernet_sandwich: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lambda_kl", "lambda_ce", "sampler_lr", "entropy_bonus"):

@@ -243,7 +243,8 @@ class GenericTeacherTrainer(nn.Module):
         """From here on (recipe [gtn] supernet_epochs): whole students only (branch point 0), each on the whole batch,
         the non-extreme ones uniformly random, the teacher frozen: the sandwich rule with in-place distillation."""
         self.supernet_phase = True
-        self.cfg = replace(self.cfg, branch_points=(0,), branch_batch_fraction=1.0, sampler="uniform")
+        self.cfg = replace(self.cfg, branch_points=(0,), branch_batch_fraction=1.0, sampler="uniform",
+                           include_extremes=self.cfg.supernet_sandwich)
         self.freeze_teacher(True)
 
     def freeze_teacher(self, frozen: bool) -> None:
