@@ -4,7 +4,8 @@ For one device whose runtime runs here (`host`, with its measured latency table)
 1. search's pick for the device, as `gtnpipe build` makes it (the same cached stage);
 2. hand-designed students of the same pool, MobileNetV3-style: one (kernel, expand) for every block and the same
    depth in every stage; for each (kernel, expand) the deepest such student whose MEASURED p90 is within the
-   device's latency budget (what a person picking by hand with a stopwatch would ship);
+   device's latency budget (what a person picking by hand with a stopwatch would ship), and of those the
+   `--max-hand` (default 4) with the most MACs;
 3. every candidate and the pick exported and timed here in the device's runtime, in the same interleaved rounds
    (the calibration's method: one session alive at a time, median of the rounds), at the profile's threads and batch;
 4. each distilled with the recipe's default teacher (what `gtnpipe build` uses) and recipe, on every seed;
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--device", default="host")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--max-hand", type=int, default=4, help="distill at most this many hand-designed students: "
+                        "the ones with the most MACs among those kept (a person picks the largest that fits)")
     parser.add_argument("--tag", default="", help="results file suffix: baseline<-TAG>.json")
     args = parser.parse_args()
 
@@ -84,6 +87,8 @@ def main() -> None:
         if fits:
             name = f"uniform k{b.kernel}e{b.expand} x{max(fits)}"
             kept[name] = hand[name]
+    by_macs = sorted(kept, key=lambda n: model.estimate(kept[n]).macs, reverse=True)
+    kept = {n: kept[n] for n in by_macs[: args.max_hand]}
     print(f"search's pick {pick.id}: measured p90 {timed['search'][1]:.3f} ms; {len(kept)} hand-designed students "
           f"within the {budget} ms budget: {', '.join(kept)}")
     rows = []
