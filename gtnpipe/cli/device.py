@@ -217,15 +217,13 @@ def _latency_table_remote(device: str, remote: Remote, *, kit: Path | None, spac
 
     from gtnpipe.measure.kit import calibrate_remote_from_kit
 
-    if kit is not None:
-        return calibrate_remote_from_kit(kit, device, remote, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=say)
-    from gtnpipe import pipeline
-
     with tempfile.TemporaryDirectory(prefix="gtnpipe-remote-kit-") as scratch:
-        made = pipeline.make_calibration_kit(device, Path(scratch) / "kit", space=space, task=task, n_networks=n_networks,
-                                             progress=say)
-        return calibrate_remote_from_kit(made["kit"], device, remote, runs=runs, rounds=rounds, tables_dir=tables_dir,
-                                         progress=say)
+        if kit is None:
+            from gtnpipe import pipeline
+
+            kit = Path(pipeline.make_calibration_kit(device, Path(scratch) / "kit", space=space, task=task,
+                                                     n_networks=n_networks, progress=say)["kit"])
+        return calibrate_remote_from_kit(kit, device, remote, runs=runs, rounds=rounds, tables_dir=tables_dir, progress=say)
 
 
 def fleet(

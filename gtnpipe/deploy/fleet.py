@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gtnpipe.deploy.bench import BENCH_FILE
 from gtnpipe.deploy.manifest import MANIFEST, load_manifest
 from gtnpipe.errors import GtnpipeError
 from gtnpipe.fsutil import atomic_write_bytes
@@ -24,7 +25,6 @@ __all__ = ["FIGURE", "INDEX", "fleet_rows", "render_index", "update_index", "wri
 
 INDEX = "index.md"
 FIGURE = "fleet.png"
-BENCH_FILE = "bench.json"  # gtnpipe.deploy.bench.BENCH_FILE (not imported: that module loads the runtimes' registry)
 
 
 def _top1(acc: dict[str, Any]) -> float | None:

@@ -237,12 +237,10 @@ class GenericTeacherTrainer(nn.Module):
         self.sampler = ArchSampler(space)
         self.log = GTNLog()
         self.teacher_frozen = False
-        self.supernet_phase = False
 
     def start_supernet_phase(self) -> None:
         """From here on (recipe [gtn] supernet_epochs): whole students only (branch point 0), each on the whole batch,
         the non-extreme ones uniformly random, the teacher frozen: the sandwich rule with in-place distillation."""
-        self.supernet_phase = True
         self.cfg = replace(self.cfg, branch_points=(0,), branch_batch_fraction=1.0, sampler="uniform",
                            include_extremes=self.cfg.supernet_sandwich)
         self.freeze_teacher(True)
@@ -267,8 +265,9 @@ class GenericTeacherTrainer(nn.Module):
             branches = [("fixed", self.fixed_arch)] * cfg.archs_per_step
         else:
             branches = [("largest", space.largest()), ("smallest", space.smallest())] if cfg.include_extremes else []
+            # "uniform" never moves the logits, and the supernet phase ignores what a "learned" run moved them to
             branches += [("sampled", a) for a in self.sampler.sample(cfg.archs_per_step - len(branches),
-                                                                     uniform=self.supernet_phase)]
+                                                                     uniform=cfg.sampler == "uniform")]
         choice = torch.randint(len(cfg.branch_points), (len(branches),))
         return branches, [cfg.branch_points[int(c)] for c in choice]
 
@@ -410,16 +409,16 @@ def train_generic_teacher(
                    checkpoint_dir=checkpoint_dir / name if checkpoint_dir is not None else None,
                    description=f"{what} ({name})", find_unused_parameters=True, eval_model=teacher, device=device)
 
+    def frozen_teacher_cfg(epochs: int) -> TrainConfig:
+        """A phase of `epochs` with the teacher frozen: its BN statistics stay (no PreciseBN), warm-up at most half."""
+        return replace(train_cfg, epochs=epochs, precise_bn_images=0, warmup_epochs=min(train_cfg.warmup_epochs, epochs / 2))
+
     history: tuple = ()
     if gtn_cfg.branch_pretrain_epochs:
-        pre_cfg = replace(train_cfg, epochs=gtn_cfg.branch_pretrain_epochs, precise_bn_images=0,  # the teacher's BN stays
-                          warmup_epochs=min(train_cfg.warmup_epochs, gtn_cfg.branch_pretrain_epochs / 2))
-        history = phase("pretrain", pre_cfg, frozen=True).history
+        history = phase("pretrain", frozen_teacher_cfg(gtn_cfg.branch_pretrain_epochs), frozen=True).history
     result = phase("joint", train_cfg, frozen=False)
     history += result.history
     if gtn_cfg.supernet_epochs:
         trainer.start_supernet_phase()
-        sn_cfg = replace(train_cfg, epochs=gtn_cfg.supernet_epochs, precise_bn_images=0,  # the teacher's BN stays
-                         warmup_epochs=min(train_cfg.warmup_epochs, gtn_cfg.supernet_epochs / 2))
-        history += phase("supernet", sn_cfg, frozen=True).history
+        history += phase("supernet", frozen_teacher_cfg(gtn_cfg.supernet_epochs), frozen=True).history
     return replace(result, history=history), trainer
