@@ -127,8 +127,13 @@ def test_training_from_disk_gives_the_weights_of_training_from_memory(folder: Pa
         result = fit(model, data, cfg, seed=0, run_id="t", progress=False)
         results.append((result, model.state_dict()))
     (r_mem, w_mem), (r_disk, w_disk) = results
-    assert [k for k in w_mem if not torch.equal(w_mem[k], w_disk[k])] == []
-    assert r_mem.test_top1 == r_disk.test_top1 and r_mem.history[0].val_top1 == r_disk.history[0].val_top1
+    # Equal to float rounding, not bit for bit: on AVX-512 CPUs a few BatchNorm bias gradients (vectorised sums whose
+    # order follows the buffers' alignment) differed in the last bits in one CI run out of many. Another seed (batch order
+    # and augmentation) moves some weights by 0.67 after this epoch (measured 2026-12-06).
+    torch.testing.assert_close(w_disk, w_mem, rtol=1e-4, atol=1e-5)
+    one_image_pct = 100 / len(mem.test)
+    assert abs(r_mem.test_top1 - r_disk.test_top1) <= one_image_pct
+    assert abs(r_mem.history[0].val_top1 - r_disk.history[0].val_top1) <= 100 / len(mem.val)
     ws_mem = Workspace.open(TINY_RECIPE, cache_dir=tmp_path / "c", data_source=str(folder), image_size=32, storage="memory")
     ws_disk = Workspace.open(TINY_RECIPE, cache_dir=tmp_path / "c", data_source=str(folder), image_size=32, storage="disk")
     assert ws_disk.data.storage == "disk" and ws_disk.data_ref == ws_mem.data_ref  # the same cache keys
