@@ -169,12 +169,14 @@ def test_manifest_schema_errors_name_the_field(host_build, tmp_path: Path) -> No
     assert schema()["properties"]["schema_version"] == {"const": 1}
 
 
-def _relaxed_pi4(folder: Path) -> Path:
-    """raspberry-pi-4 as a user's own profile accepting a 5-point INT8 drop: the 3-epoch test student loses ~2.5
-    points in full-integer TFLite, more than the shipped profile's 1 (which then refuses: see the choice test)."""
+def _relaxed(device: str, folder: Path) -> Path:
+    """A shipped profile as a user's own accepting a 5-point INT8 drop. The 3-epoch test students lose ~2.5 points in
+    full-integer TFLite (raspberry-pi-4), and 2.1 in OpenVINO INT8 (intel-nuc, whose size budget leaves INT8 the only
+    precision) on a CPU without AVX-512 VNNI (AMD EPYC Zen 3, 2026-12-06; under 1 on the AVX-512 machines before), more
+    than the shipped profiles' 1 (which then refuse: see the choice test)."""
     folder.mkdir(exist_ok=True)
-    text = Path(__file__).parents[1] / "device_profiles" / "raspberry-pi-4.toml"
-    path = folder / "raspberry-pi-4.toml"
+    text = Path(__file__).parents[1] / "device_profiles" / f"{device}.toml"
+    path = folder / f"{device}.toml"
     path.write_text(text.read_text().replace("max_accuracy_drop_points = 1.0", "max_accuracy_drop_points = 5.0"))
     assert load_profile(path).budgets.max_accuracy_drop_points == 5.0
     return path
@@ -183,7 +185,7 @@ def _relaxed_pi4(folder: Path) -> Path:
 @pytest.mark.parametrize("device", ["intel-nuc", "raspberry-pi-4"])
 def test_cross_compiled_devices_reuse_the_teacher(device: str, host_build, workspace: dict[str, Path],  # noqa: ANN001
                                                  tmp_path: Path) -> None:
-    outcome = _build(device if device != "raspberry-pi-4" else str(_relaxed_pi4(tmp_path)), workspace)
+    outcome = _build(str(_relaxed(device, tmp_path)), workspace)
     assert outcome.stages["search"]["cached"] is False  # a new device searches ...
     teacher_keys = {load_manifest(Path(b))["provenance"]["teacher_key"] for b in (outcome.folder, host_build.folder)}
     assert len(teacher_keys) == 1  # ... with the same cached generic teacher
@@ -275,7 +277,8 @@ def test_a_multi_device_build_writes_the_fleet_index(host_build, workspace: dict
     (out / "broken").mkdir(exist_ok=True)
     (out / "broken" / "manifest.json").write_text("{not json")  # listed as unreadable; hides no other device
     ws = Workspace.open(DEPLOY_RECIPE, cache_dir=workspace["cache"], progress=False)
-    results = build_fleet(ws, ["host", "intel-nuc"], out=out, config=SMALL_SEARCH, accuracy_samples=ACCURACY_SAMPLES)
+    nuc_profile = str(_relaxed("intel-nuc", out.parent / "profiles"))
+    results = build_fleet(ws, ["host", nuc_profile], out=out, config=SMALL_SEARCH, accuracy_samples=ACCURACY_SAMPLES)
     assert [r.device for r in results] == ["host", "intel-nuc"]
     text = (out / INDEX).read_text()
     rows = {r["folder"]: r for r in fleet_rows(out)}

@@ -12,6 +12,7 @@ from conftest import HANG_TIMEOUT_S, TINY_RECIPE
 from typer.testing import CliRunner
 
 from gtnpipe.cli import app
+from gtnpipe.config.recipes import load_recipe
 from gtnpipe.space.spaces import ArchConfig, get_space
 
 runner = CliRunner()
@@ -104,7 +105,9 @@ def test_data_info_json() -> None:
     result = runner.invoke(app, ["data", "info", "--recipe", "quick", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
-    assert info["splits"] == {"train": 6000, "val": 1000, "test": 2000}
+    data = load_recipe("quick").data  # the recipe's slices, not the full 55k / 5k / 10k
+    assert info["splits"] == {"train": data.train_subset, "val": data.val_size, "test": data.test_subset}
+    assert info["splits"]["train"] < 55000
     assert (info["channels"], info["image_hw"], len(info["classes"])) == (1, [28, 28], 10)
     assert len(info["fingerprint"]) == 64
 
