@@ -30,8 +30,10 @@ from gtnpipe.stages.workspace import Workspace
 RESULTS = Path(__file__).parent / "results"
 DEMO_HOST_PICK = "k3e3_k7e3_k5e3_k5e3"  # the README's make demo host pick (a small student of the pool)
 
-# Rounds 1-2 ran on this `quick` training section; their variants are applied over it, so their rows keep their meaning
-QUICK_UNTIL_2026_12_05 = {"augment": "crop-flip", "batch_size": 128, "lr": 0.1, "precise_bn_images": 0}
+# Rounds 1-2 ran on `quick` as it was until 2026-12-05 (these training settings, 6k images); their variants are applied
+# over it, so their rows keep their meaning
+QUICK_UNTIL_2026_12_05 = {"train": {"augment": "crop-flip", "batch_size": 128, "lr": 0.1, "precise_bn_images": 0},
+                          "data": {"train_subset": 6000}}
 # variant -> overrides: "train" (the model's TrainConfig section), "data" (DataConfig), "distill" (DistillConfig)
 DISTILLED_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "kd": {},
@@ -66,13 +68,14 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def variant(base: Recipe, name: str, model: str) -> Recipe:
-    o = (DISTILLED_VARIANTS if model == "distilled" else VARIANTS)[name]
+def variant(base: Recipe, name: str, o: dict[str, dict[str, Any]], model: str) -> Recipe:
+    """`base` with variant `name`'s overrides `o` applied to `model`'s training section, data and distillation."""
     section = "teacher" if model == "teacher" else "student"
-    train_cfg = getattr(base.train, section)
-    overrides = o.get("train", {}) if model == "distilled" else {**QUICK_UNTIL_2026_12_05, **o.get("train", {})}
-    train = replace(base.train, **{section: replace(train_cfg, **overrides)})
-    return replace(base, name=f"{base.name}+{name}", train=train, data=replace(base.data, **o.get("data", {})),
+    old = {} if model == "distilled" else QUICK_UNTIL_2026_12_05
+    train = replace(base.train, **{section: replace(getattr(base.train, section),
+                                                    **{**old.get("train", {}), **o.get("train", {})})})
+    data = replace(base.data, **{**old.get("data", {}), **o.get("data", {})})
+    return replace(base, name=f"{base.name}+{name}", train=train, data=data,
                    distill=replace(base.distill, **o.get("distill", {})))
 
 
@@ -104,7 +107,7 @@ def main() -> None:
         for name in args.variants or list(table):
             if name not in table:
                 parser.error(f"variant {name!r} is not one of --models {model}'s: {', '.join(table)}")
-            ws = Workspace.open(variant(base, name, model), cache_dir=args.cache_dir, progress=False)
+            ws = Workspace.open(variant(base, name, table[name], model), cache_dir=args.cache_dir, progress=False)
             started = time.time()
             row = {"model": model, "variant": name, "overrides": table[name], **run(ws, model, args.arch),
                    "wall_seconds": round(time.time() - started, 1), "train_images": len(ws.data.train),
