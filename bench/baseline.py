@@ -34,10 +34,10 @@ from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.backends import runtime_version
 from gtnpipe.deploy.export import export_onnx
 from gtnpipe.deploy.timing import Machine
-from gtnpipe.devices.cost import CostModel
 from gtnpipe.measure.host_table import time_models
 from gtnpipe.models.static import build_static
 from gtnpipe.space.spaces import ArchConfig, Block, SearchSpace
+from gtnpipe.stages.search import cost_model
 from gtnpipe.stages.workspace import Workspace
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,7 +70,7 @@ def main() -> None:
     budget = profile.budgets.latency_ms_p90
     searched = pipeline.search_device(ws, profile, say=print)
     pick = searched.result.pick.arch
-    model = CostModel(profile, space, task)
+    model = cost_model(profile, space, task)
     hand = {f"uniform k{b.kernel}e{b.expand} x{d}": uniform(space, b, d)
             for b, d in itertools.product(space.choices, space.depths)}
     candidates = {"search": pick, **hand}

@@ -29,12 +29,13 @@ from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.backends import runtime_version
 from gtnpipe.deploy.export import export_onnx
 from gtnpipe.deploy.timing import measure_peak_rss_mb
-from gtnpipe.devices.cost import CostModel, roofline_ms, table_path
+from gtnpipe.devices.cost import roofline_ms, table_path
 from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.measure.host_table import calibration_archs, time_models
 from gtnpipe.models.static import build_static
 from gtnpipe.space.schedule import units
 from gtnpipe.space.spaces import ArchConfig, get_space
+from gtnpipe.stages.search import cost_model
 
 RESULTS = Path(__file__).parent / "results"
 EVAL_SEED = 20261124
@@ -63,7 +64,7 @@ def main() -> None:
     space, task = get_space("mbv3-28"), pipeline.FASHION_MNIST_TASK
     if not table_path(profile.name, space.name, task).exists():
         raise SystemExit(f"no measured table for {profile.name}: run '{measure_command(profile.name, space.name, task)}'")
-    model = CostModel(profile, space, task)
+    model = cost_model(profile, space, task)
     overhead = model.table.memory_overhead_mb if model.table else profile.hardware.runtime_overhead_mb
     calibrated = set(calibration_archs(space, 100))
     archs = [a for a in space.sample_many(args.archs + 10, seed=EVAL_SEED) if a not in calibrated][: args.archs]

@@ -27,11 +27,10 @@ from pathlib import Path
 from gtnpipe import pipeline
 from gtnpipe.config.profiles import known_profiles, load_profile
 from gtnpipe.config.recipes import load_recipe
-from gtnpipe.devices.cost import CostModel
 from gtnpipe.nas.accuracy import spearman
 from gtnpipe.nas.evolution import SearchConfig, evolution_search, random_search
 from gtnpipe.space.spaces import ArchConfig
-from gtnpipe.stages.search import AccuracyOutcome
+from gtnpipe.stages.search import AccuracyOutcome, cost_model
 from gtnpipe.stages.workspace import Workspace, resolve
 
 HERE = Path(__file__).parent
@@ -138,7 +137,7 @@ def main() -> None:
 
     rows = []
     for device in known_profiles():
-        model = CostModel(load_profile(device), space, task)
+        model = cost_model(load_profile(device), space, task)
         for seed in args.seeds:
             cfg = SearchConfig(iterations=args.iterations, seed=seed)
             evolved = evolution_search(model, score, cfg)

@@ -34,7 +34,7 @@ from gtnpipe.deploy.onnx_model import OnnxFacts, count_onnx, prepare_onnx, read_
 from gtnpipe.deploy.onnx_torch import onnx_to_torch
 from gtnpipe.deploy.parity import BuildFailure, CompiledPrecision, PrecisionRow, choose_precision, run_batched
 from gtnpipe.deploy.timing import Machine
-from gtnpipe.devices.cost import CostModel, table_write_path
+from gtnpipe.devices.cost import table_write_path
 from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.errors import BackendBuildError, ConfigError, ParityError
 from gtnpipe.measure.host_table import (
@@ -66,6 +66,7 @@ from gtnpipe.stages.deploy import (
 )
 from gtnpipe.stages.search import AccuracyOutcome, SearchOutcome, accuracy_input, search_input
 from gtnpipe.stages.search import accuracy_predictor as _accuracy_predictor
+from gtnpipe.stages.search import cost_model as _cost_model
 from gtnpipe.stages.search import inherited_accuracies as _inherited_accuracies
 from gtnpipe.stages.search import search_device as _search_device
 from gtnpipe.stages.training import DistillOutcome, TeacherOutcome, TrainOutcome
@@ -259,7 +260,7 @@ def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, *,
             val = (to_unit_float(dataset.val.x[:ACCURACY_CONTROL_IMAGES]), dataset.val.y[:ACCURACY_CONTROL_IMAGES]) \
                 if dataset is not None else None
             # litert-torch reads torch: the graph as a torch module (only the LiteRT backend asks for it)
-            module = onnx_to_torch(prepared) if backend.runtime == "tflite" else None
+            module = onnx_to_torch(prepared) if "torch" in backend.converts_from else None
             return CompileInputs(prepared, (batch_size, *facts.chw), calib, max_opset, torch_module=module,
                                  validation=val, max_drop_points=profile.budgets.max_accuracy_drop_points), reference
 
@@ -458,7 +459,7 @@ def _predicted_and_checks(ws: Workspace, profile: DeviceProfile, search: SearchO
                           measured: Measured | None, check_measured_budgets: bool
                           ) -> tuple[dict[str, Any], list[str], list[str]]:
     """The cost model's prediction for what ships, the budgets it misses, and warnings worth a person's eye."""
-    cost_model = CostModel(profile, ws.space, ws.task, precision=chosen)
+    cost_model = _cost_model(profile, ws.space, ws.task, precision=chosen)
     pick = search.result.pick.arch
     predicted = cost_model.estimate(pick).to_dict()
     task = ws.task.for_arch(pick)  # the input the shipped student runs at

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import HANG_TIMEOUT_S, DeployCase, block_imports_prelude
 
-from gtnpipe.deploy.backends import BACKENDS, Backend, BuildResult, get_backend
+from gtnpipe.deploy.backends import Backend, BuildResult, get_backend, runtimes
 
 FP32_MAX_ABS = 1e-4
 FP32_AGREEMENT = 99.9
@@ -52,10 +52,11 @@ class BackendContract:
         assert result.model_file in result.files
         for name in result.files:
             assert (out / name).is_file(), name
+            assert Path(name).suffix in backend.suffixes, f"{name}: not a suffix {self.runtime} declares ({backend.suffixes})"
         return result
 
     def test_registered(self, backend: Backend) -> None:
-        assert self.runtime in BACKENDS and backend.runtime == self.runtime
+        assert self.runtime in runtimes() and backend.runtime == self.runtime
         assert "fp32" in backend.precisions and backend.version()
 
     def test_fp32_parity(self, backend: Backend, deploy_case: DeployCase, tmp_path: Path) -> None:

@@ -85,11 +85,11 @@ def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, 
     ref = np.load(folder / "reference/inputs.npy")
     assert ref.shape == (500, 1, 28, 28) and ref.dtype == np.float32 and ref.min() >= 0 and ref.max() <= 1
     # the host table names the CPU it was measured on; a build elsewhere says the two differ
-    from gtnpipe.devices.cost import CostModel
     from gtnpipe.measure.kit import machine_description
     from gtnpipe.space.spaces import TaskShape, get_space
+    from gtnpipe.stages.search import cost_model
 
-    table_machine = CostModel(load_profile("host"), get_space("mbv3-28"), TaskShape(1, (28, 28), 10)).table_machine
+    table_machine = cost_model(load_profile("host"), get_space("mbv3-28"), TaskShape(1, (28, 28), 10)).table_machine
     assert table_machine
     assert bool(manifest["warnings"]) == (table_machine != machine_description()) == bool(host_build.warnings)
     report = (folder / "report.md").read_text()

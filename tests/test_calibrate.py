@@ -16,7 +16,7 @@ from conftest import HANG_TIMEOUT_S, block_imports_prelude
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.backends import get_backend
 from gtnpipe.deploy.timing import Machine
-from gtnpipe.devices.cost import CostModel, LatencyTable, table_path
+from gtnpipe.devices.cost import LatencyTable, table_path
 from gtnpipe.devices.latency_table import user_tables_dir
 from gtnpipe.errors import ArtifactError, ConfigError
 from gtnpipe.fsutil import sha256_file
@@ -31,6 +31,7 @@ from gtnpipe.measure.host_table import (
 from gtnpipe.measure.kit import KIT_FILE, calibrate_from_kit, fit_precision_table
 from gtnpipe.space.schedule import all_units, units
 from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.stages.search import cost_model
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -58,7 +59,7 @@ def _check_table(table: LatencyTable, kit: dict, tables_dir: Path, device: str) 
                                 [(n["p50_ms"], n["p90_ms"]) for n in networks], [n["model_mb"] for n in networks],
                                 [n["peak_rss_mb"] for n in networks])
     assert refit == fp32
-    model = CostModel(load_profile(device), SPACE, TASK, precision="fp32", tables_dir=tables_dir)  # the kit is fp32
+    model = cost_model(load_profile(device), SPACE, TASK, precision="fp32", tables_dir=tables_dir)  # the kit is fp32
     largest = model.estimate(SPACE.largest())
     assert largest.latency_source == "measured-table" and largest.memory_source == "measured-table"
     # the kit's model bytes are the cost model's: its memory estimate is the fit at the recorded model_mb
@@ -127,14 +128,14 @@ def test_calibrating_this_host_in_one_go(tmp_path: Path) -> None:
     table = calibrate(load_profile("host"), SPACE, TASK, n_networks=2, runs=5, rounds=1)
     table.save(table_path("host", SPACE.name, TASK, tmp_path))
     assert LatencyTable.from_json(table_path("host", SPACE.name, TASK, tmp_path).read_text(), where="t") == table
-    assert CostModel(load_profile("host"), SPACE, TASK, tables_dir=tmp_path).estimate(SPACE.smallest()).latency_source \
+    assert cost_model(load_profile("host"), SPACE, TASK, tables_dir=tmp_path).estimate(SPACE.smallest()).latency_source \
         == "measured-table"
 
 
 def test_calibration_refuses_what_this_host_cannot_measure(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="can calibrate onnxruntime devices only. Build a calibration kit here "
-                                          r"\('gtnpipe latency-kit --device raspberry-pi-4 --out kit-raspberry-pi-4'\)"):
-        calibrate(load_profile("raspberry-pi-4"), SPACE, TASK)
+    with pytest.raises(ConfigError, match="runs tensorrt, which cannot run on this host .*TensorRT.* Build a calibration "
+                                          r"kit here \('gtnpipe latency-kit --device jetson-nano --out kit-jetson-nano'\)"):
+        calibrate(load_profile("jetson-nano"), SPACE, TASK)
     with pytest.raises(ConfigError, match="calibration at 'int8' is not available yet"):
         calibrate(load_profile("host"), SPACE, TASK, precision="int8")
     (tmp_path / "notes.txt").write_text("not a kit")
@@ -143,7 +144,7 @@ def test_calibration_refuses_what_this_host_cannot_measure(tmp_path: Path) -> No
 
 
 def test_the_committed_host_table_matches_the_host_profile() -> None:
-    model = CostModel(load_profile("host"), SPACE, TASK)
+    model = cost_model(load_profile("host"), SPACE, TASK)
     assert model.table is not None, model.table_note
     assert model.estimate(SPACE.smallest()).latency_source == "measured-table"
 

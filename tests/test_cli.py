@@ -58,7 +58,7 @@ def test_python_m_gtnpipe_cli_runs_the_cli() -> None:
 
 @pytest.mark.parametrize(("new", "old", "message"), [
     (["latency-table", "--device", "jetson-nano"], ["bench", "--calibrate", "--device", "jetson-nano"],
-     "this host can calibrate onnxruntime devices only"),
+     "runs tensorrt, which cannot run on this host"),
     (["latency-kit", "--device", "no-such-device", "--out", "kit"],
      ["calibration-kit", "--device", "no-such-device", "--out", "kit"], "unknown device 'no-such-device'"),
 ])
@@ -146,7 +146,7 @@ def test_train_json_and_cache_hit(tmp_path: Path) -> None:
         (["bench", "--kit", "kit"], "--device and --kit belong to 'gtnpipe latency-table --device NAME [--kit DIR]'"),
         (["bench", "no-such-folder"], "no-such-folder is not a folder"),
         (["build"], "give --device NAME|PATH (repeatable) or --all"),
-        (["latency-table", "--device", "jetson-nano"], "can calibrate onnxruntime devices only"),
+        (["latency-table", "--device", "jetson-nano"], "runs tensorrt, which cannot run on this host"),
         (["latency-table", "--device", "no-such-device", "--kit", "kit"], "unknown device 'no-such-device'"),
     ],
 )

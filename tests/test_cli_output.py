@@ -109,12 +109,12 @@ def _long_arch_ids(n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def search_result():  # noqa: ANN201
     """A real evolution search (on the host's cost model, accuracy a fixed function of the arch), run once."""
-    from gtnpipe.devices.cost import CostModel
     from gtnpipe.nas.evolution import SearchConfig, evolution_search
     from gtnpipe.space.spaces import TaskShape
+    from gtnpipe.stages.search import cost_model
 
     space = get_space("mbv3-28")
-    model = CostModel(load_profile("host"), space, TaskShape(in_channels=1, image_hw=(28, 28), num_classes=10))
+    model = cost_model(load_profile("host"), space, TaskShape(in_channels=1, image_hw=(28, 28), num_classes=10))
     return evolution_search(model, lambda a: 80.0 + sum(a.depths) / 4, SearchConfig(population=16, iterations=4))
 
 

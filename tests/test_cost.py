@@ -11,11 +11,11 @@ import torch
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.export import export_onnx
 from gtnpipe.devices.cost import (
-    INT8_SIZE_FACTOR,
     MB,
     CostModel,
     LatencyTable,
     PrecisionTable,
+    SizeFactor,
     activation_peak_elems,
     model_size_bytes,
     roofline_ms,
@@ -26,10 +26,12 @@ from gtnpipe.errors import ConfigError
 from gtnpipe.models.static import build_static
 from gtnpipe.space.schedule import all_units, units
 from gtnpipe.space.spaces import TaskShape, get_space
+from gtnpipe.stages.search import cost_model
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
 HOST = load_profile("host")
+ORT_INT8 = SizeFactor(2.27, "measured: bench/results/int8_size.md")  # host runs ONNX Runtime
 
 
 def test_all_units_cover_every_key_any_student_uses() -> None:
@@ -105,7 +107,7 @@ def _table(tmp_path: Path, **changes: object) -> Path:
 
 def test_measured_table_prediction_by_hand(tmp_path: Path) -> None:
     _table(tmp_path)
-    est = CostModel(HOST, SPACE, TASK, tables_dir=tmp_path).estimate(SPACE.smallest())
+    est = CostModel(HOST, SPACE, TASK, int8_size=ORT_INT8, tables_dir=tmp_path).estimate(SPACE.smallest())
     # stem + 4 one-block stages + head = 6 units of 0.01 ms: 2 * 0.06 + 0.005 * 6 + 0.1
     assert est.latency_source == "measured-table"
     assert est.latency_ms_p50 == pytest.approx(0.25) and est.latency_ms_p90 == pytest.approx(0.375)
@@ -116,10 +118,10 @@ def test_measured_table_prediction_by_hand(tmp_path: Path) -> None:
 
 def test_a_table_for_other_settings_falls_back_to_the_roofline(tmp_path: Path) -> None:
     _table(tmp_path, threads=8)
-    model = CostModel(HOST, SPACE, TASK, tables_dir=tmp_path)
+    model = CostModel(HOST, SPACE, TASK, int8_size=ORT_INT8, tables_dir=tmp_path)
     assert model.estimate(SPACE.smallest()).latency_source == "roofline-estimate"
     assert "recalibrate" in model.table_note
-    int8 = CostModel(HOST, SPACE, TASK, precision="int8", tables_dir=tmp_path)
+    int8 = CostModel(HOST, SPACE, TASK, int8_size=ORT_INT8, precision="int8", tables_dir=tmp_path)
     assert int8.estimate(SPACE.smallest()).latency_source == "roofline-estimate"
 
 
@@ -128,17 +130,17 @@ def test_a_corrupt_table_says_how_to_rebuild_it(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text('{"schema": 1, "device": "host"}')
     with pytest.raises(ConfigError, match="not a valid latency table.*gtnpipe latency-table --device NAME. on that device"):
-        CostModel(HOST, SPACE, TASK, tables_dir=tmp_path)
+        CostModel(HOST, SPACE, TASK, int8_size=ORT_INT8, tables_dir=tmp_path)
 
 
 def test_precision_must_be_allowed_by_the_device() -> None:
     with pytest.raises(ConfigError, match="does not allow precision 'fp16'; its precisions: fp32, int8"):
-        CostModel(HOST, SPACE, TASK, precision="fp16")
+        CostModel(HOST, SPACE, TASK, int8_size=ORT_INT8, precision="fp16")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_costs_grow_with_the_student(precision: str, tmp_path: Path) -> None:
-    model = CostModel(HOST, SPACE, TASK, precision=precision, tables_dir=tmp_path)
+    model = CostModel(HOST, SPACE, TASK, int8_size=ORT_INT8, precision=precision, tables_dir=tmp_path)
     small, large = model.estimate(SPACE.smallest()), model.estimate(SPACE.largest())
     for name in ("macs", "params", "latency_ms_p90", "peak_memory_mb", "model_size_mb"):
         assert getattr(small, name) < getattr(large, name), name
@@ -151,20 +153,35 @@ def test_int8_size_is_the_formula_times_the_runtimes_measured_factor() -> None:
     plain = model_size_bytes(schedule, "int8")
     # one byte per deployed weight, GRAPH_BYTES_PER_LAYER (160) for each of its 22 layers, GRAPH_BYTES_FIXED (1500)
     assert plain == SMALLEST_DEPLOYED_PARAMS + 160 * 22 + 1500 == 398_374
-    assert model_size_bytes(schedule, "int8", runtime="tflite") == round(plain * INT8_SIZE_FACTOR["tflite"])
-    assert model_size_bytes(schedule, "fp32", runtime="tflite") == model_size_bytes(schedule, "fp32")
-    pi4 = CostModel(load_profile("raspberry-pi-4"), SPACE, TASK)  # plans for int8 in TFLite
-    assert pi4.estimate(SPACE.smallest()).model_size_mb * MB == pytest.approx(round(plain * INT8_SIZE_FACTOR["tflite"]))
+    assert model_size_bytes(schedule, "int8", int8_size_factor=1.4) == 557_724  # round(398_374 x 1.4)
+    assert model_size_bytes(schedule, "fp32", int8_size_factor=1.4) == model_size_bytes(schedule, "fp32")
+    # raspberry-pi-4 plans for int8 in TFLite: the cost model takes TFLite's factor from its backend (1.40, measured)
+    pi4 = cost_model(load_profile("raspberry-pi-4"), SPACE, TASK)
+    estimate = pi4.estimate(SPACE.smallest())
+    assert estimate.model_size_mb * MB == pytest.approx(557_724)
+    assert estimate.size_source == "formula x INT8 factor 1.4 (measured: bench/results/int8_size.md)"
+
+
+def test_an_int8_factor_nobody_measured_says_so_in_the_estimate() -> None:
+    """TensorRT's INT8 factor is a guess (its engines are built on the device): the estimate's size source says so.
+    (No shipped TensorRT profile allows INT8: a Jetson Orin-like user profile, jetson-nano's with INT8 allowed.)"""
+    nano = load_profile("jetson-nano")
+    orin = dataclasses.replace(nano, precisions=("int8", "fp16", "fp32"),
+                               hardware=dataclasses.replace(nano.hardware, peak_gflops_int8=1000.0))
+    assert cost_model(orin, SPACE, TASK).estimate(SPACE.smallest()).size_source.startswith(
+        "formula x INT8 factor 1 (guess: TensorRT INT8")
+    assert cost_model(nano, SPACE, TASK).estimate(SPACE.smallest()).size_source == "formula"
 
 
 def test_a_table_is_read_only_for_its_space_and_input(tmp_path: Path) -> None:
     """The 1x28x28 table is not the table of a 3x64x64 task, nor of another space at 1x28x28: the cost model falls
     back to the roofline and names the command that measures the missing table."""
     _table(tmp_path)
-    assert CostModel(HOST, SPACE, TASK, tables_dir=tmp_path).estimate(SPACE.smallest()).latency_source == "measured-table"
+    model = CostModel(HOST, SPACE, TASK, int8_size=ORT_INT8, tables_dir=tmp_path)
+    assert model.estimate(SPACE.smallest()).latency_source == "measured-table"
     colour = TaskShape(3, (64, 64), 10)
     for space, task in ((get_space("mbv3-32"), colour), (SPACE, colour), (get_space("mbv3-32"), TASK)):
-        model = CostModel(HOST, space, task, tables_dir=tmp_path)
+        model = CostModel(HOST, space, task, int8_size=ORT_INT8, tables_dir=tmp_path)
         assert model.table is None and model.estimate(space.smallest()).latency_source == "roofline-estimate"
         h, w = task.image_hw
         assert (f"gtnpipe latency-table --device host --space {space.name} --input {task.in_channels}x{h}x{w} "

@@ -121,12 +121,12 @@ def test_elastic_resolution_ships_a_smaller_input_to_a_tight_device(folder: Path
     """resolutions_px = [32, 48, 64] and a latency budget no 64-px student meets (roofline estimates: no table at
     these inputs): search gives the device a smaller input; the student trains and ships at it."""
     from gtnpipe.config.profiles import load_profile
-    from gtnpipe.devices.cost import CostModel
     from gtnpipe.nas.evolution import pool_minimums
     from gtnpipe.space.spaces import TaskShape, get_space
+    from gtnpipe.stages.search import cost_model
 
     host = load_profile("host")
-    model = CostModel(host, get_space("mbv3-32"), TaskShape(3, (64, 64), 3))
+    model = cost_model(host, get_space("mbv3-32"), TaskShape(3, (64, 64), 3))
     cheapest_64 = pool_minimums(model)["latency_ms_p90"].latency_ms_p90
     cheapest_32 = pool_minimums(model, (32,))["latency_ms_p90"].latency_ms_p90
     budget = (cheapest_32 + cheapest_64) / 2 / (1 - host.budgets.latency_margin_pct / 100)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gtnpipe.config.profiles import PRECISIONS, RUNTIMES, DeviceProfile, known_profiles, load_profile, profiles_dir
+from gtnpipe.config.profiles import PRECISIONS, DeviceProfile, known_profiles, load_profile, profiles_dir
+from gtnpipe.deploy.backends import runtimes
 from gtnpipe.errors import ConfigError
 
 SHIPPED = known_profiles()
@@ -23,7 +24,7 @@ def test_the_required_devices_ship() -> None:
 def test_shipped_profile_loads_and_is_consistent(name: str) -> None:
     profile = load_profile(name)
     assert isinstance(profile, DeviceProfile) and profile.name == name
-    assert profile.runtime.name in RUNTIMES and set(profile.precisions) <= set(PRECISIONS)
+    assert profile.runtime.name in runtimes() and set(profile.precisions) <= set(PRECISIONS)
     assert profile.precision == profile.precisions[0]
     # every [hardware] number carries a source: a comment on its line or on the line above
     lines = (profiles_dir() / f"{name}.toml").read_text().splitlines()
@@ -59,7 +60,8 @@ def _replace(pattern: str, new: str) -> str:
      r"\[budgets\] 'latency_ms_p90' must be a finite number > 0, got -1.0"),
     (_replace(r"^peak_memory_mb = .*$", "peak_memory_mb = 0"), r"'peak_memory_mb' must be a finite number > 0, got 0.0"),
     (_replace(r'^name = "onnxruntime"', 'name = "coreml"'),
-     r"'runtime.name' = 'coreml' is not allowed; allowed values: 'onnxruntime', 'openvino', 'tflite', 'tensorrt'"),
+     r"'name' = 'coreml' is not allowed; allowed values: 'onnxruntime', 'openvino', 'tensorrt', 'tflite' \(the "
+     r"runtimes of gtnpipe's backend registry\)"),
     (_replace(r"^precisions = .*$", 'precisions = ["fp32", "bf16"]'),
      r"'precisions\[1\]' = 'bf16' is not allowed; allowed values: 'fp32', 'fp16', 'int8'"),
     (_replace(r"^precisions = .*$", 'precisions = ["fp16"]'),

@@ -12,13 +12,13 @@ import torch
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.config.recipes import load_recipe
 from gtnpipe.data.datasets import Dataset, Split
-from gtnpipe.devices.cost import CostModel
 from gtnpipe.errors import ArchError, ConfigError
 from gtnpipe.models.counting import count_module
 from gtnpipe.models.static import AtResolution, build_static, resize_to
 from gtnpipe.nas.evolution import InfeasibleBudget, SearchConfig, evolution_search, pool_minimums
 from gtnpipe.space.counting import count
 from gtnpipe.space.spaces import ArchConfig, TaskShape, get_space
+from gtnpipe.stages.search import cost_model
 from gtnpipe.stages.workspace import Workspace, resolve
 
 SPACE = get_space("mbv3-32")
@@ -45,7 +45,7 @@ def test_costs_follow_the_arch_resolution(side: int) -> None:
     assert count(arch.at(side), SPACE, TASK) == count(arch, SPACE, at_side)
     assert count(arch.at(side), SPACE, TASK).macs < count(arch, SPACE, TASK).macs
     assert count_module(build_static(arch, SPACE, TASK), TASK.for_arch(arch.at(side))) == count(arch.at(side), SPACE, TASK)
-    model = CostModel(load_profile("host"), SPACE, TASK)
+    model = cost_model(load_profile("host"), SPACE, TASK)
     assert model.estimate(arch.at(side)).latency_ms_p90 < model.estimate(arch).latency_ms_p90
     assert any(f"3x{side}x{side}" in note for note in model.table_notes())  # it looked for that input's table
 
@@ -64,7 +64,7 @@ def test_at_resolution_resizes_and_commutes_with_normalisation() -> None:
 
 def test_search_with_elastic_resolution_gives_a_tight_device_a_smaller_input() -> None:
     profile = load_profile("host")
-    base = CostModel(profile, SPACE, TASK)
+    base = cost_model(profile, SPACE, TASK)
     at_full, at_32 = pool_minimums(base)["latency_ms_p90"], pool_minimums(base, RESOLUTIONS)["latency_ms_p90"]
     assert at_32.arch_id.endswith("@32") and at_32.latency_ms_p90 < at_full.latency_ms_p90
     # a budget between the cheapest 32-px student and the cheapest at the data's 64 px
@@ -73,14 +73,14 @@ def test_search_with_elastic_resolution_gives_a_tight_device_a_smaller_input() -
         profile.budgets, latency_ms_p90=budget, peak_memory_mb=1e3, model_size_mb=1e3))
     cfg = SearchConfig(population=12, iterations=6, seed=0)
     with pytest.raises(InfeasibleBudget, match="latency_ms_p90"):
-        evolution_search(CostModel(tight, SPACE, TASK), lambda a: 1.0, cfg)
-    model = CostModel(tight, SPACE, TASK)
+        evolution_search(cost_model(tight, SPACE, TASK), lambda a: 1.0, cfg)
+    model = cost_model(tight, SPACE, TASK)
     result = evolution_search(model, lambda a: count(a, SPACE, TASK).macs / 1e6,
                               dataclasses.replace(cfg, resolutions_px=RESOLUTIONS))
     assert result.pick.arch.resolution_px in (32, 48)
     assert all(c.arch.resolution_px in RESOLUTIONS and not c.cost.violations(tight.budgets) for c in result.front)
     # without elastic resolution the streams of random numbers are the ones they were: no resolution drawn
-    loose = CostModel(dataclasses.replace(tight, budgets=dataclasses.replace(tight.budgets, latency_ms_p90=1e3)),
+    loose = cost_model(dataclasses.replace(tight, budgets=dataclasses.replace(tight.budgets, latency_ms_p90=1e3)),
                       SPACE, TASK)
     assert all(c.arch.resolution_px == 0 for c in evolution_search(loose, lambda a: 1.0, cfg).front)
 

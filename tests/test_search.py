@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gtnpipe.config.profiles import DeviceProfile, known_profiles, load_profile
-from gtnpipe.devices.cost import CostModel
 from gtnpipe.nas.evolution import InfeasibleBudget, SearchConfig, evolution_search, pool_minimums, random_search
 from gtnpipe.space.counting import count
 from gtnpipe.space.spaces import ArchConfig, TaskShape, get_space
+from gtnpipe.stages.search import cost_model
 
 SPACE = get_space("mbv3-28")
 TASK = TaskShape(1, (28, 28), 10)
@@ -29,7 +29,7 @@ def macs_proxy(arch: ArchConfig) -> float:
 @functools.cache
 def _budget_range(device: str) -> tuple[dict[str, float], dict[str, float]]:
     """Per budget field: the pool's lowest prediction and the largest student's."""
-    base = CostModel(load_profile(device), SPACE, TASK)
+    base = cost_model(load_profile(device), SPACE, TASK)
     low, high = pool_minimums(base), base.estimate(SPACE.largest())
     names = ("latency_ms_p90", "peak_memory_mb", "model_size_mb")
     return {n: getattr(low[n], n) for n in names}, {n: getattr(high, n) for n in names}
@@ -50,7 +50,7 @@ def test_search_respects_every_budget(device: str, latency: float, memory: float
                for name, frac in (("latency_ms_p90", latency), ("peak_memory_mb", memory), ("model_size_mb", size))}
     profile = load_profile(device)
     budgets["latency_ms_p90"] /= 1 - profile.budgets.latency_margin_pct / 100  # what search plans for is in range
-    model = CostModel(_with_budgets(profile, **budgets), SPACE, TASK)
+    model = cost_model(_with_budgets(profile, **budgets), SPACE, TASK)
     try:
         result = evolution_search(model, macs_proxy, dataclasses.replace(SMALL_SEARCH, seed=seed))
     except InfeasibleBudget as err:  # each budget alone is reachable, so only the joint case may fail
@@ -67,9 +67,9 @@ def test_search_respects_every_budget(device: str, latency: float, memory: float
 
 
 def test_infeasible_latency_names_the_budget_the_minimum_and_the_arch() -> None:
-    base = CostModel(load_profile("raspberry-pi-4"), SPACE, TASK)
+    base = cost_model(load_profile("raspberry-pi-4"), SPACE, TASK)
     fastest = pool_minimums(base)["latency_ms_p90"]
-    model = CostModel(_with_budgets(base.profile, latency_ms_p90=fastest.latency_ms_p90 / 2), SPACE, TASK)
+    model = cost_model(_with_budgets(base.profile, latency_ms_p90=fastest.latency_ms_p90 / 2), SPACE, TASK)
     with pytest.raises(InfeasibleBudget) as info:
         evolution_search(model, macs_proxy, SMALL_SEARCH)
     message = str(info.value)
@@ -80,41 +80,41 @@ def test_infeasible_latency_names_the_budget_the_minimum_and_the_arch() -> None:
 
 def test_latency_margin_plans_inside_the_budget() -> None:
     base = _with_budgets(load_profile("host"), latency_margin_pct=0.0)
-    plain = evolution_search(CostModel(base, SPACE, TASK), macs_proxy, SMALL_SEARCH)
+    plain = evolution_search(cost_model(base, SPACE, TASK), macs_proxy, SMALL_SEARCH)
     budget = plain.pick.cost.latency_ms_p90  # the margin-free pick sits right at this budget
     at_edge = _with_budgets(base, latency_ms_p90=budget)
     # a margin that plans halfway between the pool's fastest student and the budget (whatever the host table says)
-    fastest = pool_minimums(CostModel(at_edge, SPACE, TASK))["latency_ms_p90"].latency_ms_p90
+    fastest = pool_minimums(cost_model(at_edge, SPACE, TASK))["latency_ms_p90"].latency_ms_p90
     margin_pct = round(100 * (1 - (fastest + budget) / 2 / budget), 1)
     assert margin_pct > 1, f"the host table leaves no room between the pool's fastest ({fastest}) and {budget}"
     margined = _with_budgets(at_edge, latency_margin_pct=margin_pct)
     planned = (1 - margin_pct / 100) * budget
     assert margined.budgets.planned_latency_ms_p90 == pytest.approx(planned)
-    result = evolution_search(CostModel(margined, SPACE, TASK), macs_proxy, SMALL_SEARCH)
+    result = evolution_search(cost_model(margined, SPACE, TASK), macs_proxy, SMALL_SEARCH)
     assert all(c.cost.latency_ms_p90 <= planned for c in [result.pick, *result.front])
-    over = CostModel(margined, SPACE, TASK).estimate(plain.pick.arch)
+    over = cost_model(margined, SPACE, TASK).estimate(plain.pick.arch)
     assert over.violations(margined.budgets) == [
         f"latency_ms_p90: predicted {over.latency_ms_p90:.3f} > budget {budget:g} less the {margin_pct:g}% margin"]
     assert over.violations(at_edge.budgets) == []
 
 
 def test_infeasible_margin_says_so() -> None:
-    base = CostModel(load_profile("raspberry-pi-4"), SPACE, TASK)
+    base = cost_model(load_profile("raspberry-pi-4"), SPACE, TASK)
     fastest = pool_minimums(base)["latency_ms_p90"].latency_ms_p90
     # the fastest student fits the budget but not the budget less a 50% margin
-    model = CostModel(_with_budgets(base.profile, latency_ms_p90=1.5 * fastest, latency_margin_pct=50.0), SPACE, TASK)
+    model = cost_model(_with_budgets(base.profile, latency_ms_p90=1.5 * fastest, latency_margin_pct=50.0), SPACE, TASK)
     with pytest.raises(InfeasibleBudget, match=r"less the 50% latency_margin_pct: .* but the lowest in the pool is"):
         evolution_search(model, macs_proxy, SMALL_SEARCH)
 
 
 def test_pool_minimum_latency_is_not_beaten_by_sampled_students() -> None:
-    model = CostModel(load_profile("host"), SPACE, TASK)
+    model = cost_model(load_profile("host"), SPACE, TASK)
     fastest = pool_minimums(model)["latency_ms_p90"].latency_ms_p90
     assert all(model.estimate(a).latency_ms_p90 >= fastest - 1e-12 for a in SPACE.sample_many(300, seed=11))
 
 
 def test_generous_budgets_pick_the_best_and_random_gets_the_same_evaluations() -> None:
-    model = CostModel(_with_budgets(load_profile("x86-server"), latency_ms_p90=1e3, peak_memory_mb=1e4,
+    model = cost_model(_with_budgets(load_profile("x86-server"), latency_ms_p90=1e3, peak_memory_mb=1e4,
                                     model_size_mb=1e3), SPACE, TASK)
     evolved = evolution_search(model, macs_proxy, SearchConfig(population=20, iterations=30, seed=1))
     assert evolved.pick.arch == SPACE.largest() or evolved.pick.accuracy > 0.9 * macs_proxy(SPACE.largest())
@@ -134,7 +134,7 @@ def test_pareto_plot_is_a_png_that_draws_the_pick(tmp_path: Path) -> None:
 
     from gtnpipe.nas.plots import plot_pareto
 
-    model = CostModel(load_profile("host"), SPACE, TASK)
+    model = cost_model(load_profile("host"), SPACE, TASK)
     result = evolution_search(model, macs_proxy, SMALL_SEARCH)
     path = plot_pareto(result, tmp_path / "pareto.png", device="host", latency_budget_ms=0.25)
     with Image.open(path) as image:

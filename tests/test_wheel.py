@@ -151,11 +151,14 @@ def test_the_users_table_is_found_before_the_shipped_one(tmp_path: Path, monkeyp
 
 
 def test_the_cost_model_names_both_folders_when_no_table_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gtnpipe.devices.cost import CostModel
+    from gtnpipe.deploy.backends import backend_class
+    from gtnpipe.devices.cost import CostModel, SizeFactor
     from gtnpipe.space.spaces import TaskShape, get_space
 
     monkeypatch.setenv(resources.DATA_DIR_ENV, str(tmp_path))
-    model = CostModel(load_profile("jetson-nano"), get_space("mbv3-28"), TaskShape(1, (28, 28), 10))
+    trt = backend_class("tensorrt")  # the registry lists it without TensorRT or torch installed
+    model = CostModel(load_profile("jetson-nano"), get_space("mbv3-28"), TaskShape(1, (28, 28), 10),
+                      int8_size=SizeFactor(trt.int8_size_factor, trt.int8_size_factor_source))
     assert model.table is None
     assert (f"no measured table for jetson-nano at mbv3-28 1x28x28 (10 classes) in {tmp_path / 'tables'} or "
             f"{shipped_tables_dir()}; measure one on the device: gtnpipe latency-table --device jetson-nano --space mbv3-28 "

@@ -25,25 +25,28 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from gtnpipe.config.resources import shipped_dir
 from gtnpipe.config.toml import as_dict, load_named
+from gtnpipe.deploy.backends import runtimes  # the one exception to config's layer (pyproject: import-linter)
 
 __all__ = [
     "PRECISIONS",
-    "RUNTIMES",
     "Budgets",
     "DeviceProfile",
     "HardwareSpec",
     "Precision",
-    "Runtime",
     "RuntimeSpec",
     "known_profiles",
     "load_profile",
     "profiles_dir",
+    "version_in_range",
 ]
 
-Runtime = Literal["onnxruntime", "openvino", "tflite", "tensorrt"]
 Precision = Literal["fp32", "fp16", "int8"]
-RUNTIMES: tuple[str, ...] = get_args(Runtime)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def version_in_range(version: str, version_range: str) -> bool:
+    """Whether an installed runtime `version` is in a profile's `runtime.version` range (PEP 440, prereleases too)."""
+    return SpecifierSet(version_range).contains(version, prereleases=True)
 
 
 def _require_positive(obj: object, names: tuple[str, ...]) -> None:
@@ -55,21 +58,21 @@ def _require_positive(obj: object, names: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    name: Runtime
+    name: str  # a runtime of the backend registry (gtnpipe.deploy.backends.runtimes())
     version: str  # the runtime versions this profile targets, a PEP 440 range such as ">=8.0,<8.3"
     max_onnx_opset: int  # the highest ONNX opset the runtime's importer parses; export uses at most this
 
     def __post_init__(self) -> None:
+        known = runtimes()
+        if self.name not in known:
+            raise ValueError(f"'name' = {self.name!r} is not allowed; allowed values: {', '.join(map(repr, known))} (the "
+                             "runtimes of gtnpipe's backend registry)")
         try:
             SpecifierSet(self.version)
         except InvalidSpecifier as err:
             raise ValueError(f"'version' = {self.version!r} is not a version range; write e.g. '>=8.0,<8.3'") from err
         if not 7 <= self.max_onnx_opset <= 30:
             raise ValueError(f"'max_onnx_opset' must be an ONNX opset between 7 and 30, got {self.max_onnx_opset}")
-
-    def accepts(self, version: str) -> bool:
-        """Whether an installed runtime version is one this profile targets."""
-        return SpecifierSet(self.version).contains(version, prereleases=True)
 
 
 @dataclass(frozen=True)

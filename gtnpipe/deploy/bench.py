@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gtnpipe.config.profiles import version_in_range
 from gtnpipe.deploy.backends import get_backend
 from gtnpipe.deploy.manifest import load_manifest, verify_files
 from gtnpipe.deploy.parity import compare_on_device, run_batched
@@ -46,8 +47,6 @@ def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: 
     The sha256 of every file is checked first: a modified or missing file is refused by name. `say` gets a
     status line per step (the CLI passes its progress policy's, silent with --no-progress).
     """
-    from packaging.specifiers import SpecifierSet
-
     folder = Path(folder)
     manifest = load_manifest(folder)
     verify_files(folder, manifest)
@@ -56,7 +55,7 @@ def bench_artifact(folder: Path, *, runs: int = 200, warmup: int = 20, threads: 
     threads = threads or int(model["threads"])
     backend = get_backend(runtime["name"])
     version = backend.version()
-    runtime_ok = SpecifierSet(runtime["version_range"]).contains(version, prereleases=True)
+    runtime_ok = version_in_range(version, runtime["version_range"])
     model_path = folder / model["file"]
     runner = backend.load(model_path, threads=threads, precision=model["precision"])
 

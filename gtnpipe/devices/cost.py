@@ -54,8 +54,7 @@ __all__ = [
     "LatencyTable",
     "PrecisionTable",
     "activation_peak_elems",
-    "COST_MODEL_VERSION",
-    "INT8_SIZE_FACTOR",
+    "SizeFactor",
     "model_size_bytes",
     "roofline_ms",
     "table_path",
@@ -70,27 +69,34 @@ GRAPH_BYTES_FIXED = 1500
 Source = Literal["measured-table", "roofline-estimate", "formula"]
 
 
+@dataclass(frozen=True)
+class SizeFactor:
+    """A runtime's INT8 file bytes over the formula's (an upper bound) and where the figure comes from: "measured:
+    <results file>" or "guess: <why>" (the backend's int8_size_factor and int8_size_factor_source)."""
+
+    value: float
+    source: str
+
+    @property
+    def size_source(self) -> str:
+        """The estimate's size source at INT8: the formula, times this factor, saying whether it was measured."""
+        return f"formula x INT8 factor {self.value:g} ({self.source})"
+
+
 def weight_bytes(schedule: list[Unit], precision: str) -> int:
     return sum(layer.deployed_params for unit in schedule for layer in unit.layers) * BYTES[precision]
 
 
-# Bump when a change here changes what the cost model predicts: cached searches keyed on it then miss.
-COST_MODEL_VERSION = 2  # 2: INT8 sizes per runtime
+def model_size_bytes(schedule: list[Unit], precision: str, *, int8_size_factor: float = 1.0) -> int:
+    """Serialised size: weights at `precision` plus graph bytes; INT8 times the runtime's `int8_size_factor`.
 
-# INT8 files hold more than one byte per weight: 32-bit biases, per-channel scales and zero points (TFLite
-# stores an int64 zero point per channel), quantize/dequantize nodes. The factor is the largest ratio of the
-# real INT8 file to the formula above over 8 students per runtime (bench/int8_size.py; bench/results/int8_size.md),
-# rounded up: a size budget is a hard limit, so this is meant as an upper bound (the ratio ranges 1.43-2.26 in
-# ONNX Runtime, 1.58-2.22 in OpenVINO, 1.25-1.39 in TFLite; an earlier sample of 8 others stayed within them).
-# TensorRT: the engine is built on the device and not measured here.
-INT8_SIZE_FACTOR = {"onnxruntime": 2.27, "openvino": 2.23, "tflite": 1.40, "tensorrt": 1.0}
-
-
-def model_size_bytes(schedule: list[Unit], precision: str, *, runtime: str | None = None) -> int:
-    """Serialised size: weights at `precision` plus graph bytes; for INT8 in a named runtime, times its INT8_SIZE_FACTOR."""
+    INT8 files hold more than one byte per weight: 32-bit biases, per-channel scales and zero points (TFLite stores an
+    int64 zero point per channel), quantize/dequantize nodes. Each backend carries its factor and where it comes from
+    (Backend.int8_size_factor / int8_size_factor_source: bench/int8_size.py measured ONNX Runtime, OpenVINO and
+    TFLite; TensorRT's is a guess)."""
     n_layers = sum(len(unit.layers) for unit in schedule)
     size = weight_bytes(schedule, precision) + GRAPH_BYTES_PER_LAYER * n_layers + GRAPH_BYTES_FIXED
-    return round(size * INT8_SIZE_FACTOR[runtime]) if precision == "int8" and runtime is not None else size
+    return round(size * int8_size_factor) if precision == "int8" else size
 
 
 def activation_peak_elems(schedule: list[Unit]) -> int:
@@ -134,7 +140,7 @@ class CostEstimate:
     peak_memory_mb: float
     memory_source: Source
     model_size_mb: float
-    size_source: Source
+    size_source: str  # "formula", or at INT8 the formula times the runtime's factor and whether that was measured
 
     def violations(self, budgets: Budgets) -> list[str]:
         """Each budget this student exceeds, as 'field: predicted > budget' (latency: the budget less its margin)."""
@@ -155,9 +161,11 @@ class CostEstimate:
 class CostModel:
     """Predicts a student's cost on one device at one precision."""
 
-    def __init__(self, profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, precision: str | None = None,
-                 tables_dir: Path | None = None) -> None:
-        self.profile, self.space, self.task = profile, space, task
+    def __init__(self, profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, int8_size: SizeFactor,
+                 precision: str | None = None, tables_dir: Path | None = None) -> None:
+        """`int8_size`: the profile's runtime's INT8 size factor (gtnpipe.deploy.backends: this layer does not import
+        the backends; the search stage passes it)."""
+        self.profile, self.space, self.task, self.int8_size = profile, space, task, int8_size
         self.precision = precision or profile.precision
         if self.precision not in profile.precisions:
             raise ConfigError(f"device {profile.name!r} does not allow precision {self.precision!r}; "
@@ -209,15 +217,16 @@ class CostModel:
         net = count(arch, self.space, self.task)
         model_bytes = (weight_bytes(schedule, self.precision)
                        + activation_peak_elems(schedule) * self.profile.batch_size * BYTES[self.precision])
-        size_mb = model_size_bytes(schedule, self.precision, runtime=self.profile.runtime.name) / MB
+        size_mb = model_size_bytes(schedule, self.precision, int8_size_factor=self.int8_size.value) / MB
+        size_source = self.int8_size.size_source if self.precision == "int8" else "formula"
         t, _, _ = self.table_at(self.task.for_arch(arch))
         if t is not None:
             p50 = t.network_p50_ms(sum(t.units_ms[u.key] for u in schedule), len(schedule))
             return CostEstimate(arch.id, self.precision, net.macs, net.params, p50, p50 * t.p90_over_p50,
                                 "measured-table", t.memory_overhead_mb + t.memory_slope * model_bytes / MB,
-                                "measured-table", size_mb, "formula")
+                                "measured-table", size_mb, size_source)
         p50 = roofline_ms(schedule, self.profile, self.precision)
         return CostEstimate(arch.id, self.precision, net.macs, net.params, p50, p50, "roofline-estimate",
                             self.profile.hardware.runtime_overhead_mb + model_bytes / MB, "roofline-estimate",
-                            size_mb, "formula")
+                            size_mb, size_source)
 

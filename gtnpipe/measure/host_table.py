@@ -35,7 +35,7 @@ from gtnpipe.deploy.export import export_onnx
 from gtnpipe.deploy.manifest import file_records
 from gtnpipe.deploy.timing import Machine
 from gtnpipe.devices.cost import BYTES, MB, LatencyTable, activation_peak_elems, table_path, weight_bytes
-from gtnpipe.errors import ConfigError
+from gtnpipe.errors import BackendUnavailable, ConfigError
 from gtnpipe.fsutil import atomic_write_json
 from gtnpipe.measure.kit import KIT_FILE, KIT_SCHEMA, calibrate_from_kit, kit_command, time_models
 from gtnpipe.models.static import build_static, build_unit
@@ -179,11 +179,13 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, pr
     """Calibrate this host as `profile`: a kit in a temporary folder, timed here by the device-side code."""
     if precision != KIT_PRECISION:
         raise ConfigError(f"calibration at {precision!r} is not available yet; calibrate with precision 'fp32'")
-    if profile.runtime.name != "onnxruntime":
+    try:
+        get_backend(profile.runtime.name).version()  # the runtime must run here: this host is timed as the device
+    except BackendUnavailable as err:
         kit = f"kit-{profile.name}"
-        raise ConfigError(f"device {profile.name!r} runs {profile.runtime.name}; this host can calibrate onnxruntime "
-                          f"devices only. Build a calibration kit here ('{kit_command(profile.name, kit)}'), copy it to "
-                          f"the device and run 'gtnpipe latency-table --device {profile.name} --kit {kit}' there")
+        raise ConfigError(f"device {profile.name!r} runs {profile.runtime.name}, which cannot run on this host ({err}). "
+                          f"Build a calibration kit here ('{kit_command(profile.name, kit)}'), copy it to the device and "
+                          f"run 'gtnpipe latency-table --device {profile.name} --kit {kit}' there") from err
     with tempfile.TemporaryDirectory(prefix="gtnpipe-calibrate-") as tmp:
         kit_dir = Path(tmp) / "kit"
         build_calibration_kit(profile, space, task, kit_dir, n_networks=n_networks, progress=progress)

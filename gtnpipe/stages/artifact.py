@@ -14,14 +14,15 @@ import numpy as np
 from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.config.toml import as_dict
 from gtnpipe.deploy.artifacts import write_artifact
+from gtnpipe.deploy.backends import backend_class
 from gtnpipe.deploy.parity import PrecisionRow
 from gtnpipe.stages.deploy import ARTIFACT_LOGITS, Compiled, Measured
 from gtnpipe.stages.keys import package_versions
 
 __all__ = ["Shipped", "measured_summary", "write_device_artifact"]
 
-MANIFEST_PACKAGES = ("gtnpipe", "torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "ai-edge-litert",
-                     "litert-torch", "ai-edge-quantizer", "tensorrt", "polygraphy")
+# the manifest's package versions: gtnpipe, what exported the model, and what compiled it (the runtime's backend)
+MANIFEST_PACKAGES = ("gtnpipe", "torch", "numpy", "onnx")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def write_device_artifact(shipped: Shipped, out: Path) -> Path:
     profile, c = shipped.profile, shipped.compiled
     meta, shape = c.meta, list(c.inp.input_shape)
     n_ref = min(c.inp.reference_images, len(shipped.reference_inputs))
-    versions = {k: v for k, v in package_versions(MANIFEST_PACKAGES).items() if v is not None}
+    packages = (*MANIFEST_PACKAGES, *backend_class(profile.runtime.name).packages)
+    versions = {k: v for k, v in package_versions(packages).items() if v is not None}
     parity = meta.get("parity")
     model = {**shipped.model, "precision": shipped.precision, "file": meta["model_file"],
              "files": [f for f in meta["files"] if f != "calibration.npy"], "threads": profile.threads}

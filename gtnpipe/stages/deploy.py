@@ -14,7 +14,7 @@ import numpy as np
 from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile, RuntimeSpec
 from gtnpipe.data.datasets import Split
-from gtnpipe.deploy.backends import Backend, CompileInputs
+from gtnpipe.deploy.backends import Backend, CompileInputs, backend_class
 from gtnpipe.deploy.export import to_unit_float
 from gtnpipe.deploy.parity import ParityDict, compare, run_batched
 from gtnpipe.deploy.timing import Machine, measure_fresh
@@ -39,13 +39,14 @@ MEASURE_PROCESSES = 3
 # gtnpipe compile without --data: parity on this many seeded uniform [0, 1] images (argmax agreement, max abs diff)
 RANDOM_IMAGES = 500
 RANDOM_SEED = 0
-_BACKEND_CODE = ("gtnpipe.deploy.backends", "gtnpipe.deploy.backends.accuracy_control",
-                 "gtnpipe.deploy.backends.onnxruntime", "gtnpipe.deploy.backends.openvino",
-                 "gtnpipe.deploy.backends.tflite", "gtnpipe.deploy.backends.tensorrt",
-                 "gtnpipe.deploy.backends.tensorrt_onnx", "gtnpipe.deploy.backends.tensorrt_engine",
-                 "gtnpipe.deploy.backends.tensorrt_runner")
-_TOOLCHAIN = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "litert-torch", "ai-edge-quantizer",
-              "ai-edge-litert", "tensorrt", "polygraphy")
+# what every compile runs besides its backend: the torch export and the ONNX checks, and their packages
+_EXPORT_PACKAGES = ("torch", "numpy", "onnx", "onnxscript")
+
+
+def _backend_code(runtime: str) -> tuple[str, ...]:
+    """The modules that key a compile or a measurement for `runtime`: its own backend's, never another's (an edit in
+    the TensorRT backend must not re-key ONNX Runtime builds)."""
+    return backend_class(runtime).code_roots()
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,8 @@ class CompileInput(Stage):
     parity-checked on the test split (or, for a user's model without data, on random images)."""
 
     STAGE = "compiled"
-    CODE = ("gtnpipe.deploy.export", "gtnpipe.deploy.parity", "gtnpipe.deploy.onnx_model", "gtnpipe.deploy.onnx_torch",
-            *_BACKEND_CODE)
-    PACKAGES = _TOOLCHAIN
+    CODE = ("gtnpipe.deploy.export", "gtnpipe.deploy.parity", "gtnpipe.deploy.onnx_model", "gtnpipe.deploy.onnx_torch")
+    PACKAGES = _EXPORT_PACKAGES
 
     model: DistillInput | SourceModel
     runtime: RuntimeSpec
@@ -82,6 +82,12 @@ class CompileInput(Stage):
     # images of the validation split
     accuracy_control: bool = False
     validation_images: int = 0
+
+    def code_modules(self) -> tuple[str, ...]:
+        return (*self.CODE, *_backend_code(self.runtime.name))
+
+    def package_names(self) -> tuple[str, ...]:
+        return (*self.PACKAGES, *backend_class(self.runtime.name).packages)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -118,7 +124,7 @@ class MeasureInput(Stage):
     """Latency and peak memory of a compiled precision on this machine, in fresh processes holding one session."""
 
     STAGE = "measured"
-    CODE = ("gtnpipe.deploy.timing", *_BACKEND_CODE)
+    CODE = ("gtnpipe.deploy.timing",)
     PACKAGES = ("numpy",)
 
     compiled: CompileInput
@@ -127,6 +133,9 @@ class MeasureInput(Stage):
     warmup: int
     runs: int
     processes: int  # fresh processes timed one after another; the one with the median p50 is recorded
+
+    def code_modules(self) -> tuple[str, ...]:
+        return (*self.CODE, *_backend_code(self.compiled.runtime.name))
 
 
 class CompileMeta(TypedDict):

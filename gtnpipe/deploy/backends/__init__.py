@@ -11,14 +11,28 @@ A backend is a class with three methods (STYLE.md's build / load / run protocol)
   device: it must not need torch, nncf or any converter, only the runtime.
 - `version()` the installed runtime's version.
 
-`BACKENDS` maps a runtime name to "module:Class". Modules are imported on demand, so a
-device needs only its own runtime: a missing SDK is a `BackendUnavailable` naming the pip
-extra that installs it; an unknown runtime a `ConfigError` listing the known ones.
+The class is the one place that knows its runtime: its name, the pip extra and the modules that
+install and import it, the distributions whose versions key its compiles and go in the manifest,
+the file suffixes it writes, what it converts from, its INT8 size factor and where that figure
+comes from, and the code that keys its compiles (its own module and what that imports). Profiles,
+the cost model, the compile stage and the manifest read it from here.
+
+The registry finds backends by themselves: every module of this package that defines a module-level
+`BACKEND = TheClass`, and every `gtnpipe.backends` entry point ("name = module:Class") of an installed
+distribution (a runtime shipped outside gtnpipe). Adding a runtime is its backend module, its device
+profile(s) and its tests. Backend modules import their SDK inside methods, so listing the registry
+imports no runtime; `get_backend` then imports the SDK, and a missing one is a `BackendUnavailable`
+naming the pip extra that installs it; an unknown runtime is a `ConfigError` listing the known ones.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
+import importlib.util
+import pkgutil
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,18 +45,20 @@ import numpy as np
 from gtnpipe.errors import BackendBuildError, BackendUnavailable, ConfigError
 
 __all__ = [
-    "BACKENDS",
+    "ENTRY_POINT_GROUP",
     "Backend",
     "BuildResult",
     "CALIBRATION_IMAGES",
     "CompileInputs",
     "calibration_batches",
     "Runner",
+    "backend_class",
     "get_backend",
     "installed_runtimes",
     "missing",
     "load_runner",
     "runtime_version",
+    "runtimes",
     "toolchain_step",
 ]
 
@@ -86,10 +102,37 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size; DEPS.md measured ~6 s of
 class Backend(ABC):
     runtime: ClassVar[str]  # the device profiles' runtime name
     precisions: ClassVar[tuple[str, ...]]  # what `build` can produce
+    # the pip extra that installs the runtime (None: it does not come from PyPI, e.g. TensorRT from JetPack)
+    extra: ClassVar[str | None]
+    # modules `load` needs on the device: `get_backend` imports them first, so a missing SDK fails before any work
+    sdk_modules: ClassVar[tuple[str, ...]]
+    # distributions whose versions change what `build` writes: in every compile's cache key and in the manifest
+    packages: ClassVar[tuple[str, ...]]
+    suffixes: ClassVar[tuple[str, ...]]  # the file suffixes a build writes (".onnx", ".xml"/".bin", ...)
+    # what `build` reads of CompileInputs: "onnx" (onnx_path) and/or "torch" (torch_module: gtnpipe compile then
+    # translates a user's ONNX file to torch for it)
+    converts_from: ClassVar[frozenset[str]] = frozenset({"onnx"})
+    # INT8 file bytes over the cost model's formula (gtnpipe.devices.cost.model_size_bytes), an upper bound, and
+    # where the figure comes from: "measured: <results file>" or "guess: <why not measured>"
+    int8_size_factor: ClassVar[float]
+    int8_size_factor_source: ClassVar[str]
     # training images the build is given for INT8 calibration (gtnpipe build passes exactly this many)
     calibration_images: ClassVar[int] = CALIBRATION_IMAGES
     # whether `build_accuracy_controlled` exists: INT8 with the layers that cost most accuracy kept in float
     accuracy_control: ClassVar[bool] = False
+
+    @classmethod
+    def code_roots(cls) -> tuple[str, ...]:
+        """The modules whose code keys this backend's compiles (with what they import): its own module."""
+        return (cls.__module__,)
+
+    def require(self) -> None:
+        """Import what `load` needs here; a missing SDK is a BackendUnavailable naming the extra that installs it."""
+        for module in self.sdk_modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise missing(f"runtime {self.runtime!r}", err, self.extra) from err
 
     @abstractmethod
     def version(self) -> str: ...
@@ -134,13 +177,8 @@ def toolchain_step(what: str) -> Iterator[None]:
         raise BackendBuildError(f"{what} failed: {type(err).__name__}: {err}") from err
 
 
-# runtime name -> "module:Class" (imported on demand) and the pip extra that installs the runtime
-BACKENDS: dict[str, tuple[str, str | None]] = {
-    "onnxruntime": ("gtnpipe.deploy.backends.onnxruntime:OnnxRuntimeBackend", "onnx"),
-    "openvino": ("gtnpipe.deploy.backends.openvino:OpenVinoBackend", "openvino"),
-    "tflite": ("gtnpipe.deploy.backends.tflite:TfliteBackend", "tflite"),
-    "tensorrt": ("gtnpipe.deploy.backends.tensorrt:TensorRtBackend", None),  # JetPack / NVIDIA's packages
-}
+ENTRY_POINT_GROUP = "gtnpipe.backends"  # runtimes shipped by other distributions: name = "module:Class"
+_BACKEND_LINE = re.compile(r"^BACKEND = \w+$", re.MULTILINE)
 
 
 def missing(what: str, err: ImportError, extra: str | None) -> BackendUnavailable:
@@ -149,16 +187,55 @@ def missing(what: str, err: ImportError, extra: str | None) -> BackendUnavailabl
     return BackendUnavailable(f"{what} is not installed ({err.name or err} missing); {how}")
 
 
+@functools.cache
+def _registry() -> dict[str, type[Backend]]:
+    """runtime name -> backend class: this package's modules that define BACKEND, then the entry points."""
+    found: dict[str, type[Backend]] = {}
+
+    def add(cls: object, where: str) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise TypeError(f"{where}: BACKEND must be a subclass of gtnpipe.deploy.backends.Backend, got {cls!r}")
+        if cls.runtime in found and found[cls.runtime] is not cls:
+            raise ConfigError(f"two backends for runtime {cls.runtime!r}: {found[cls.runtime].__module__} and {where}; "
+                              "uninstall one of them")
+        found[cls.runtime] = cls
+
+    for info in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+        # a backend module says so on a line of its own ("BACKEND = TheClass"): helper modules (accuracy control,
+        # TensorRT's ONNX checks) are not imported just to be listed, so the device side never loads them
+        spec = importlib.util.find_spec(info.name)
+        if spec is None or spec.origin is None or not _BACKEND_LINE.search(Path(spec.origin).read_text()):
+            continue
+        module = importlib.import_module(info.name)  # backend modules import their SDK lazily: this is cheap
+        add(getattr(module, "BACKEND", None), info.name)
+    for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        cls = point.load()
+        add(cls, f"entry point {point.value}")
+        if point.name != cls.runtime:
+            raise ConfigError(f"entry point {point.name!r} of group {ENTRY_POINT_GROUP!r} loads the backend of runtime "
+                              f"{cls.runtime!r}; name the entry point after its runtime")
+    return found
+
+
+def runtimes() -> tuple[str, ...]:
+    """Every runtime a backend is registered for, sorted."""
+    return tuple(sorted(_registry()))
+
+
+def backend_class(runtime: str) -> type[Backend]:
+    """The backend class of `runtime`, without importing its SDK (what the registry knows about the runtime)."""
+    registry = _registry()
+    if runtime not in registry:
+        raise ConfigError(f"no backend for runtime {runtime!r}; known runtimes: {', '.join(sorted(registry))} (a "
+                          f"runtime is a module of gtnpipe/deploy/backends defining BACKEND, or a {ENTRY_POINT_GROUP!r} "
+                          "entry point): fix the profile's runtime.name")
+    return registry[runtime]
+
+
 def get_backend(runtime: str) -> Backend:
-    if runtime not in BACKENDS:
-        raise ConfigError(f"no backend for runtime {runtime!r}; backends: {', '.join(sorted(BACKENDS))}")
-    target, extra = BACKENDS[runtime]
-    module_name, class_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise missing(f"runtime {runtime!r}", err, extra) from err
-    backend: Backend = getattr(module, class_name)()
+    """The backend of `runtime`, its SDK imported (BackendUnavailable naming the extra where it is missing)."""
+    backend = backend_class(runtime)()
+    backend.require()
     return backend
 
 
@@ -173,7 +250,7 @@ def runtime_version(runtime: str) -> str:
 def installed_runtimes() -> dict[str, dict[str, Any]]:
     """Every known runtime: {"installed": True, "version": ...} here, or {"installed": False, "error": what installs it}."""
     found: dict[str, dict[str, Any]] = {}
-    for runtime in sorted(BACKENDS):
+    for runtime in runtimes():
         try:
             found[runtime] = {"installed": True, "version": runtime_version(runtime)}
         except BackendUnavailable as err:

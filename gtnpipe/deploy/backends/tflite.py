@@ -20,12 +20,13 @@ The device needs only the interpreter: `ai_edge_litert` (works with numpy 2), or
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from collections.abc import Iterator
 from importlib.metadata import version as distribution_version
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -33,21 +34,27 @@ from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibra
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_bytes, sha256_file
 
-try:
-    from ai_edge_litert.interpreter import Interpreter
 
-    INTERPRETER_PACKAGE = "ai-edge-litert"  # distribution name, for importlib.metadata
-except ImportError as litert_err:
+@functools.cache
+def interpreter() -> tuple[Any, str]:
+    """The TFLite Interpreter class and the distribution it comes from: ai-edge-litert, else tflite-runtime (imported
+    when a model is run or built; the registry lists this backend without either)."""
     try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        from ai_edge_litert.interpreter import Interpreter
 
-        INTERPRETER_PACKAGE = "tflite-runtime"
-    except ImportError as runtime_err:
-        # The registry turns this into BackendUnavailable naming the 'tflite' extra (which installs ai-edge-litert)
-        raise ImportError(f"neither ai_edge_litert ({litert_err}) nor tflite_runtime ({runtime_err}) can be imported",
-                          name="ai_edge_litert") from runtime_err
+        return Interpreter, "ai-edge-litert"  # distribution name, for importlib.metadata
+    except ImportError as litert_err:
+        try:
+            from tflite_runtime.interpreter import Interpreter as RuntimeInterpreter  # type: ignore[import-not-found]
 
-__all__ = ["INTERPRETER_PACKAGE", "TfliteBackend", "TfliteRunner"]
+            return RuntimeInterpreter, "tflite-runtime"
+        except ImportError as runtime_err:
+            err = ImportError(f"neither ai_edge_litert ({litert_err}) nor tflite_runtime ({runtime_err}) can be imported",
+                              name="ai_edge_litert")
+            raise missing("runtime 'tflite'", err, "tflite") from runtime_err
+
+
+__all__ = ["BACKEND", "TfliteBackend", "TfliteRunner", "interpreter"]
 
 
 
@@ -60,7 +67,7 @@ class TfliteRunner:
     """One interpreter with tensors allocated once; `run` maps float32 NCHW [0, 1] images to float32 logits."""
 
     def __init__(self, model_path: Path, *, threads: int) -> None:
-        self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        self.interpreter = interpreter()[0](model_path=str(model_path), num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -109,14 +116,30 @@ def _quiet_converter() -> Iterator[None]:
 class TfliteBackend(Backend):
     runtime = "tflite"
     precisions = ("fp32", "fp16", "int8")
-    runner: ClassVar[str] = INTERPRETER_PACKAGE  # which interpreter package load() uses on this machine
+    extra = "tflite"
+    sdk_modules = ()  # ai_edge_litert or tflite_runtime: require() resolves which
+    # litert-torch converts the torch module (gtnpipe compile translates a user's ONNX file to torch for it)
+    converts_from = frozenset({"torch"})
+    packages = ("ai-edge-litert", "litert-torch", "ai-edge-quantizer")
+    suffixes = (".tflite",)
+    # bench/int8_size.py (bench/results/int8_size.md): the largest INT8-file / formula ratio over 8 students, rounded up
+    int8_size_factor = 1.40
+    int8_size_factor_source = "measured: bench/results/int8_size.md"
 
     def __init__(self) -> None:
         self._fp32_models: dict[tuple[str, tuple[int, ...]], bytes] = {}  # _converted's memo
 
+    @property
+    def runner(self) -> str:
+        """Which interpreter distribution load() uses on this machine."""
+        return str(interpreter()[1])
+
+    def require(self) -> None:
+        interpreter()
+
     def version(self) -> str:
         # the bare version (profiles compare it with a PEP 440 range); `runner` says which package it is of
-        return distribution_version(INTERPRETER_PACKAGE)
+        return distribution_version(self.runner)
 
     def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult:
         self.check_precision(precision)
@@ -200,10 +223,13 @@ class TfliteBackend(Backend):
     @staticmethod
     def _calibration_samples(inputs: CompileInputs, fp32: bytes) -> dict[str, list[dict[str, np.ndarray]]]:
         """Calibration batches of the device's batch size, keyed by the converted model's signature and input names."""
-        signatures = Interpreter(model_content=fp32).get_signature_list()  # {'serving_default': {'inputs': ['args_0'], ...}}
+        signatures = interpreter()[0](model_content=fp32).get_signature_list()  # {'serving_default': {'inputs': ['args_0'], ...}}
         key, signature = next(iter(signatures.items()))
         name = signature["inputs"][0]
         return {key: [{name: b} for b in calibration_batches(inputs)]}
 
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> TfliteRunner:
         return TfliteRunner(model_path, threads=threads)
+
+
+BACKEND = TfliteBackend
