@@ -153,9 +153,10 @@ def bump_version(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str
 @pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.__name__)
 def test_a_package_version_changes_the_key(cls: type, bump_version: Callable[[str, str], None]) -> None:
     inp = EXAMPLES[cls]
-    assert cls.PACKAGES, f"{cls.__name__} names no package its result depends on"
+    packages = keys.stage_packages(inp)  # those its code imports, and those it names (PACKAGES)
+    assert packages, f"{cls.__name__} names no package its result depends on"
     key = stage_key(inp)
-    bump_version(cls.PACKAGES[0], "999.0")
+    bump_version(packages[0], "999.0")
     assert stage_key(inp) != key
 
 

@@ -43,9 +43,8 @@ class AccuracyInput(Stage):
     """Inherited-weight val top-1 of sampled students (smallest and largest included) and the ridge predictor."""
 
     STAGE = "accuracy"
-    CODE = ("gtnpipe.nas.accuracy", "gtnpipe.models.supernet", "gtnpipe.models.static", "gtnpipe.training.train",
-            "gtnpipe.space.spaces")
-    PACKAGES = ("torch", "numpy")
+    CODE = ("gtnpipe.stages.workspace", "gtnpipe.nas.accuracy", "gtnpipe.models.supernet", "gtnpipe.training.train",
+            "gtnpipe.space.spaces")  # the roots (keys.Stage.CODE); its packages: those they import
 
     supernet_from: TeacherInput
     predictor: PredictorConfig  # how many students, BN recalibration images, eval batch (the recipe's [predictor])
@@ -70,9 +69,9 @@ class SearchInput(Stage):
     """Evolutionary search of the pool for one device under its cost model, ranked by the accuracy predictor."""
 
     STAGE = "searches"
-    CODE = ("gtnpipe.nas.evolution", "gtnpipe.devices.cost", "gtnpipe.devices.latency_table", "gtnpipe.space.counting",
-            "gtnpipe.space.schedule", "gtnpipe.nas.plots")
-    PACKAGES = ("numpy",)
+    # the roots (keys.Stage.CODE): nas.accuracy for the predictor it ranks by (AccuracyPredictor.predict)
+    CODE = ("gtnpipe.stages.workspace", "gtnpipe.nas.evolution", "gtnpipe.nas.accuracy", "gtnpipe.nas.plots",
+            "gtnpipe.devices.cost")
 
     profile: DeviceProfile
     predictor: AccuracyInput

@@ -57,10 +57,15 @@ __all__ = [
 
 log = logging.getLogger("gtnpipe")
 TEACHER_METHODS = ("vanilla", "gtn", "sftn")
-# What a trained model's weights depend on: the loop, the models, the space, the data loading.
-_TRAIN_CODE = ("gtnpipe.training.train", "gtnpipe.models.static", "gtnpipe.models.teacher", "gtnpipe.models.supernet",
-               "gtnpipe.space.spaces", "gtnpipe.space.schedule", "gtnpipe.data.datasets")
-_TORCH = ("torch", "numpy")
+# Each stage's CODE: the roots of its code, the modules its stage function below calls (keys.module_closure adds
+# what they import: the data loading, decoding and augmentations under training.train, for one). This module's own
+# code is keyed for every stage defined here; the distributions are those the closure imports (keys.closure_packages).
+# The workspace: the data every stage reads (opened, split and decoded by it) and run_stage.
+_RUN = ("gtnpipe.stages.workspace", "gtnpipe.training.device")
+_TRAIN_CODE = (*_RUN, "gtnpipe.training.train", "gtnpipe.models.teacher", "gtnpipe.models.static",
+               "gtnpipe.models.counting", "gtnpipe.space.spaces")
+# A teacher from outside runs through gtnpipe.models.external (ONNX Runtime for a .onnx file)
+_EXTERNAL_CODE = (*_RUN, "gtnpipe.training.distill", "gtnpipe.training.train", "gtnpipe.models.external")
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,6 @@ class TrainInput(Stage):
 
     STAGE = "models"
     CODE = _TRAIN_CODE
-    PACKAGES = _TORCH
 
     arch: str | None
     teacher: TeacherConfig | None  # the teacher's shape; None for a student
@@ -95,8 +99,7 @@ class TeacherInput(Stage):
     """A GTN teacher (for the whole pool) or an SFTN teacher (for `student`), trained with student branches."""
 
     STAGE = "teachers"
-    CODE = (*_TRAIN_CODE, "gtnpipe.training.gtn")
-    PACKAGES = _TORCH
+    CODE = (*_TRAIN_CODE, "gtnpipe.training.gtn", "gtnpipe.models.supernet", "gtnpipe.models.external")
 
     method: str  # "gtn" | "sftn"
     student: str | None  # SFTN's student
@@ -116,8 +119,7 @@ class LogitsInput(Stage):
     from outside (a file, a module) is keyed by its content's sha256, so its logits are computed once per data."""
 
     STAGE = "teacher-logits"
-    CODE = ("gtnpipe.training.distill", "gtnpipe.training.train", "gtnpipe.models.external")
-    PACKAGES = (*_TORCH, "onnxruntime")
+    CODE = _EXTERNAL_CODE
 
     teacher: TrainInput | TeacherInput | ExternalTeacher
     data: DataRef
@@ -128,8 +130,7 @@ class TeacherCheckInput(Stage):
     """A teacher from outside checked on the data: its val and test top-1 before it teaches anyone."""
 
     STAGE = "teacher-checks"
-    CODE = ("gtnpipe.training.distill", "gtnpipe.training.train", "gtnpipe.models.external")
-    PACKAGES = (*_TORCH, "onnxruntime")
+    CODE = _EXTERNAL_CODE
 
     teacher: ExternalTeacher
     data: DataRef
@@ -140,8 +141,8 @@ class DistillInput(Stage):
     """A pool student trained with KD from a cached teacher (or with labels only: teacher None)."""
 
     STAGE = "students"
-    CODE = (*_TRAIN_CODE, "gtnpipe.training.distill", "gtnpipe.training.gtn")
-    PACKAGES = _TORCH
+    CODE = (*_TRAIN_CODE, "gtnpipe.training.distill", "gtnpipe.models.supernet", "gtnpipe.models.external",
+            "gtnpipe.space.counting")
 
     arch: str
     # "vanilla" | "gtn" | "sftn" | "none"; a teacher from outside: "onnx" | "pt2" | "torchscript" | "module", or
