@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "canonical_json", "sha256_file"]
+
+
+# A new file only (O_EXCL also refuses a symlink planted at the name), binary on Windows (no newline translation);
+# os.open makes the descriptor non-inheritable by itself (PEP 446).
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 @contextmanager
@@ -23,8 +28,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual permissions (artifacts are shared)
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -32,14 +36,26 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty temp file in `path`'s folder, opened for writing, with the mode any new file gets there.
+
+    Created with mode 0o666 so that the kernel applies the umask (and a folder's default ACL) as for any file: a
+    written file gets the usual permissions (artifacts are shared), where tempfile.mkstemp's would be 0600. Nothing
+    here reads or sets the umask: os.umask can only read it by setting it, and the umask belongs to the process, so
+    even a moment of umask 0 gives the files other threads create then (data decode threads) mode 0666. Nor does it
+    need os.fchmod, which Windows lacks before Python 3.13.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            return os.open(tmp, _CREATE_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue  # 64 random bits: only a leftover of a crashed write of the same name could collide
+    raise FileExistsError(f"no free temp file name beside {path} after 100 tries; remove the .{path.name}.*.tmp files")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
