@@ -4,18 +4,20 @@ This is the one way gtnpipe times a model: `gtnpipe build` (every precision), `g
 device) and the latency-table measurement all measure a single live session, warmed up, over `runs` batches.
 `measure_fresh` does it in a fresh torch-free process (python -m gtnpipe.deploy.timing) that holds only that
 session and reports its peak resident memory too: the interpreter, runtime, model and activations together, which
-is what a device's memory budget constrains (VmHWM from /proc/self/status on Linux; ru_maxrss elsewhere, which
-would also count a forked parent's memory). Timing several live sessions interleaved in one process slows each
-(ONNX Runtime's idle intra-op threads keep spinning on the same cores), which is not how a device runs a model.
+is what a device's memory budget constrains (VmHWM from /proc/self/status on Linux; the peak working set on
+Windows; ru_maxrss elsewhere, e.g. macOS, which would also count a forked parent's memory). Timing several live
+sessions interleaved in one process slows each (ONNX Runtime's idle intra-op threads keep spinning on the same cores),
+which is not how a device runs a model.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
-import resource
+import re
 import subprocess
 import sys
 import time
@@ -78,23 +80,92 @@ class Machine:
 
     @classmethod
     def here(cls) -> Machine:
-        cpu = platform.processor() or platform.machine()
-        fields: dict[str, str] = {}
-        cpuinfo = Path("/proc/cpuinfo")
-        if cpuinfo.exists():
-            for line in cpuinfo.read_text().splitlines():
-                if not line.strip():
-                    break  # the first processor's block is enough
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-            cpu = fields.get("model name", cpu)
-        return cls(cpu, os.cpu_count() or 1, platform.machine(), platform.system(), _cpu_id(fields))
+        # platform.processor() says only "arm" or "i386" on macOS, and only the family/model on Windows: every Apple
+        # silicon Mac would share one description, and with it its timings
+        cpu, cpu_id = {"darwin": _macos_cpu, "win32": _windows_cpu}.get(sys.platform, _proc_cpuinfo_cpu)()
+        return cls(cpu, os.cpu_count() or 1, platform.machine(), platform.system(), cpu_id)
 
     def describe(self) -> str:
         return f"{self.cpu}" + (f" ({self.cpu_id})" if self.cpu_id else "") + f", {self.cpu_count} CPUs"
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_tile", "asimd", "sve")  # what changes which kernels a runtime runs
+
+
+def _proc_cpuinfo_cpu() -> tuple[str, str]:
+    """The CPU's name and id from /proc/cpuinfo (Linux), else what platform knows."""
+    cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+        cpu = fields.get("model name", cpu)
+    return cpu, _cpu_id(fields)
+
+
+def _macos_cpu() -> tuple[str, str]:
+    """'Apple M2 Pro' or 'Intel(R) Core(TM) i9-9880H ...', and 'model Mac14,12' (which Mac: its cores and memory)
+    with the ISA, from sysctl."""
+    cpu = _sysctl("machdep.cpu.brand_string") or platform.processor() or platform.machine()
+    model = _sysctl("hw.model")
+    if platform.machine() == "arm64":
+        isa = ["asimd"] if _sysctl("hw.optional.AdvSIMD") == "1" else []
+    else:  # an Intel Mac lists its features in capitals, AVX512 ones without the underscore
+        features = set(f"{_sysctl('machdep.cpu.features')} {_sysctl('machdep.cpu.leaf7_features')}".lower().split())
+        isa = [f for f in ISA_FLAGS if f.replace("_", "") in features]
+    return cpu, ", ".join(filter(None, [f"model {model}" if model else "", " ".join(isa)]))
+
+
+def _sysctl(name: str) -> str:
+    """`sysctl -n name` on macOS ('' where it has no such name). /usr/sbin is not on every PATH (ssh sessions)."""
+    exe = "/usr/sbin/sysctl" if Path("/usr/sbin/sysctl").exists() else "sysctl"
+    try:
+        out = subprocess.run([exe, "-n", name], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _windows_cpu() -> tuple[str, str]:
+    """The CPU's name from the registry ('Intel(R) Core(TM) i7-9700K CPU @ 3.60GHz'), and its family, model and
+    stepping from PROCESSOR_IDENTIFIER ('Intel64 Family 6 Model 158 Stepping 12, GenuineIntel') with the ISA."""
+    ident = os.environ.get("PROCESSOR_IDENTIFIER") or platform.processor()
+    cpu = _windows_cpu_name() or ident or platform.machine()
+    found = re.search(r"Family\s+(\w+)\s+Model\s+(\w+)\s+(?:Stepping|Revision)\s+(\w+)", ident)
+    ids = "family {} model {} stepping {}".format(*found.groups()) if found else ""
+    return cpu, ", ".join(filter(None, [ids, " ".join(_windows_isa())]))
+
+
+def _windows_cpu_name() -> str:
+    if sys.platform != "win32":
+        return ""
+    try:
+        import winreg
+
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"HARDWARE\DESCRIPTION\System\CentralProcessor\0") as key:
+            return str(winreg.QueryValueEx(key, "ProcessorNameString")[0]).strip()
+    except (ImportError, OSError):
+        return ""
+
+
+# IsProcessorFeaturePresent's PF_AVX2_INSTRUCTIONS_AVAILABLE and PF_AVX512F_INSTRUCTIONS_AVAILABLE (winnt.h)
+_WINDOWS_ISA_FEATURES = {"avx2": 40, "avx512f": 41}
+
+
+def _windows_isa() -> list[str]:
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return ["asimd"]  # Advanced SIMD is part of every ARMv8-A core
+    if sys.platform != "win32":
+        return []
+    try:
+        present = ctypes.windll.kernel32.IsProcessorFeaturePresent
+    except (AttributeError, OSError):  # a Python on Windows without ctypes' Windows part (tests fake the platform)
+        return []
+    return [name for name, feature in _WINDOWS_ISA_FEATURES.items() if present(feature)]
 
 
 def _cpu_id(cpuinfo: dict[str, str]) -> str:
@@ -161,12 +232,39 @@ class _batch_file:  # noqa: N801 - a context manager used like a function
 
 
 def _peak_rss_bytes() -> int:
+    if sys.platform == "win32":
+        return _windows_peak_working_set_bytes()
     status = Path("/proc/self/status")
     if status.exists():
         for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024  # kB
+    import resource  # POSIX only
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+class _ProcessMemoryCounters(ctypes.Structure):
+    """PROCESS_MEMORY_COUNTERS (psapi.h): DWORDs are 32-bit, SIZE_Ts pointer-sized."""
+
+    _fields_ = [("cb", ctypes.c_uint32), ("PageFaultCount", ctypes.c_uint32),
+                *((name, ctypes.c_size_t) for name in ("PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                                                        "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage",
+                                                        "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage"))]
+
+
+def _windows_peak_working_set_bytes() -> int:
+    """The process's peak working set: Windows' peak resident memory (K32GetProcessMemoryInfo, Windows 7 and later)."""
+    if sys.platform != "win32":
+        raise OSError("the peak working set is Windows' own; elsewhere read VmHWM or ru_maxrss")
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.GetCurrentProcess.restype = ctypes.c_void_p
+    kernel32.K32GetProcessMemoryInfo.argtypes = [ctypes.c_void_p, ctypes.POINTER(_ProcessMemoryCounters),
+                                                 ctypes.c_uint32]
+    counters = _ProcessMemoryCounters(cb=ctypes.sizeof(_ProcessMemoryCounters))
+    if not kernel32.K32GetProcessMemoryInfo(kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb):
+        raise OSError(ctypes.get_last_error(), "GetProcessMemoryInfo failed: cannot read this process's peak memory")
+    return int(counters.PeakWorkingSetSize)
 
 
 def main() -> None:
