@@ -82,10 +82,6 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.x, np.ndarray)
-
     def take(self, idx: np.ndarray) -> Split:
         """The images at `idx`, stored as this split's are (a lazy split stays on disk)."""
         return Split(self.x[idx] if isinstance(self.x, np.ndarray) else self.x.take(idx), self.y[idx])
