@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -8,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from gtnpipe.cache import default_cache_dir
+from gtnpipe.config.resources import DATA_DIR_ENV, user_data_dir
 from gtnpipe.data.datasets import Dataset, load_dataset
 
 if TYPE_CHECKING:  # imported where used: they import this module
@@ -50,6 +54,80 @@ def pytest_configure(config: pytest.Config) -> None:
     # own data dir). Set for the whole session, not in a function fixture: module-scoped build fixtures run before
     # those. tests/test_calibrate.py turns it back on where it tests that.
     os.environ["GTNPIPE_CALIBRATE"] = "0"
+    _isolate_user_folders(config)
+
+
+# The user's own gtnpipe folders: the cache (gtnpipe.cache.default_cache_dir: $GTNPIPE_CACHE, else ~/.cache/gtnpipe)
+# and the user data directory (gtnpipe.config.resources.user_data_dir: $GTNPIPE_DATA_DIR, else platformdirs', where
+# `make demo` and `gtnpipe latency-table` put this machine's latency tables). No test may read or write them: what
+# they hold would change what a build finds (a host table there failed 2 tests of test_build.py after a make demo).
+# They are pointed elsewhere for the whole session in pytest_configure, before collection and before any fixture
+# (module- and session-scoped ones run before function-scoped ones, so a function fixture alone came too late), and
+# again per test by _isolated_cache. XDG_DATA_HOME too: it moves platformdirs' user data directory on Linux, for a
+# test that unsets GTNPIPE_DATA_DIR to check the platform default. HOME is left alone: gtnpipe reads it only when
+# GTNPIPE_CACHE is unset, and pip (the wheel tests) and ssh (the remote tests) keep their cache and config there.
+# Whatever changed in the real folders during the run (listing and mtimes) fails the session: pytest_sessionfinish.
+USER_FOLDERS_KEY = pytest.StashKey[dict[str, object]]()
+
+
+def _isolate_user_folders(config: pytest.Config) -> None:
+    real = {"cache": default_cache_dir(), "user data": user_data_dir()}
+    session = Path(tempfile.mkdtemp(prefix="gtnpipe-tests-"))
+    for name, var in (("cache", "GTNPIPE_CACHE"), ("data", DATA_DIR_ENV), ("xdg-data", "XDG_DATA_HOME")):
+        (session / name).mkdir()
+        os.environ[var] = str(session / name)
+    config.stash[USER_FOLDERS_KEY] = {"real": real, "before": {p: _listing(p) for p in real.values()},
+                                      "session": session, "changes": []}
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` (root itself as "."), with its mtime and size; {} if root does not exist."""
+    listing = {}
+    for folder, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files] if folder == str(root) else [*dirs, *files]:
+            path = Path(folder, name)
+            try:
+                st = path.lstat()
+            except FileNotFoundError:  # removed while walked
+                continue
+            listing["." if name == "." else path.relative_to(root).as_posix()] = (st.st_mtime_ns, st.st_size)
+    return listing
+
+
+def _changes(root: Path, before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    return ([f"{root}: added {p}" for p in sorted(after.keys() - before.keys())]
+            + [f"{root}: removed {p}" for p in sorted(before.keys() - after.keys())]
+            + [f"{root}: modified {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    folders = session.config.stash.get(USER_FOLDERS_KEY, None)
+    if folders is None:
+        return
+    before: dict[Path, dict[str, tuple[int, int]]] = folders["before"]  # type: ignore[assignment]
+    changes = [c for root, listing in before.items() for c in _changes(root, listing, _listing(root))]
+    folders["changes"] = changes
+    if changes and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    changes: list[str] = config.stash.get(USER_FOLDERS_KEY, {}).get("changes", [])  # type: ignore[assignment]
+    if changes:
+        terminalreporter.section("the suite changed the user's own gtnpipe folders", sep="!", red=True, bold=True)
+        terminalreporter.line("A test or fixture wrote outside its own folders (tests/conftest.py points GTNPIPE_CACHE "
+                              "and GTNPIPE_DATA_DIR elsewhere; a gtnpipe run outside the suite at the same time "
+                              "would show here too). Failing the run:")
+        for change in changes[:50]:
+            terminalreporter.line(f"  {change}")
+        if len(changes) > 50:
+            terminalreporter.line(f"  ... and {len(changes) - 50} more")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folders = config.stash.get(USER_FOLDERS_KEY, None)
+    if folders is not None:
+        shutil.rmtree(folders["session"], ignore_errors=True)  # type: ignore[arg-type]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -61,7 +139,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads or writes the user's ~/.cache/gtnpipe, nor their own latency tables (user data directory)."""
+    """Each test its own empty cache and user data directory (the session's are shared by the wider fixtures)."""
     monkeypatch.setenv("GTNPIPE_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("GTNPIPE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
 
