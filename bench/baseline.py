@@ -68,7 +68,7 @@ def main() -> None:
     ws = Workspace.open(args.recipe, cache_dir=args.cache_dir)
     profile, space, task = load_profile(args.device), ws.space, ws.task
     budget = profile.budgets.latency_ms_p90
-    searched = pipeline.search_device(ws, profile, say=print)
+    searched = pipeline.search_device(ws, profile, pipeline.BuildOptions(), say=print)
     pick = searched.result.pick.arch
     model = cost_model(profile, space, task)
     hand = {f"uniform k{b.kernel}e{b.expand} x{d}": uniform(space, b, d)

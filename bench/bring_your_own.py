@@ -34,7 +34,7 @@ from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.export import Deployable, export_onnx
 from gtnpipe.deploy.manifest import load_manifest
 from gtnpipe.models.external import teacher_file
-from gtnpipe.pipeline import Workspace, compile_model, load_teacher, load_trained
+from gtnpipe.pipeline import CompileOptions, Workspace, compile_model, load_teacher, load_trained
 from gtnpipe.stages import training
 
 RESULTS = Path(__file__).parent / "results"
@@ -80,7 +80,7 @@ def accuracy_control(arch: str, max_drop: float, devices: list[str], work: Path,
         p = load_profile(name)
         p = dataclasses.replace(p, budgets=dataclasses.replace(p.budgets, max_accuracy_drop_points=max_drop))
         started = time.perf_counter()
-        result = compile_model(onnx_path, p, data=str(data), out=work / "artifacts", cache_dir=cache)
+        result = compile_model(onnx_path, p, CompileOptions(data=str(data), out=work / "artifacts", cache_dir=cache))
         for row in load_manifest(Path(result.folder))["precisions"]:
             parity = row.get("parity") or {}
             out.append({"device": name, "precision": row["precision"] + (f" ({row['variant']})" if row.get("variant")

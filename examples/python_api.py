@@ -64,7 +64,7 @@ def main() -> None:
     teacher = train(MyTeacher(), torch.from_numpy(fm.train.x).float() / 255, torch.from_numpy(fm.train.y), epochs=3)
 
     # the data loaded once, for several calls
-    ws = gtnpipe.workspace(arrays, recipe=args.recipe, cache_dir=args.cache_dir)
+    ws = gtnpipe.workspace(arrays, gtnpipe.WorkspaceOptions(recipe=args.recipe, cache_dir=args.cache_dir))
 
     # 3. a pool student distilled from it
     student = gtnpipe.distill("smallest", teacher=teacher, ws=ws)
@@ -72,13 +72,15 @@ def main() -> None:
           f"student test top-1 {student.test_top1:.2f}%")
 
     # 4. search and build for a device
-    found = gtnpipe.search("raspberry-pi-4", ws=ws, iterations=100)
+    quick_search = gtnpipe.SearchConfig(iterations=100)
+    found = gtnpipe.search("raspberry-pi-4", gtnpipe.BuildOptions(search=quick_search), ws=ws)
     print(f"search: pick {found.result.pick.arch.id}, estimated top-1 {found.result.pick.accuracy:.2f}%")
-    built = gtnpipe.build("host", teacher=teacher, ws=ws, out=args.out, iterations=100)
+    built = gtnpipe.build("host", gtnpipe.BuildOptions(teacher=teacher, out=args.out, search=quick_search), ws=ws)
     print(f"build: {built.arch} as {built.runtime} {built.precision} -> {built.folder} (shipped top-1 {built.shipped_top1}%)")
 
     # 5. your teacher itself, compiled for a device
-    compiled = gtnpipe.compile(teacher, "raspberry-pi-4", input_shape=(1, 28, 28), data=arrays, out=args.out)
+    compiled = gtnpipe.compile(teacher, "raspberry-pi-4", gtnpipe.CompileOptions(out=args.out), input_shape=(1, 28, 28),
+                               data=arrays)
     print(f"compile: MyTeacher as {compiled.runtime} {compiled.precision} -> {compiled.folder} "
           f"(ONNX Runtime FP32 {compiled.reference_top1:.2f}%, shipped {compiled.shipped_top1:.2f}%)")
     print(json.dumps({"distill_top1": student.test_top1, "build_folder": built.folder,

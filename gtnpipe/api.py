@@ -1,10 +1,14 @@
 """The Python API: what the `gtnpipe` command does, taking objects as well as names, returning typed results.
 
     import gtnpipe
-    result = gtnpipe.build("raspberry-pi-4", data="fashion-mnist", recipe="quick")
+    result = gtnpipe.build("raspberry-pi-4", gtnpipe.BuildOptions(teacher="gtn"), data="fashion-mnist")
     compiled = gtnpipe.compile("model.onnx", "host", data=(x_train, y_train, x_test, y_test))
     student = gtnpipe.distill("smallest", teacher=my_module, data="my_images/")
-    found = gtnpipe.search("jetson-nano")
+    found = gtnpipe.search("jetson-nano", gtnpipe.BuildOptions(search=gtnpipe.SearchConfig(iterations=100)))
+
+- options: one dataclass per command (gtnpipe.options), the same the command line fills in: `BuildOptions` (build,
+  search), `CompileOptions`, `WorkspaceOptions` (recipe, cache, image size, storage, training device), passed as
+  `ws=` or opened once with `gtnpipe.workspace(data, options)`.
 
 - `device`: a profile name, a path to a profile .toml, or a `DeviceProfile`.
 - `data`: a path (image folder, .npz, "fashion-mnist"), arrays `(x_train, y_train, x_test, y_test)` (uint8 images
@@ -23,6 +27,7 @@ import hashlib
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,85 +37,72 @@ from torch import nn
 from gtnpipe import pipeline
 from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile
-from gtnpipe.config.recipes import Recipe
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_bytes
-from gtnpipe.models.external import ExternalTeacher, teacher_file, teacher_from_module
+from gtnpipe.models.external import teacher_file, teacher_from_module
 from gtnpipe.nas.evolution import SearchConfig
+from gtnpipe.options import BuildOptions, CompileOptions, Teacher, WorkspaceOptions, as_teacher
 from gtnpipe.pipeline import BuildOutcome, CompileOutcome, Workspace
 from gtnpipe.stages.search import SearchOutcome
 from gtnpipe.stages.training import DistillOutcome
 
-__all__ = ["Data", "Device", "Teacher", "build", "compile", "distill", "search", "teacher_file", "teacher_from_module",
-           "workspace"]
+__all__ = ["BuildOptions", "CompileOptions", "Data", "Device", "SearchConfig", "Teacher", "WorkspaceOptions", "build",
+           "compile", "distill", "search", "teacher_file", "teacher_from_module", "workspace"]
 
 Device = str | Path | DeviceProfile
 Data = str | Path | Sequence[np.ndarray] | None
-Teacher = str | Path | nn.Module | ExternalTeacher
 
 
-def workspace(data: Data = None, *, recipe: str | Path | Recipe = "quick", cache_dir: Path | None = None,
-              image_size: int | None = None, storage: str = "auto", train_device: str = "auto",
-              progress: bool = False) -> Workspace:
+def workspace(data: Data = None, options: WorkspaceOptions | None = None) -> Workspace:
     """The recipe with its data loaded (what every command opens first); pass it to the functions below as `ws`
-    to load the data once for several calls."""
-    source = _data_source(data, Cache(cache_dir))
-    return Workspace.open(recipe, cache_dir=cache_dir, data_source=source, image_size=image_size, storage=storage,
-                          train_device=train_device, progress=progress)
+    to load the data once for several calls. `data` (arrays allowed) replaces `options.data`."""
+    options = options or WorkspaceOptions()
+    source = _data_source(data, Cache(options.cache_dir))
+    return replace(options, data=source if source is not None else options.data).open()
 
 
-def build(device: Device, *, data: Data = None, recipe: str | Path | Recipe = "quick", teacher: Teacher | None = None,
-          out: str | Path = "artifacts", cache_dir: Path | None = None, iterations: int = 500,
-          check_measured_budgets: bool = False, strict: bool = False, ws: Workspace | None = None,
-          say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
-    """`gtnpipe build`: search the pool for `device`, distill the pick from `teacher`, compile, check, write
-    out/<device>/."""
-    ws = ws or workspace(data, recipe=recipe, cache_dir=cache_dir)
-    return pipeline.build_device(ws, device, out=Path(out), teacher=_teacher(teacher),
-                                 config=SearchConfig(iterations=iterations), check_measured_budgets=check_measured_budgets,
-                                 strict=strict, say=say)
+def _ws(ws: Workspace | WorkspaceOptions | None, data: Data) -> Workspace:
+    if isinstance(ws, Workspace):
+        if data is not None:
+            raise ConfigError("give the data to gtnpipe.workspace(data, ...) when you pass a Workspace, not to the call")
+        return ws
+    return workspace(data, ws)
 
 
-def compile(model: str | Path | nn.Module, device: Device, *, data: Data = None,  # noqa: A001 - the command's name
-            out: str | Path = "artifacts", input_shape: tuple[int, int, int] | None = None,
-            precisions: Sequence[str] | None = None, mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None, cache_dir: Path | None = None, check_measured_budgets: bool = False,
-            strict: bool = False, say: Callable[[str], None] = lambda _: None) -> CompileOutcome:
+def build(device: Device, options: BuildOptions | None = None, *, data: Data = None,
+          ws: Workspace | WorkspaceOptions | None = None, say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
+    """`gtnpipe build`: search the pool for `device`, distill the pick from `options.teacher`, compile, check, write
+    options.out/<device>/. `ws`: a loaded Workspace, or the WorkspaceOptions to open one (recipe, cache, ...)."""
+    return pipeline.build_device(_ws(ws, data), device, options or BuildOptions(), say=say)
+
+
+def compile(model: str | Path | nn.Module, device: Device, options: CompileOptions | None = None, *,  # noqa: A001
+            data: Data = None, input_shape: tuple[int, int, int] | None = None,
+            say: Callable[[str], None] = lambda _: None) -> CompileOutcome:
     """`gtnpipe compile`: a model you have -> every precision -> parity -> time -> out/<device>/. An nn.Module is
-    exported to ONNX first (with a dynamic batch); give its `input_shape` (C, H, W)."""
-    source = _data_source(data, Cache(cache_dir))
+    exported to ONNX first (with a dynamic batch); give its `input_shape` (C, H, W). `data` (arrays allowed)
+    replaces `options.data`."""
+    options = options or CompileOptions()
+    source = _data_source(data, Cache(options.cache_dir))
+    options = replace(options, data=source if source is not None else options.data)
     with tempfile.TemporaryDirectory(prefix="gtnpipe-api-") as tmp:
         path = _onnx_of(model, input_shape, Path(tmp)) if isinstance(model, nn.Module) else Path(model)
-        return pipeline.compile_model(path, device, data=source, out=Path(out), cache_dir=cache_dir,
-                                      precisions=tuple(precisions) if precisions else None,
-                                      mean=tuple(mean) if mean is not None else None,
-                                      std=tuple(std) if std is not None else None,
-                                      check_measured_budgets=check_measured_budgets, strict=strict, say=say)
+        return pipeline.compile_model(path, device, options, say=say)
 
 
 def distill(arch: str, *, teacher: Teacher | None = None, finetune: str | None = None, data: Data = None,
-            recipe: str | Path | Recipe = "quick", cache_dir: Path | None = None, seed: int | None = None,
-            ws: Workspace | None = None) -> DistillOutcome:
+            seed: int | None = None, ws: Workspace | WorkspaceOptions | None = None) -> DistillOutcome:
     """`gtnpipe distill`: pool student `arch` (an id, "smallest" or "largest") distilled from `teacher`.
     `finetune="gtn"` with `teacher_from_module(model, stages=[...])`: your teacher fine-tuned as a generic teacher
     (the recipe's gtn settings, gtn.finetune_epochs epochs) before it teaches."""
-    ws = ws or workspace(data, recipe=recipe, cache_dir=cache_dir)
-    return pipeline.distill_student(ws, arch, teacher=_teacher(teacher), finetune=finetune, seed=seed)
+    return pipeline.distill_student(_ws(ws, data), arch, teacher=as_teacher(teacher), finetune=finetune, seed=seed)
 
 
-def search(device: Device, *, data: Data = None, recipe: str | Path | Recipe = "quick", cache_dir: Path | None = None,
-           iterations: int = 500, ws: Workspace | None = None) -> SearchOutcome:
-    """`gtnpipe search`: the most accurate pool student within `device`'s budgets, and the Pareto front."""
-    ws = ws or workspace(data, recipe=recipe, cache_dir=cache_dir)
-    return pipeline.search_device(ws, device, config=SearchConfig(iterations=iterations))
-
-
-def _teacher(teacher: Teacher | None) -> str | ExternalTeacher | None:
-    if teacher is None or isinstance(teacher, ExternalTeacher):
-        return teacher
-    if isinstance(teacher, nn.Module):
-        return teacher_from_module(teacher)
-    return str(teacher)
+def search(device: Device, options: BuildOptions | None = None, *, data: Data = None,
+           ws: Workspace | WorkspaceOptions | None = None, say: Callable[[str], None] = lambda _: None) -> SearchOutcome:
+    """`gtnpipe search`: the most accurate pool student within `device`'s budgets, and the Pareto front (the build's
+    options: search settings, accuracy samples, host calibration)."""
+    return pipeline.search_device(_ws(ws, data), device, options or BuildOptions(), say=say)
 
 
 def _data_source(data: Data, cache: Cache) -> str | None:

@@ -23,12 +23,14 @@ module flags), so a backend deep inside a build reads it without a `progress` ar
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Progress", "current", "quiet_loggers"]
+__all__ = ["Progress", "StageLog", "current", "quiet_loggers"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,17 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             lg.setLevel(level)
             for handler, handler_level in handlers:
                 handler.setLevel(handler_level)
+
+
+class StageLog:
+    """One line per finished stage of a build (cache hit or done, seconds since the build started), kept for the
+    build's outcome and manifest."""
+
+    def __init__(self, say: Callable[[str], None], *, stages: int) -> None:
+        self.say, self.total, self.started = say, stages, time.perf_counter()
+        self.stages: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, name: str, cached: bool, **info: Any) -> None:
+        self.stages[name] = {"cached": cached, **info, "seconds": round(time.perf_counter() - self.started, 1)}
+        self.say(f"[{len(self.stages)}/{self.total}] {name}: {'cache hit' if cached else 'done'} "
+                 f"({self.stages[name]['seconds']:.1f} s in all)")

@@ -20,7 +20,8 @@ def test_import_gtnpipe_imports_no_torch_until_the_api_is_used() -> None:
             "assert 'torch' in sys.modules\nimport gtnpipe.nas.evolution\nassert callable(gtnpipe.search)\n"
             "print(sorted(n for n in gtnpipe.__all__ if n != '__version__'))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert run.stdout.strip() == "['build', 'compile', 'distill', 'search', 'teacher_file', 'teacher_from_module', 'workspace']"
+    assert run.stdout.strip() == ("['BuildOptions', 'CompileOptions', 'SearchConfig', 'WorkspaceOptions', 'build', 'compile', "
+                                  "'distill', 'search', 'teacher_file', 'teacher_from_module', 'workspace']")
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:

@@ -124,30 +124,44 @@ class ToyBackend(Backend):
 '''
 
 
-@pytest.fixture
-def toy_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The toy distribution installed on sys.path (and PYTHONPATH, for the fresh processes that time it)."""
-    site = tmp_path / "site"
-    (site / "toy_runtime-1.0.dist-info").mkdir(parents=True)
-    (site / "toy_runtime.py").write_text(TOY_MODULE)
-    (site / "toy_runtime-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-runtime\nVersion: 1.0\n")
-    (site / "toy_runtime-1.0.dist-info" / "entry_points.txt").write_text("[gtnpipe.backends]\ntoy = toy_runtime:ToyBackend\n")
+def _install(site: Path, module: str, source: str, runtime: str, cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`module` installed as a distribution with a `gtnpipe.backends` entry point, on sys.path (and PYTHONPATH, for
+    the fresh processes that time it)."""
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / f"{module}.py").write_text(source)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[gtnpipe.backends]\n{runtime} = {module}:{cls}\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", str(site))
+
+
+@pytest.fixture
+def toy_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    _install(tmp_path / "site", "toy_runtime", TOY_MODULE, "toy", "ToyBackend", monkeypatch)
     backends._registry.cache_clear()
-    yield site
+    yield tmp_path / "site"
     backends._registry.cache_clear()
+
+
+def _toy_profile(tmp_path: Path, runtime: str, **replace: str) -> Path:
+    """host's profile as device `<runtime>-board` running `runtime`."""
+    text = (profiles_dir() / "host.toml").read_text().replace('name = "host"', f'name = "{runtime}-board"').replace(
+        'name = "onnxruntime"', f'name = "{runtime}"').replace('version = ">=1.20,<2"', 'version = ">=1"')
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path = tmp_path / f"{runtime}-board.toml"
+    path.write_text(text)
+    return path
 
 
 @pytest.mark.slow
 def test_a_new_runtime_is_its_module_its_profile_and_its_tests(toy_runtime: Path, tmp_path: Path) -> None:
     from gtnpipe.deploy.bench import bench_artifact
-    from gtnpipe.pipeline import compile_model
+    from gtnpipe.pipeline import CompileOptions, compile_model
 
     assert "toy" in runtimes() and backend_class("toy").__module__ == "toy_runtime"
-    profile = tmp_path / "toy-board.toml"
-    profile.write_text((profiles_dir() / "host.toml").read_text().replace('name = "host"', 'name = "toy-board"')
-                       .replace('name = "onnxruntime"', 'name = "toy"').replace('version = ">=1.20,<2"', 'version = ">=1"'))
+    profile = _toy_profile(tmp_path, "toy")
     assert load_profile(profile).runtime.name == "toy"
 
     torch.manual_seed(0)
@@ -155,7 +169,7 @@ def test_a_new_runtime_is_its_module_its_profile_and_its_tests(toy_runtime: Path
     model = tmp_path / "net.onnx"
     torch.onnx.export(net.eval(), (torch.zeros(1, 1, 28, 28),), str(model), dynamo=False)
 
-    out = compile_model(model, profile, out=tmp_path / "artifacts", cache_dir=tmp_path / "cache")
+    out = compile_model(model, profile, CompileOptions(out=tmp_path / "artifacts", cache_dir=tmp_path / "cache"))
     assert (out.runtime, out.precision, out.not_built) == ("toy", "fp32", {})
     manifest = json.loads((Path(out.folder) / "manifest.json").read_text())
     assert manifest["runtime"]["name"] == "toy" and manifest["model"]["file"] == "model.toy"
@@ -163,3 +177,55 @@ def test_a_new_runtime_is_its_module_its_profile_and_its_tests(toy_runtime: Path
     assert manifest["precisions"][0]["parity"]["passed"]  # against ONNX Runtime FP32: the same graph, exactly
     bench = bench_artifact(Path(out.folder), runs=20, warmup=2)
     assert bench["parity"]["passed"] and bench["latency"]["p50_ms"] > 0
+
+
+# A runtime whose INT8 loses the accuracy (its runner flips the logits) and whose accuracy-controlled INT8 fails in the
+# toolchain: the build must record that and ship FP32, not crash (the KeyError issue 29 found by reading).
+LOSSY_MODULE = TOY_MODULE.replace('runtime = "toy"', 'runtime = "lossy"').replace(
+    'precisions = ("fp32",)', 'precisions = ("fp32", "int8")\n    accuracy_control = True').replace(
+    "return ToyRunner(model_path, threads)", "return ToyRunner(model_path, threads, flip=precision == 'int8')").replace(
+    "def __init__(self, path, threads):", "def __init__(self, path, threads, flip=False):\n        self.flip = flip").replace(
+    "return self.session.run(None, {self.session.get_inputs()[0].name: x})[0]",
+    "out = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]\n        return -out if self.flip else out"
+) + """
+
+    def build_accuracy_controlled(self, inputs, out_dir):
+        from gtnpipe.errors import BackendBuildError
+
+        raise BackendBuildError("the lossy toolchain has no accuracy control that works")
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_accuracy_controlled_int8_is_recorded_and_fp32_ships(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       fmnist_small) -> None:
+    import numpy as np
+
+    from gtnpipe.pipeline import CompileOptions, compile_model
+
+    _install(tmp_path / "site", "lossy_runtime", LOSSY_MODULE, "lossy", "ToyBackend", monkeypatch)
+    backends._registry.cache_clear()
+    try:
+        profile = _toy_profile(tmp_path, "lossy", **{'precisions = ["fp32"]': 'precisions = ["int8", "fp32"]'})
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+        x, y = torch.from_numpy(fmnist_small.train.x).float() / 255, torch.from_numpy(fmnist_small.train.y)
+        opt = torch.optim.Adam(net.parameters(), 1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        model = tmp_path / "linear.onnx"
+        torch.onnx.export(net.eval(), (torch.zeros(1, 1, 28, 28),), str(model), dynamo=False)
+        data = tmp_path / "slice.npz"
+        np.savez(data, x_train=fmnist_small.train.x, y_train=fmnist_small.train.y, x_test=fmnist_small.test.x,
+                 y_test=fmnist_small.test.y)
+        options = CompileOptions(data=str(data), out=tmp_path / "artifacts", cache_dir=tmp_path / "cache")
+        out = compile_model(model, profile, options)
+    finally:
+        backends._registry.cache_clear()
+    assert out.precision == "fp32" and out.reference_top1 is not None and out.reference_top1 > 60
+    assert "the lossy toolchain has no accuracy control that works" in out.not_built["int8"]
+    rows = {row["precision"]: row for row in json.loads((Path(out.folder) / "manifest.json").read_text())["precisions"]}
+    assert rows["int8"]["status"] == "rejected" and "points below" in rows["int8"]["reason"]
+    assert rows["fp32"]["status"] == "shipped"

@@ -27,7 +27,7 @@ from gtnpipe.deploy.manifest import load_manifest, schema, verify_files
 from gtnpipe.deploy.parity import choose_precision
 from gtnpipe.errors import ArtifactError, ParityError
 from gtnpipe.nas.evolution import SearchConfig
-from gtnpipe.pipeline import build_device, build_fleet
+from gtnpipe.pipeline import BuildOptions, build_device, build_fleet
 from gtnpipe.stages.workspace import Workspace
 
 SMALL_SEARCH = SearchConfig(population=16, iterations=4)
@@ -41,8 +41,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _build(device: str, ws: dict[str, Path], **kw):  # noqa: ANN202
-    return build_device(Workspace.open(DEPLOY_RECIPE, cache_dir=ws["cache"], progress=False), device, out=ws["out"],
-                        config=SMALL_SEARCH, accuracy_samples=ACCURACY_SAMPLES, **kw)
+    options = BuildOptions(out=ws["out"], search=SMALL_SEARCH, accuracy_samples=ACCURACY_SAMPLES, **kw)
+    return build_device(Workspace.open(DEPLOY_RECIPE, cache_dir=ws["cache"], progress=False), device, options)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +278,8 @@ def test_a_multi_device_build_writes_the_fleet_index(host_build, workspace: dict
     (out / "broken" / "manifest.json").write_text("{not json")  # listed as unreadable; hides no other device
     ws = Workspace.open(DEPLOY_RECIPE, cache_dir=workspace["cache"], progress=False)
     nuc_profile = str(_relaxed("intel-nuc", out.parent / "profiles"))
-    results = build_fleet(ws, ["host", nuc_profile], out=out, config=SMALL_SEARCH, accuracy_samples=ACCURACY_SAMPLES)
+    results = build_fleet(ws, ["host", nuc_profile], BuildOptions(out=out, search=SMALL_SEARCH,
+                                                                  accuracy_samples=ACCURACY_SAMPLES))
     assert [r.device for r in results] == ["host", "intel-nuc"]
     text = (out / INDEX).read_text()
     rows = {r["folder"]: r for r in fleet_rows(out)}

@@ -20,7 +20,7 @@ from gtnpipe.deploy.manifest import load_manifest
 from gtnpipe.deploy.onnx_model import count_onnx, prepare_onnx, read_onnx
 from gtnpipe.deploy.onnx_torch import OPS, onnx_to_torch
 from gtnpipe.errors import ConfigError
-from gtnpipe.pipeline import compile_model
+from gtnpipe.pipeline import CompileOptions, compile_model
 
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST's, in [0, 1] pixel units
 
@@ -79,7 +79,7 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
 @pytest.mark.slow
 def test_compile_host_with_data_then_bench(case: Case, tmp_path: Path) -> None:
     assert case.torch_top1 > 60, "the hand-written CNN must have learned for the accuracy checks to mean anything"
-    out = compile_model(case.onnx, "host", data=str(case.data), out=tmp_path)
+    out = compile_model(case.onnx, "host", CompileOptions(data=str(case.data), out=tmp_path))
     m = load_manifest(Path(out.folder))
     assert m["model"]["source"] == {"kind": "onnx", "file": "hand.onnx", "sha256": read_onnx(case.onnx)[1].sha256,
                                     "input_normalisation": None}
@@ -94,14 +94,14 @@ def test_compile_host_with_data_then_bench(case: Case, tmp_path: Path) -> None:
     bench = bench_artifact(Path(out.folder), runs=20, warmup=5)
     assert bench["parity"]["passed"] and bench["verdict"]["checks"]["parity"]["ok"]
     # an unchanged second compile is all cache hits and the same artifact
-    again = compile_model(case.onnx, "host", data=str(case.data), out=tmp_path / "again")
+    again = compile_model(case.onnx, "host", CompileOptions(data=str(case.data), out=tmp_path / "again"))
     assert again.precision == out.precision
     assert load_manifest(Path(again.folder))["precisions"][0]["parity"] == m["precisions"][0]["parity"]
 
 
 @pytest.mark.slow
 def test_compile_raspberry_pi_int8_litert_then_bench(case: Case, tmp_path: Path) -> None:
-    out = compile_model(case.onnx, "raspberry-pi-4", data=str(case.data), out=tmp_path, precisions=("int8",))
+    out = compile_model(case.onnx, "raspberry-pi-4", CompileOptions(data=str(case.data), out=tmp_path, precisions=("int8",)))
     assert out.runtime == "tflite" and out.precision == "int8"
     m = load_manifest(Path(out.folder))
     assert m["model"]["file"] == "model-int8.tflite"
@@ -113,7 +113,7 @@ def test_compile_raspberry_pi_int8_litert_then_bench(case: Case, tmp_path: Path)
 
 @pytest.mark.slow
 def test_compile_without_data_checks_agreement_on_random_images_and_leaves_int8_out(case: Case, tmp_path: Path) -> None:
-    out = compile_model(case.onnx, "host", out=tmp_path)
+    out = compile_model(case.onnx, "host", CompileOptions(out=tmp_path))
     assert out.not_built == {"int8": "not built: INT8 needs calibration data; pass --data with your images"}
     assert out.precision == "fp32" and out.reference_top1 is None and out.shipped_top1 is None
     m = load_manifest(Path(out.folder))
@@ -122,7 +122,7 @@ def test_compile_without_data_checks_agreement_on_random_images_and_leaves_int8_
     assert m["precisions"][0]["parity"]["agreement_pct"] == 100.0
     assert bench_artifact(Path(out.folder), runs=10, warmup=2)["parity"]["passed"]
     with pytest.raises(ConfigError, match="--precision int8 needs calibration data: pass --data"):
-        compile_model(case.onnx, "host", out=tmp_path, precisions=("int8",))
+        compile_model(case.onnx, "host", CompileOptions(out=tmp_path, precisions=("int8",)))
 
 
 @pytest.mark.slow
@@ -229,11 +229,11 @@ def test_data_that_does_not_fit_the_model_is_refused(case: Case, tmp_path: Path)
     colour = tmp_path / "colour.npz"
     np.savez(colour, x_train=x, y_train=y, x_test=x, y_test=y)
     with pytest.raises(ConfigError, match="takes 1-channel images, the data colour has 3"):
-        compile_model(case.onnx, "host", data=str(colour), out=tmp_path)
+        compile_model(case.onnx, "host", CompileOptions(data=str(colour), out=tmp_path))
     grey = tmp_path / "two-classes.npz"
     np.savez(grey, x_train=x[:, :1], y_train=y, x_test=x[:, :1], y_test=y)
     with pytest.raises(ConfigError, match="has 10 outputs, the data two-classes has 2 classes"):
-        compile_model(case.onnx, "host", data=str(grey), out=tmp_path)
+        compile_model(case.onnx, "host", CompileOptions(data=str(grey), out=tmp_path))
 
 
 @pytest.mark.slow

@@ -41,7 +41,8 @@ def _examples() -> dict[type, Stage]:
     distilled = training.DistillInput(SPACE.largest().id, "sftn", sftn, REC.distill, "inherited", gtn, REC.train.student,
                                       0, SPACE, TASK, DATA)
     accuracy = search.AccuracyInput(gtn, PredictorConfig(), 4242, (20, 24, 28), SPACE, TASK, DATA)
-    searched = search.SearchInput(HOST, accuracy, SearchConfig(resolutions_px=(20, 24, 28)), "f" * 64, 1, SPACE, TASK)
+    searched = search.SearchInput(HOST, accuracy, SearchConfig(resolutions_px=(20, 24, 28)), "f" * 64,
+                                  search.int8_size(HOST), SPACE, TASK)
     compiled = deploy.CompileInput(distilled, HOST.runtime, "1.32.0", "int8", 1, 1.0, 300, 1234, 500)
     measured = deploy.MeasureInput(compiled, Machine("AMD EPYC", 2, "x86_64", "Linux"), 2, 20, 200, 3)
     logits = training.LogitsInput(vanilla, DATA)

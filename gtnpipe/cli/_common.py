@@ -185,11 +185,10 @@ def open_workspace(recipe: str, *, cache_dir: Path | None = None, data: str | No
                    skip_unreadable: bool = False, storage: str = "auto", train_device: str = "auto",
                    progress: bool = True) -> Workspace:
     """The command's Workspace (recipe, data, cache); files the data loader skipped are reported on stderr."""
-    from gtnpipe.stages.workspace import Workspace
+    from gtnpipe.options import WorkspaceOptions
 
-    ws = Workspace.open(recipe, cache_dir=cache_dir, data_source=data, image_size=image_size,
-                        skip_unreadable=skip_unreadable or None, storage=storage, train_device=train_device,
-                        progress=progress)
+    ws = WorkspaceOptions(recipe, data, image_size, skip_unreadable or None, storage, train_device, cache_dir,
+                          progress).open()
     if ws.data.skipped:
         first = ", ".join(ws.data.skipped[:3]) + (", ..." if len(ws.data.skipped) > 3 else "")
         stderr().print(f"[yellow]warning[/] skipped {len(ws.data.skipped)} unreadable file(s) of {escape(ws.data.name)}: "

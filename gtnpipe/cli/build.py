@@ -64,11 +64,12 @@ def search(
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
         from gtnpipe.nas.evolution import SearchConfig
+        from gtnpipe.options import BuildOptions
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
                             skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
-        found = pipeline.search_device(ws, device, config=SearchConfig(iterations=iterations),  # the stage build runs
-                                       calibrate_host=calibrate, say=p.say)
+        options = BuildOptions(search=SearchConfig(iterations=iterations), calibrate_host=calibrate)
+        found = pipeline.search_device(ws, device, options, say=p.say)  # the stage build runs
         result, acc = found.result, found.predictor
         if plot is not None:
             from gtnpipe.config.profiles import load_profile
@@ -145,13 +146,14 @@ def build(
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
         from gtnpipe.nas.evolution import SearchConfig
+        from gtnpipe.options import BuildOptions
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
                             skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
-        results = pipeline.build_fleet(
-            ws, devices, out=out_dir, teacher=teacher, config=SearchConfig(iterations=iterations),
-            accuracy_samples=accuracy_samples, check_measured_budgets=check_measured, strict=strict,
-            calibrate_host=calibrate, say=p.say)
+        options = BuildOptions(out=out_dir, teacher=teacher, search=SearchConfig(iterations=iterations),
+                               accuracy_samples=accuracy_samples, check_measured_budgets=check_measured, strict=strict,
+                               calibrate_host=calibrate)
+        results = pipeline.build_fleet(ws, devices, options, say=p.say)
     if as_json:
         emit_json([asdict(r) for r in results])
     else:
@@ -228,12 +230,13 @@ def compile_(
     results = []
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
+        from gtnpipe.options import CompileOptions
 
+        options = CompileOptions(out=out_dir, data=data, precisions=tuple(precision) if precision else None,
+                                 mean=_floats(mean, "--mean"), std=_floats(std, "--std"), cache_dir=cache_dir,
+                                 check_measured_budgets=check_measured, strict=strict)
         for name in device:
-            results.append(pipeline.compile_model(
-                model, name, data=data, out=out_dir, cache_dir=cache_dir, precisions=tuple(precision) if precision else None,
-                mean=_floats(mean, "--mean"), std=_floats(std, "--std"), check_measured_budgets=check_measured,
-                strict=strict, say=p.say))
+            results.append(pipeline.compile_model(model, name, options, say=p.say))
         pipeline.refresh_fleet(out_dir, built=len(results))
     if as_json:
         emit_json([asdict(r) for r in results])

@@ -42,10 +42,8 @@ def data_info(
     """Dataset source, fingerprint, shape, classes, split sizes (as the recipe carves them) and the search space
     the data gets."""
     with running(as_json=as_json):
-        from gtnpipe import pipeline
-
-        info = pipeline.data_info(open_workspace(recipe, data=data, image_size=image_size,
-                                                 skip_unreadable=skip_unreadable, storage=storage, progress=False))
+        info = open_workspace(recipe, data=data, image_size=image_size, skip_unreadable=skip_unreadable,
+                              storage=storage, progress=False).info()
     if as_json:
         return emit_json(info)
     out = stdout()

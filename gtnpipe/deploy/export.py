@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from gtnpipe.deploy.backends import CompileInputs
 from gtnpipe.fsutil import atomic_write_bytes
 from gtnpipe.space.spaces import TaskShape
 
-__all__ = ["EXPORT_OPSET", "Deployable", "compile_inputs", "export_onnx", "to_unit_float"]
+__all__ = ["EXPORT_OPSET", "Deployable", "compile_inputs", "export_onnx", "logits_of", "to_unit_float"]
 
 EXPORT_OPSET = 17  # what we export at unless the device's runtime needs lower (profile runtime.max_onnx_opset)
 
@@ -45,6 +46,12 @@ class Deployable(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+
+def logits_of(model: nn.Module, chunks: Iterable[np.ndarray]) -> np.ndarray:
+    """`model`'s logits on uint8 image chunks (a split on disk is decoded a chunk at a time: Split.chunks(512))."""
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(to_unit_float(x))).numpy() for x in chunks])
 
 
 def export_onnx(model: nn.Module, task: TaskShape, path: Path, *, batch_size: int = 1, max_opset: int = EXPORT_OPSET,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import NotRequired, TypedDict, cast, final
+from typing import Literal, NotRequired, TypedDict, cast, final
 
 import numpy as np
 
@@ -23,18 +23,22 @@ from gtnpipe.errors import ParityError
 
 __all__ = [
     "DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT",
+    "FailureKind",
     "FP16_MIN_AGREEMENT_PCT",
     "FP32_MAX_ABS_DIFF",
     "FP32_MIN_AGREEMENT_PCT",
     "BuildFailure",
     "CompiledPrecision",
     "ParityDict",
+    "ParityFailure",
     "ParityReport",
     "PrecisionRow",
     "choose_precision",
     "compare",
     "compare_on_device",
+    "lost_accuracy_only",
     "run_batched",
+    "top1_pct",
 ]
 
 FP32_MAX_ABS_DIFF = 1e-4
@@ -43,6 +47,10 @@ FP16_MIN_AGREEMENT_PCT = 99.5
 # On the device, an FP16/INT8 artifact is compared with its own outputs on the build machine (whose accuracy
 # the build judged on the whole test split): another CPU's int8/fp16 kernels round a little differently.
 DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT = 99.0
+
+
+def top1_pct(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean() * 100)
 
 
 def run_batched(runner: Runner, x: np.ndarray, *, batch_size: int) -> np.ndarray:
@@ -57,6 +65,16 @@ def run_batched(runner: Runner, x: np.ndarray, *, batch_size: int) -> np.ndarray
     return np.concatenate(outs)
 
 
+# What a parity failure is, for the code that acts on it (the messages are for people)
+FailureKind = Literal["non-finite", "max-abs-diff", "agreement", "accuracy-drop", "agreement-with-build"]
+
+
+@dataclass(frozen=True)
+class ParityFailure:
+    kind: FailureKind
+    message: str
+
+
 class ParityDict(TypedDict):
     """`ParityReport.to_dict()`: what compile entries and manifests record."""
 
@@ -68,9 +86,15 @@ class ParityDict(TypedDict):
     torch_top1: float | None
     artifact_top1: float | None
     max_drop_points: float
-    failures: list[str]
+    failures: list[str]  # the messages, for people
+    failure_kinds: list[str]  # the same failures' kinds (FailureKind), for code
     passed: bool
     drop_points: float | None
+
+
+def lost_accuracy_only(parity: ParityDict | None) -> bool:
+    """Parity failed on the accuracy drop alone (the model runs, it just loses too much top-1)."""
+    return parity is not None and not parity["passed"] and set(parity["failure_kinds"]) == {"accuracy-drop"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +109,7 @@ class ParityReport:
     torch_top1: float | None
     artifact_top1: float | None
     max_drop_points: float
-    failures: tuple[str, ...]
+    failures: tuple[ParityFailure, ...]
 
     @property
     def passed(self) -> bool:
@@ -96,13 +120,17 @@ class ParityReport:
         return None if self.torch_top1 is None or self.artifact_top1 is None else self.torch_top1 - self.artifact_top1
 
     def to_dict(self) -> ParityDict:
-        return cast(ParityDict, {**asdict(self), "failures": list(self.failures), "passed": self.passed,
-                                 "drop_points": self.drop_points})
+        return cast(ParityDict, {**asdict(self), "failures": self.messages, "failure_kinds": [f.kind for f in self.failures],
+                                 "passed": self.passed, "drop_points": self.drop_points})
+
+    @property
+    def messages(self) -> list[str]:
+        return [f.message for f in self.failures]
 
     def raise_if_failed(self) -> None:
         if self.failures:
             raise ParityError(f"{self.backend} {self.precision} artifact fails parity with the PyTorch student on "
-                              f"{self.images} test images: {'; '.join(self.failures)}. The compiled model is wrong, "
+                              f"{self.images} test images: {'; '.join(self.messages)}. The compiled model is wrong, "
                               "not just imprecise: check the runtime version against the profile's, or report it")
 
 
@@ -118,18 +146,19 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None
     top1 = float((logits.argmax(1) == labels).mean() * 100) if labels is not None else None
     failures = []
     if not np.isfinite(logits).all():
-        failures.append("non-finite logits")
+        failures.append(ParityFailure("non-finite", "non-finite logits"))
     if precision == "fp32":
         if max_abs > FP32_MAX_ABS_DIFF:
-            failures.append(f"max abs logit difference {max_abs:.3g} > {FP32_MAX_ABS_DIFF:g}")
+            failures.append(ParityFailure("max-abs-diff", f"max abs logit difference {max_abs:.3g} > {FP32_MAX_ABS_DIFF:g}"))
         if agreement < FP32_MIN_AGREEMENT_PCT:
-            failures.append(f"top-1 agreement {agreement:.2f}% < {FP32_MIN_AGREEMENT_PCT}%")
+            failures.append(ParityFailure("agreement", f"top-1 agreement {agreement:.2f}% < {FP32_MIN_AGREEMENT_PCT}%"))
     else:
         if precision == "fp16" and agreement < FP16_MIN_AGREEMENT_PCT:
-            failures.append(f"top-1 agreement {agreement:.2f}% < {FP16_MIN_AGREEMENT_PCT}%")
+            failures.append(ParityFailure("agreement", f"top-1 agreement {agreement:.2f}% < {FP16_MIN_AGREEMENT_PCT}%"))
         if torch_top1 is not None and top1 is not None and torch_top1 - top1 > max_drop_points:
-            failures.append(f"top-1 {top1:.2f}% is {torch_top1 - top1:.2f} points below torch's {torch_top1:.2f}% "
-                            f"(the profile allows {max_drop_points:g}: budgets.max_accuracy_drop_points)")
+            failures.append(ParityFailure(
+                "accuracy-drop", f"top-1 {top1:.2f}% is {torch_top1 - top1:.2f} points below torch's {torch_top1:.2f}% "
+                f"(the profile allows {max_drop_points:g}: budgets.max_accuracy_drop_points)"))
     return ParityReport(backend, precision, len(logits), max_abs, agreement, torch_top1, top1, max_drop_points,
                         tuple(failures))
 
@@ -146,11 +175,11 @@ def compare_on_device(logits: np.ndarray, reference: np.ndarray, labels: np.ndar
     if precision == "fp32" or built is None:
         return compare(logits, reference, labels, backend=backend, precision=precision, max_drop_points=max_drop_points)
     report = compare(logits, reference, labels, backend=backend, precision=precision, max_drop_points=float("inf"))
-    failures = [f for f in report.failures if not f.startswith("top-1 agreement")]  # agreement with torch: judged at build
+    failures = [f for f in report.failures if f.kind != "agreement"]  # agreement with torch: judged at build
     with_build = float((logits.argmax(1) == built.argmax(1)).mean() * 100)
     if with_build < DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT:
-        failures.append(f"top-1 agreement with the same artifact on the build machine {with_build:.2f}% < "
-                        f"{DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT}%")
+        failures.append(ParityFailure("agreement-with-build", f"top-1 agreement with the same artifact on the build "
+                                      f"machine {with_build:.2f}% < {DEVICE_MIN_AGREEMENT_WITH_BUILD_PCT}%"))
     return dataclasses.replace(report, max_drop_points=max_drop_points, failures=tuple(failures))
 
 

@@ -29,21 +29,23 @@ import torch
 from torch import nn
 
 from gtnpipe import __version__
-from gtnpipe.config.profiles import DeviceProfile
+from gtnpipe.config.profiles import DeviceProfile, load_profile
 from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
 from gtnpipe.deploy.export import export_onnx
 from gtnpipe.deploy.manifest import file_records
 from gtnpipe.deploy.timing import Machine
-from gtnpipe.devices.cost import BYTES, MB, LatencyTable, activation_peak_elems, table_path, weight_bytes
+from gtnpipe.devices.cost import BYTES, MB, LatencyTable, activation_peak_elems, table_path, table_write_path, weight_bytes
 from gtnpipe.errors import BackendUnavailable, ConfigError
 from gtnpipe.fsutil import atomic_write_json
-from gtnpipe.measure.kit import KIT_FILE, KIT_SCHEMA, calibrate_from_kit, kit_command, time_models
+from gtnpipe.measure.kit import KIT_FILE, KIT_SCHEMA, calibrate_from_kit, kit_command, table_summary, time_models
 from gtnpipe.models.static import build_static, build_unit
+from gtnpipe.space.pool import FASHION_MNIST_TASK
 from gtnpipe.space.schedule import all_units, units
-from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
+from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape, get_space
 
 __all__ = ["CALIBRATE_ENV", "CALIBRATION_SEED", "SELF_CALIBRATING", "build_calibration_kit", "calibrate",
-           "calibration_archs", "calibration_wanted", "stale_table_reason", "time_models"]
+           "calibrate_device", "calibration_archs", "calibration_wanted", "make_calibration_kit", "stale_table_reason",
+           "time_models"]
 
 CALIBRATION_SEED = 7919  # archs drawn for the whole-network fit; bench/predictor.py evaluates on other seeds
 KIT_PRECISION = "fp32"  # the only precision calibrated so far
@@ -190,3 +192,26 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, pr
         kit_dir = Path(tmp) / "kit"
         build_calibration_kit(profile, space, task, kit_dir, n_networks=n_networks, progress=progress)
         return calibrate_from_kit(kit_dir, profile, runs=runs, rounds=rounds, progress=progress)
+
+
+def calibrate_device(device: str | Path | DeviceProfile, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,
+                     n_networks: int = 30, runs: int = 100, rounds: int = 10, tables_dir: Path | None = None,
+                     progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure the device's latency table here (run this ON the device) and write it where search reads it."""
+    profile = load_profile(device)
+    table = calibrate(profile, get_space(space), task, n_networks=n_networks, runs=runs, rounds=rounds, progress=progress)
+    path = table_write_path(profile.name, space, task, tables_dir)  # the user data directory unless told: never the package
+    table.save(path)
+    return table_summary(table, path)
+
+
+def make_calibration_kit(device: str | Path, out: Path, *, space: str = "mbv3-28", task: TaskShape = FASHION_MNIST_TASK,
+                         n_networks: int = 30, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """On the host: export and compile the device's latency-table models into `out` (the device times them)."""
+    profile = load_profile(device)
+    started = time.time()
+    kit = build_calibration_kit(profile, get_space(space), task, Path(out), n_networks=n_networks, progress=progress)
+    return {"device": profile.name, "kit": str(out), "runtime": kit["runtime"], "units": len(kit["units"]),
+            "networks": len(kit["networks"]), "files": len(kit["files"]),
+            "size_mb": sum(r["bytes"] for r in kit["files"].values()) / 1e6, "seconds": round(time.time() - started, 1),
+            "device_command": f"gtnpipe latency-table --device {profile.name} --kit {out}"}

@@ -6,6 +6,7 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +14,8 @@ from rich.progress import track
 
 from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.config.recipes import PredictorConfig
-from gtnpipe.devices.cost import COST_MODEL_VERSION, CostModel, table_path
+from gtnpipe.deploy.backends import backend_class
+from gtnpipe.devices.cost import CostModel, SizeFactor, table_path
 from gtnpipe.fsutil import canonical_json, sha256_file
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.nas.accuracy import AccuracyPredictor, inherited_accuracy
@@ -30,7 +32,9 @@ __all__ = [
     "SearchInput",
     "accuracy_input",
     "accuracy_predictor",
+    "cost_model",
     "inherited_accuracies",
+    "int8_size",
     "search_device",
     "search_input",
 ]
@@ -77,7 +81,7 @@ class SearchInput(Stage):
     predictor: AccuracyInput
     config: SearchConfig
     table_sha256: str | None  # the device's measured latency table, if it has one
-    cost_model_version: int
+    int8_size: SizeFactor  # the runtime's INT8 size factor (its backend's): the size budget's prediction at INT8
     space: SearchSpace
     task: TaskShape
 
@@ -133,7 +137,19 @@ def search_input(ws: Workspace, profile: DeviceProfile, *, config: SearchConfig 
     """Search for `profile` with the recipe's elastic resolutions (resolutions_px) in the config."""
     config = replace(config or SearchConfig(), resolutions_px=ws.recipe.resolutions_px)
     return SearchInput(profile, accuracy_input(ws, samples=accuracy_samples), config,
-                       _tables_sha256(profile, ws, config.resolutions_px), COST_MODEL_VERSION, ws.space, ws.task)
+                       _tables_sha256(profile, ws, config.resolutions_px), int8_size(profile), ws.space, ws.task)
+
+
+def int8_size(profile: DeviceProfile) -> SizeFactor:
+    """The INT8 size factor of the profile's runtime, as its backend states it (measured or a guess)."""
+    cls = backend_class(profile.runtime.name)
+    return SizeFactor(cls.int8_size_factor, cls.int8_size_factor_source)
+
+
+def cost_model(profile: DeviceProfile, space: SearchSpace, task: TaskShape, *, precision: str | None = None,
+               tables_dir: Path | None = None) -> CostModel:
+    """The device's cost model, with its runtime's INT8 size factor."""
+    return CostModel(profile, space, task, int8_size=int8_size(profile), precision=precision, tables_dir=tables_dir)
 
 
 def _tables_sha256(profile: DeviceProfile, ws: Workspace, resolutions_px: tuple[int, ...]) -> str | None:
@@ -162,7 +178,7 @@ class SearchOutcome:
 def search_device(ws: Workspace, inp: SearchInput) -> SearchOutcome:
     """The best student for the device: evolution over the pool, every budget checked on the cost model (cached
     with its Pareto plot). An infeasible budget fails before anything is trained."""
-    model = CostModel(inp.profile, inp.space, inp.task)
+    model = CostModel(inp.profile, inp.space, inp.task, int8_size=inp.int8_size)
     check_feasible(model, inp.config.resolutions_px)
     acc = accuracy_predictor(ws, inp.predictor)
 

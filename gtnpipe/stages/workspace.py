@@ -106,6 +106,15 @@ class Workspace:
         return cls(rec, data, space, task_of(data), cache, DataRef(student_cfg, data.fingerprint), progress,
                    resolve_train_device(train_device), teacher_data, teacher_ref)
 
+    def info(self) -> dict[str, Any]:
+        """What `gtnpipe data info` prints: the data as loaded, its splits and normalisation, the space it picks."""
+        data = self.data
+        return {"name": data.name, "fingerprint": data.fingerprint, "classes": list(data.classes),
+                "channels": data.channels, "image_hw": list(data.image_hw),
+                "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+                "mean": list(data.mean), "std": list(data.std), "space": self.space.name, "skipped": list(data.skipped),
+                "storage": data.storage}
+
     def for_student(self, arch: ArchConfig) -> Workspace:
         """The workspace a student is deployed from: with its own input resolution (elastic resolution), the task at
         that resolution and the test images resized to it (the training images stay: calibration resizes the few

@@ -1,0 +1,67 @@
+"""A model the user brought (`gtnpipe compile`): which precisions to build, the data checked against the model, and
+the reference every compiled precision is compared with (ONNX Runtime FP32 of the prepared file)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gtnpipe.cache import Cache
+from gtnpipe.config.profiles import DeviceProfile
+from gtnpipe.data.datasets import Dataset, load_dataset
+from gtnpipe.deploy.onnx_model import OnnxFacts
+from gtnpipe.deploy.parity import run_batched
+from gtnpipe.errors import ConfigError
+from gtnpipe.stages.deploy import ParityImages
+from gtnpipe.stages.workspace import DATA_INDEX
+
+__all__ = ["COMPILE_VAL_SIZE", "compile_data", "compile_precisions", "onnx_reference"]
+
+# gtnpipe compile --data: the share of the training images that become the validation split (accuracy-control INT8
+# ranks layers on it); the rest calibrate INT8, the test split judges every precision
+COMPILE_VAL_SIZE = 0.1
+
+
+def compile_precisions(profile: DeviceProfile, asked: tuple[str, ...] | None, *, has_data: bool) -> tuple[str, ...]:
+    """The precisions gtnpipe compile builds: the profile's, or the subset asked for (in the profile's order)."""
+    if asked is None:
+        return tuple(profile.precisions)
+    extra = sorted(set(asked) - set(profile.precisions))
+    if extra:
+        raise ConfigError(f"--precision {', '.join(extra)}: device {profile.name!r} allows {', '.join(profile.precisions)} "
+                          "(the profile's 'precisions')")
+    if "int8" in asked and not has_data:
+        raise ConfigError("--precision int8 needs calibration data: pass --data with images like the ones the model will "
+                          "see (an image folder, a .npz or fashion-mnist)")
+    return tuple(p for p in profile.precisions if p in asked)
+
+
+def compile_data(data: str | Dataset, facts: OnnxFacts, cache_dir: Path | None) -> Dataset:
+    """The user's data at the model's input size, checked against the model's channels and classes."""
+    c, h, w = facts.chw
+    if isinstance(data, str):
+        if h != w:
+            raise ConfigError(f"{facts.path.name} takes {h}x{w} images; --data resizes to squares only: pass the data as "
+                              "a .npz of images at that size, or compile without --data")
+        data = load_dataset(data, val_size=COMPILE_VAL_SIZE, image_size=h, index_dir=Cache(cache_dir).root / DATA_INDEX)
+    if data.image_hw != (h, w):
+        raise ConfigError(f"the data's images are {data.image_hw[0]}x{data.image_hw[1]}, {facts.path.name} takes {h}x{w}: "
+                          "resize them to the model's input size")
+    if data.channels != c:
+        raise ConfigError(f"{facts.path.name} takes {c}-channel images, the data {data.name} has {data.channels}: "
+                          f"give data with {c} channel(s)")
+    if data.num_classes != facts.num_classes:
+        raise ConfigError(f"{facts.path.name} has {facts.num_classes} outputs, the data {data.name} has "
+                          f"{data.num_classes} classes: give the test data of the classes the model predicts")
+    return data
+
+
+def onnx_reference(path: Path, images: ParityImages, batch_size: int) -> np.ndarray:
+    """ONNX Runtime FP32 logits of the prepared user's model: what every compiled precision is compared with."""
+    from gtnpipe.deploy.backends.onnxruntime import OrtRunner
+
+    runner = OrtRunner(path, threads=os.cpu_count() or 1)
+    chunk = batch_size * max(1, 512 // batch_size)
+    return np.concatenate([run_batched(runner, x, batch_size=batch_size) for x in images.chunks(chunk)])
