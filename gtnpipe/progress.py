@@ -1,7 +1,8 @@
 """The one progress policy: whether long work shows progress, for gtnpipe and for the libraries it drives.
 
-`Progress(enabled=False)` (the CLI's --no-progress, and --json) means: no progress bars and no status lines,
-gtnpipe's own or a library's. Warnings and errors are not progress: they always show.
+`Progress(enabled=False)` (the CLI's --no-progress, and --json) means: no progress bars and no status lines.
+gtnpipe's own stage lines are its progress; a library's bars and status lines never show (below). Warnings and
+errors are not progress: they always show.
 
 How each library is kept quiet, from its source:
 - NNCF 3.4 draws "Statistics collection" and "Applying Fast Bias correction" with
@@ -13,8 +14,14 @@ How each library is kept quiet, from its source:
   level to INFO, so the level is set right around the call, after the import: `quiet_loggers("nncf")`
   does what `nncf.set_log_level(logging.WARNING)` does (logger and handlers), and restores them.
 
-Not reached: ai-edge-quantizer (TFLite INT8) draws tqdm bars on stderr whose `disable` it computes itself
-(tqdm's TQDM_DISABLE is read when tqdm is imported, and an explicit `disable=` argument overrides it).
+Third-party noise is not progress either, and is dropped whatever the policy (`quiet_libraries`, around every
+converter and runtime call gtnpipe makes: `toolchain_step`, the runners' loading): what the libraries write on the
+process's stdout and stderr file descriptors during the call (C++ logs included) is captured, lines matching
+LIBRARY_NOISE are dropped and the rest is written to stderr after the call; their Python loggers go to ERROR for
+its duration, and rich's global console (where NNCF draws its bars) is quiet. Seen on `make demo` (2026-12-08, each pattern's comment names the line): absl's and TensorFlow's C++
+start-up lines, torchao's missing CUDA kernels, torch's pytree deprecation, TFLite's XNNPACK line, and
+ai-edge-quantizer's "Running Calibration" tqdm bar (its `disable` is computed inside ai-edge-quantizer, so no
+setting reaches it). `gtnpipe -v` lets everything through.
 
 The current policy travels in a context variable that `applied()` sets and restores (STYLE.md: no mutable
 module flags), so a backend deep inside a build reads it without a `progress` argument in its protocol.
@@ -23,6 +30,10 @@ module flags), so a backend deep inside a build reads it without a `progress` ar
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +41,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Progress", "StageLog", "current", "quiet_loggers"]
+__all__ = ["LIBRARY_NOISE", "Progress", "StageLog", "current", "quiet_libraries", "quiet_loggers"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,59 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             lg.setLevel(level)
             for handler, handler_level in handlers:
                 handler.setLevel(handler_level)
+
+
+# Lines the libraries gtnpipe drives write that say nothing about the build (each seen in `make demo`'s output)
+LIBRARY_NOISE = tuple(re.compile(p) for p in (
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",  # absl (C++)
+    r"^[IW]\d{4} [\d:. ]+\d+ \S+\.cc:\d+\] ",  # TensorFlow's C++ INFO/WARNING lines (oneDNN custom operations ...)
+    r"^W\d{4} [\d:. ]+\d+ torch/utils/_pytree\.py:\d+\] ",  # torch's pytree deprecation, raised inside litert-torch
+    r"torchao",  # torchao's missing CUDA kernels and Triton ("Failed to load ..._C_mxfp8...", "Detected no triton")
+    r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",  # the TFLite interpreter's default delegate
+    r"^Running Calibration:",  # ai-edge-quantizer's tqdm bar (one segment per \r)
+    r"\[( INFO|START| DONE)\] ",  # litert-torch's conversion stages (litert_torch/progress.py)
+    r"^\s*$",
+))
+# Python loggers of those libraries, at ERROR during a call (their warnings are the lines above)
+LIBRARY_LOGGERS = ("torchao", "torch.utils._pytree", "absl", "tensorflow", "nncf", "openvino")
+
+
+def _noise(line: str) -> bool:
+    return any(p.search(line) for p in LIBRARY_NOISE)
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Around a call into a converter or a runtime: its noise dropped, anything else it writes kept (on stderr, after
+    the call). With gtnpipe's logger at DEBUG (`gtnpipe -v`) everything passes through as it is."""
+    if logging.getLogger("gtnpipe").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.ERROR))
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as captured, _quiet_rich_console():  # NNCF's bars: on rich's global console
+        try:
+            for fd in saved:
+                os.dup2(captured.fileno(), fd)
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+    kept = [line for line in re.split(r"[\r\n]+", text) if not _noise(line)]
+    if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
 
 
 class StageLog:

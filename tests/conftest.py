@@ -13,6 +13,7 @@ import pytest
 from gtnpipe.cache import default_cache_dir
 from gtnpipe.config.resources import DATA_DIR_ENV, user_data_dir
 from gtnpipe.data.datasets import Dataset, load_dataset
+from gtnpipe.environment import apply_process_defaults
 
 if TYPE_CHECKING:  # imported where used: they import this module
     from installed_wheel import InstalledWheel
@@ -54,6 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # own data dir). Set for the whole session, not in a function fixture: module-scoped build fixtures run before
     # those. tests/test_calibrate.py turns it back on where it tests that.
     os.environ["GTNPIPE_CALIBRATE"] = "0"
+    # what the gtnpipe command sets first thing (gtnpipe.environment): the suite is such a process too
+    apply_process_defaults()
     _isolate_user_folders(config)
 
 

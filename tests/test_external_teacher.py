@@ -3,11 +3,13 @@ as a plain nn.Module, gives the native teacher's logits and, distilled with the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RECIPE
+from conftest import HANG_TIMEOUT_S, TINY_RECIPE
 from torch import nn
 
 from gtnpipe.deploy.export import Deployable, export_onnx
@@ -104,20 +106,29 @@ class Payload:
     """Stands for code a crafted file would run when unpickled: not a tensor, not an allow-listed type."""
 
 
-def test_loads_inside_the_pt2_loader_are_restricted_to_weights(tmp_path: Path) -> None:
-    """torch.export.load unpickles a .pt2's constants with weights_only=False (torch 2.13); inside the loader's
-    guard even such a call refuses anything but tensors and plain containers, and the guard restores the setting."""
+def test_a_pt2_loads_only_where_every_torch_load_is_restricted_to_weights(tmp_path: Path) -> None:
+    """torch.export.load unpickles a .pt2's constants with weights_only=False (torch 2.13). The process gtnpipe starts
+    forces weights-only loads (gtnpipe.environment; the test session too), so even such a call refuses anything but
+    tensors and plain containers; a process started without it is refused a .pt2, with what to set."""
     import os
     import pickle
 
-    from gtnpipe.models.external import _weights_only_loads
+    from gtnpipe.environment import WEIGHTS_ONLY
 
+    assert os.environ[WEIGHTS_ONLY[0]] == WEIGHTS_ONLY[1]
     path = tmp_path / "payload.pt"
     torch.save({"w": torch.ones(2), "payload": Payload()}, path)
-    assert isinstance(torch.load(path, weights_only=False)["payload"], Payload)  # unguarded: any object comes back
-    with _weights_only_loads(), pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         torch.load(path, weights_only=False)
-    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+    pt2 = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(nn.Linear(4, 2).eval(), (torch.zeros(1, 4),)), str(pt2))
+    code = ("from gtnpipe.models.external import load_external, teacher_file\n"
+            "from gtnpipe.errors import ConfigError\n"
+            f"try:\n    load_external(teacher_file({str(pt2)!r}))\nexcept ConfigError as err:\n    print(err)\n")
+    env = {k: v for k, v in os.environ.items() if k != WEIGHTS_ONLY[0]}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert "needs TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 in the environment when Python starts" in done.stdout
 
 
 class StagedCNN(nn.Module):

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from gtnpipe.cli import build, device, inspect, train
+from gtnpipe.environment import apply_process_defaults
 
 __all__ = ["app", "main"]
 
@@ -69,6 +70,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show de
 
 
 def main() -> None:
+    # The process-wide settings gtnpipe relies on, before any torch work (gtnpipe.environment says which and why)
+    apply_process_defaults()
     # Libraries start helper processes from multiprocessing's default context: NNCF's usage telemetry
     # (openvino_telemetry) sends each event from a child process. The default 'fork' copies a process that
     # already runs threads (torch, JAX, the runtimes), which can deadlock; JAX warns at each fork

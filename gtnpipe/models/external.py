@@ -8,19 +8,18 @@ images normalised with the data's mean and std.
 What loading a file trusts (README "Teacher files"):
 - ONNX: nothing runs but ONNX Runtime's operators; the file is data.
 - torch.export .pt2: its graph is JSON, its weights go through torch.load, which torch 2.13's export loader calls
-  with weights_only=False for pickled constants; `load_teacher_file` sets TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 around
-  the load, which makes every torch.load restricted to tensors and plain containers (torch/serialization.py), so a
-  .pt2 cannot run Python code while it loads. Running it runs only the aten operators in its graph.
+  with weights_only=False for pickled constants; a .pt2 is loaded only in a process started with
+  TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 (gtnpipe.environment: the gtnpipe command sets it), which makes every torch.load
+  restricted to tensors and plain containers (torch/serialization.py), so a .pt2 cannot run Python code while it
+  loads. Running it runs only the aten operators in its graph.
 - TorchScript: the archive holds TorchScript code, which the TorchScript interpreter runs (no Python), but the
   loader is not hardened against crafted files: pass only TorchScript files you would run yourself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gtnpipe.environment import WEIGHTS_ONLY, weights_only_forced
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import sha256_file
 
@@ -154,20 +154,6 @@ class _Exported(nn.Module):
         return out
 
 
-@contextlib.contextmanager
-def _weights_only_loads() -> Iterator[None]:
-    """Every torch.load inside restricted to tensors and plain containers, whatever its call site asks."""
-    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
-
-
 def load_external(teacher: ExternalTeacher) -> nn.Module:
     """The teacher as an eval-mode torch module taking [0, 1] images (checked against its recorded sha256)."""
     if teacher.kind == "module":
@@ -184,8 +170,12 @@ def load_external(teacher: ExternalTeacher) -> nn.Module:
         if teacher.kind == "onnx":
             return _OnnxTeacher(path)
         if teacher.kind == "pt2":
-            with _weights_only_loads():
-                return _Exported(torch.export.load(str(path)).module())
+            if not weights_only_forced():
+                raise ConfigError(f"loading {path.name} needs {WEIGHTS_ONLY[0]}={WEIGHTS_ONLY[1]} in the environment when "
+                                  "Python starts (the gtnpipe command sets it): torch.export's loader unpickles a .pt2's "
+                                  "constants without that restriction, so the file could run code. Start Python with "
+                                  f"{WEIGHTS_ONLY[0]}={WEIGHTS_ONLY[1]}, or use the gtnpipe command")
+            return _Exported(torch.export.load(str(path)).module())
         module: nn.Module = torch.jit.load(str(path), map_location="cpu")
         return module.train(False)
     except ConfigError:

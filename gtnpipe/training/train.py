@@ -26,6 +26,7 @@ from torch import nn
 
 from gtnpipe.config.recipes import TrainConfig
 from gtnpipe.data.datasets import Dataset, Split
+from gtnpipe.environment import warn_missing_process_defaults
 from gtnpipe.errors import TrainError
 from gtnpipe.fsutil import atomic_write_bytes
 from gtnpipe.training import distributed
@@ -196,6 +197,7 @@ def fit(
     hyperparameters mean the same at any world size; a last batch smaller than the batch
     size is dropped), gradients are averaged, and rank 0 writes the checkpoints.
     """
+    warn_missing_process_defaults()  # an API user's process: what the gtnpipe command would have set, once
     eval_model = eval_model if eval_model is not None else model
     device = device or torch.device("cpu")
     on_gpu = device.type == "cuda"

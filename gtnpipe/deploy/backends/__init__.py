@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from gtnpipe.errors import BackendBuildError, BackendUnavailable, ConfigError
+from gtnpipe.progress import quiet_libraries
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -167,10 +168,12 @@ def calibration_batches(inputs: CompileInputs, *, max_images: int = CALIBRATION_
 
 @contextmanager
 def toolchain_step(what: str) -> Iterator[None]:
-    """Around one call into a converter or quantizer: its failure becomes a BackendBuildError naming the step, with
-    the cause chained (gtnpipe build then records that precision as not built and goes on; --strict fails)."""
+    """Around one call into a converter or quantizer: its noise dropped (gtnpipe.progress.quiet_libraries), and its
+    failure a BackendBuildError naming the step, with the cause chained (gtnpipe build then records that precision as
+    not built and goes on; --strict fails)."""
     try:
-        yield
+        with quiet_libraries():
+            yield
     except (BackendUnavailable, BackendBuildError):
         raise
     except Exception as err:  # the toolchain's own exception types are many and undocumented

@@ -33,6 +33,7 @@ import numpy as np
 from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing, toolchain_step
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_bytes, sha256_file
+from gtnpipe.progress import quiet_libraries
 
 
 @functools.cache
@@ -67,7 +68,8 @@ class TfliteRunner:
     """One interpreter with tensors allocated once; `run` maps float32 NCHW [0, 1] images to float32 logits."""
 
     def __init__(self, model_path: Path, *, threads: int) -> None:
-        self.interpreter = interpreter()[0](model_path=str(model_path), num_threads=threads)
+        with quiet_libraries():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.interpreter = interpreter()[0](model_path=str(model_path), num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -92,25 +94,15 @@ class TfliteRunner:
 
 @contextlib.contextmanager
 def _quiet_converter() -> Iterator[None]:
-    """Silence what the converters print that says nothing about this build, then restore the settings."""
-    # litert-torch prints a line per conversion stage unless this is off (read on every call by
-    # litert_torch._config.config.show_progress); TF_CPP_MIN_LOG_LEVEL=2 drops the C++ converter's INFO
-    # lines (op counts, PjRt devices). A user's own setting of either wins.
-    settings = {"LITERT_TORCH_SHOW_PROGRESS": "n", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    before = {key: os.environ.get(key) for key in settings}
-    os.environ.update({key: value for key, value in settings.items() if before[key] is None})
-    try:
-        with warnings.catch_warnings():
-            # torch.export's pytree deprecations, raised inside litert-torch, not by our code
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # the quantizer's calibrator keeps every intermediate tensor on purpose (it reads their ranges)
-            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-            yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
+    """Around the converters: their noise dropped (gtnpipe.progress.quiet_libraries: litert-torch's stage lines,
+    TensorFlow's C++ start-up lines, the quantizer's calibration bar), their warnings about their own internals off."""
+    with quiet_libraries(), warnings.catch_warnings():
+        # torch.export's pytree deprecations, raised inside litert-torch, not by our code
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # the quantizer's calibrator keeps every intermediate tensor on purpose (it reads their ranges)
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        yield
 
 
 class TfliteBackend(Backend):
