@@ -18,10 +18,11 @@ Third-party noise is not progress either, and is dropped whatever the policy (`q
 converter and runtime call gtnpipe makes: `toolchain_step`, the runners' loading): what the libraries write on the
 process's stdout and stderr file descriptors during the call (C++ logs included) is captured, lines matching
 LIBRARY_NOISE are dropped and the rest is written to stderr after the call; their Python loggers go to ERROR for
-its duration, and rich's global console (where NNCF draws its bars) is quiet. Seen on `make demo` (2026-12-08, each pattern's comment names the line): absl's and TensorFlow's C++
-start-up lines, torchao's missing CUDA kernels, torch's pytree deprecation, TFLite's XNNPACK line, and
-ai-edge-quantizer's "Running Calibration" tqdm bar (its `disable` is computed inside ai-edge-quantizer, so no
-setting reaches it). `gtnpipe -v` lets everything through.
+its duration, and rich's global console (where NNCF draws its bars) is quiet. Seen on `make demo` (2026-12-08,
+each pattern's comment names the line): absl's and TensorFlow's C++ start-up lines, torchao's missing CUDA
+kernels, torch's pytree deprecation, TFLite's XNNPACK line, and ai-edge-quantizer's "Running Calibration" tqdm bar
+(its `disable` is computed inside ai-edge-quantizer, so no setting reaches it). `gtnpipe -v` lets everything
+through.
 
 The current policy travels in a context variable that `applied()` sets and restores (STYLE.md: no mutable
 module flags), so a backend deep inside a build reads it without a `progress` argument in its protocol.

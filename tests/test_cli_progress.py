@@ -68,10 +68,10 @@ def test_nncf_draws_nothing_whatever_the_policy(runtime: str, tiny_onnx, tmp_pat
     are the progress), and its logger is as it was afterwards."""
     pytest.importorskip(runtime)
     pytest.importorskip("nncf")
-    from gtnpipe.deploy.backends import get_backend
-
     import nncf
     import onnx
+
+    from gtnpipe.deploy.backends import get_backend
 
     model = onnx.load(str(tiny_onnx.onnx_path))
     nncf.quantize(model, nncf.Dataset([{model.graph.input[0].name: x[None]} for x in tiny_onnx.calibration[:4]]),

@@ -45,7 +45,9 @@ class Deployable(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        out: torch.Tensor = self.net((x - mean) / std)
+        return out
 
 
 def logits_of(model: nn.Module, chunks: Iterable[np.ndarray]) -> np.ndarray:
@@ -65,7 +67,7 @@ def export_onnx(model: nn.Module, task: TaskShape, path: Path, *, batch_size: in
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(model, (torch.zeros(shape),), buffer, opset_version=min(EXPORT_OPSET, max_opset),
+            torch.onnx.export(model, (torch.zeros(shape),), buffer,  # type: ignore[arg-type]  # a file object works opset_version=min(EXPORT_OPSET, max_opset),
                               dynamo=False, input_names=["input"], output_names=["logits"], do_constant_folding=True)
     finally:
         model.train(was_training)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["BACKEND", "OnnxRuntimeBackend", "OrtRunner"]
 
 
-def _ort() -> ModuleType:
+def _ort() -> Any:  # the module (untyped: no stubs)
     """onnxruntime, imported when a model is run or built (the registry lists this backend without it)."""
     try:
         import onnxruntime
@@ -38,7 +37,7 @@ class OrtRunner:
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        return np.asarray(self.session.run(None, {self.input_name: x})[0])
 
 
 _SESSIONS: dict[int, tuple[object, ort.InferenceSession]] = {}

@@ -15,6 +15,7 @@ import ctypes
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,12 @@ def gpu_name(ordinal: int = 0) -> str:
                                  "GPU and its driver; check nvidia-smi (tegrastats on a Jetson)") from err
     device = ctypes.c_int()
     name = ctypes.create_string_buffer(256)
-    for what, call in (("cuInit", lambda: driver.cuInit(0)),
-                       ("cuDeviceGet", lambda: driver.cuDeviceGet(ctypes.byref(device), ordinal)),
-                       ("cuDeviceGetName", lambda: driver.cuDeviceGetName(name, len(name), device))):
-        code = call()
+    calls: tuple[tuple[str, Callable[[], Any]], ...] = (  # ctypes calls into the driver: untyped
+        ("cuInit", lambda: driver.cuInit(0)),
+        ("cuDeviceGet", lambda: driver.cuDeviceGet(ctypes.byref(device), ordinal)),
+        ("cuDeviceGetName", lambda: driver.cuDeviceGetName(name, len(name), device)))
+    for what, call in calls:
+        code = int(call())
         if code != 0:
             raise BackendUnavailable(f"CUDA {what} failed (CUresult {code}): no usable GPU {ordinal}; check nvidia-smi "
                                      "(tegrastats on a Jetson) and CUDA_VISIBLE_DEVICES")

@@ -321,12 +321,12 @@ def check_onnx_for_tensorrt(onnx_path: Path, *, max_opset: int, trt_version: str
     for node in nodes:
         if node.domain not in _DEFAULT_DOMAINS:
             continue
-        label = node.name or node.op_type
+        label = str(node.name or node.op_type)
         for index in table.constant_inputs.get(node.op_type, ()):
             if index < len(node.input) and node.input[index] and node.input[index] not in constants.names:
                 restricted.setdefault(f"{node.op_type} input {index} must be an initializer", []).append(label)
-        if node.op_type == "Pad" and table.pad_last_two_dims_only and (why := _pad_problem(node, opset, constants)):
-            restricted.setdefault(f"Pad parses zero padding of the last 2 dimensions only, but {why}", []).append(label)
+        if node.op_type == "Pad" and table.pad_last_two_dims_only and (pad := _pad_problem(node, opset, constants)):
+            restricted.setdefault(f"Pad parses zero padding of the last 2 dimensions only, but {pad}", []).append(label)
     for rule, labels in sorted(restricted.items()):
         problems.append(f"{rule} ({len(labels)} node(s): {_examples(labels)}; {table.source}): fold constants at "
                         "export (do_constant_folding=True) or change the layer")

@@ -46,7 +46,7 @@ def interpreter() -> tuple[Any, str]:
         return Interpreter, "ai-edge-litert"  # distribution name, for importlib.metadata
     except ImportError as litert_err:
         try:
-            from tflite_runtime.interpreter import Interpreter as RuntimeInterpreter  # type: ignore[import-not-found]
+            from tflite_runtime.interpreter import Interpreter as RuntimeInterpreter
 
             return RuntimeInterpreter, "tflite-runtime"
         except ImportError as runtime_err:
@@ -61,7 +61,7 @@ __all__ = ["BACKEND", "TfliteBackend", "TfliteRunner", "interpreter"]
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
     # TFLite's QUANTIZE kernel rounds with std::round (half away from zero); np.round rounds half to even
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+    return np.asarray(np.sign(v) * np.floor(np.abs(v) + 0.5))
 
 
 class TfliteRunner:
@@ -88,8 +88,8 @@ class TfliteRunner:
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.output["index"])  # a copy, not a view into the arena
         if self.output_scale:
-            return ((out.astype(np.float32) - np.float32(self.output_zero_point)) * np.float32(self.output_scale))
-        return out.astype(np.float32, copy=False)
+            return np.asarray((out.astype(np.float32) - np.float32(self.output_zero_point)) * np.float32(self.output_scale))
+        return np.asarray(out, dtype=np.float32)
 
 
 @contextlib.contextmanager
