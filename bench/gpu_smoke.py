@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from gtnpipe import pipeline
-from gtnpipe.training.device import describe, train_device
+from gtnpipe.training.accelerator import describe, train_device
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_speed import rows_at_224  # noqa: E402  (bench/ is not a package)

@@ -364,7 +364,7 @@ def main() -> None:
                 for k, w in plan.whats.items() if w["kind"] == "teacher"}
     runs = [{**results[k], "teacher": m, "arch": a, "seed": s, "run_key": k} for (m, a, s), k in table_keys.items()]
     report = summarise(runs, teachers, tuning, students, args.seeds, ws.recipe, ws.space, ws.task,
-                       len(ws.teachers_data[0].train))
+                       len(ws.teacher_data[0].train))
     report["wall_seconds_this_invocation"] = time.perf_counter() - started
     report["machine"] = {"cpu": _cpu(), "cores": os.cpu_count(), "jobs": args.jobs, "torch_threads_per_job": threads}
     report["command"] = (f"python bench/kd_effect.py --recipe {args.recipe} --students {args.students} --seeds "

@@ -25,7 +25,7 @@ import torch
 from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile, load_profile
 from gtnpipe.config.recipes import DataConfig
-from gtnpipe.deploy.backends import CompileInputs, get_backend
+from gtnpipe.deploy.backends import ExportedModel, get_backend
 from gtnpipe.deploy.backends.accuracy_control import ACCURACY_CONTROL_IMAGES
 from gtnpipe.deploy.export import Deployable, compile_inputs, logits_of, to_unit_float
 from gtnpipe.deploy.fleet import update_index, write_index
@@ -39,13 +39,12 @@ from gtnpipe.options import BuildOptions, CompileOptions, WorkspaceOptions, as_t
 from gtnpipe.progress import StageLog
 from gtnpipe.space.pool import FASHION_MNIST_TASK
 from gtnpipe.stages import training
-from gtnpipe.stages.artifact import Shipped, measured_summary, write_device_artifact
 from gtnpipe.stages.deploy import REFERENCE_IMAGES, SourceModel, random_images, split_images
 from gtnpipe.stages.search import AccuracyOutcome, SearchOutcome, accuracy_input, search_input
 from gtnpipe.stages.search import accuracy_predictor as _accuracy_predictor
 from gtnpipe.stages.search import inherited_accuracies as _inherited_accuracies
 from gtnpipe.stages.search import search_device as _search_device
-from gtnpipe.stages.ship import deploy, predicted_cost, violations
+from gtnpipe.stages.ship import Shipped, deploy, measured_summary, predicted_cost, violations, write_device_artifact
 from gtnpipe.stages.source import COMPILE_VAL_SIZE, compile_data, compile_precisions, onnx_reference
 from gtnpipe.stages.training import DistillOutcome, TeacherOutcome, TrainOutcome
 from gtnpipe.stages.workspace import DataRef, Workspace
@@ -100,7 +99,7 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, options: Bui
     ws = ws.for_student(search.result.pick.arch)  # from here on: at the student's input resolution
     torch_logits = logits_of(model, ws.data.test.chunks(512))
 
-    def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[CompileInputs, np.ndarray]:
+    def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[ExportedModel, np.ndarray]:
         inputs = compile_inputs(model, ws.task, work, batch_size=batch_size, max_opset=max_opset,
                                 calibration_uint8=ws.deploy_images(ws.data.train.x[list(calibration)]))
         n_val = min(len(ws.data.val), ACCURACY_CONTROL_IMAGES)
@@ -195,13 +194,13 @@ def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, op
         macs, params = count_onnx(prepared)
         reference = onnx_reference(prepared, images, profile.batch_size)
 
-        def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[CompileInputs, np.ndarray]:
+        def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[ExportedModel, np.ndarray]:
             calib = (to_unit_float(dataset.train.x[list(calibration)]) if dataset is not None
                      else np.zeros((0, *facts.chw), dtype=np.float32))
             val = (to_unit_float(dataset.val.x[:ACCURACY_CONTROL_IMAGES]), dataset.val.y[:ACCURACY_CONTROL_IMAGES]) \
                 if dataset is not None else None
             module = onnx_to_torch(prepared) if "torch" in backend.converts_from else None  # e.g. litert-torch
-            return CompileInputs(prepared, (batch_size, *facts.chw), calib, max_opset, torch_module=module,
+            return ExportedModel(prepared, (batch_size, *facts.chw), calib, max_opset, torch_module=module,
                                  validation=val, max_drop_points=profile.budgets.max_accuracy_drop_points), reference
 
         done = deploy(Cache(options.cache_dir), profile, backend, source, export, images,

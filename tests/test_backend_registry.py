@@ -157,7 +157,7 @@ def _toy_profile(tmp_path: Path, runtime: str, **replace: str) -> Path:
 
 @pytest.mark.slow
 def test_a_new_runtime_is_its_module_its_profile_and_its_tests(toy_runtime: Path, tmp_path: Path) -> None:
-    from gtnpipe.deploy.bench import bench_artifact
+    from gtnpipe.deploy.device_bench import bench_artifact
     from gtnpipe.pipeline import CompileOptions, compile_model
 
     assert "toy" in runtimes() and backend_class("toy").__module__ == "toy_runtime"

@@ -24,7 +24,7 @@ from backend_template import FP32_MAX_ABS, BackendContract
 from conftest import HANG_TIMEOUT_S, DeployCase, block_imports_prelude
 
 import gtnpipe.deploy.backends.tensorrt as trt_backend
-from gtnpipe.deploy.backends import CompileInputs, get_backend
+from gtnpipe.deploy.backends import ExportedModel, get_backend
 from gtnpipe.deploy.backends.tensorrt import CALIBRATION_FILE, TensorRtBackend, engine_build_command, main
 from gtnpipe.deploy.backends.tensorrt_engine import (
     PRECISIONS,
@@ -72,8 +72,8 @@ def nano_onnx(deploy_case: DeployCase, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture
-def nano_inputs(deploy_case: DeployCase, nano_onnx: Path) -> CompileInputs:
-    return CompileInputs(onnx_path=nano_onnx, input_shape=deploy_case.inputs.input_shape,
+def nano_inputs(deploy_case: DeployCase, nano_onnx: Path) -> ExportedModel:
+    return ExportedModel(onnx_path=nano_onnx, input_shape=deploy_case.inputs.input_shape,
                          calibration=deploy_case.inputs.calibration, max_onnx_opset=13)
 
 
@@ -241,7 +241,7 @@ def test_module_imports_without_tensorrt_or_torch() -> None:
 
 
 @pytest.mark.usefixtures("no_tensorrt_here")
-def test_build_without_tensorrt_ships_a_parity_clean_onnx(nano_inputs: CompileInputs, deploy_case: DeployCase,
+def test_build_without_tensorrt_ships_a_parity_clean_onnx(nano_inputs: ExportedModel, deploy_case: DeployCase,
                                                           tmp_path: Path) -> None:
     import onnxruntime as ort
 
@@ -259,7 +259,7 @@ def test_build_without_tensorrt_ships_a_parity_clean_onnx(nano_inputs: CompileIn
 
 
 @pytest.mark.usefixtures("no_tensorrt_here")
-def test_build_fp32_and_int8_without_tensorrt(nano_inputs: CompileInputs, tmp_path: Path) -> None:
+def test_build_fp32_and_int8_without_tensorrt(nano_inputs: ExportedModel, tmp_path: Path) -> None:
     backend = TensorRtBackend()
     fp32 = backend.build(nano_inputs, "fp32", tmp_path / "fp32")
     # TF32 off: TensorRT's default TF32 convolutions break the 1e-4 fp32 parity bar on Ampere and later
@@ -279,7 +279,7 @@ def test_build_fp32_and_int8_without_tensorrt(nano_inputs: CompileInputs, tmp_pa
 
 
 @pytest.mark.usefixtures("no_tensorrt_here")
-def test_int8_calibration_count(deploy_case: DeployCase, nano_inputs: CompileInputs, tmp_path: Path) -> None:
+def test_int8_calibration_count(deploy_case: DeployCase, nano_inputs: ExportedModel, tmp_path: Path) -> None:
     """Given enough images the build ships exactly calibration_images; whole batches that fall short are noted."""
     from gtnpipe.deploy.export import export_onnx
 
@@ -294,7 +294,7 @@ def test_int8_calibration_count(deploy_case: DeployCase, nano_inputs: CompileInp
     batch32 = export_onnx(deploy_case.model, deploy_case.task, tmp_path / "b32.onnx", max_opset=13, input_shape=shape)
     for images, used, given in ((train, 288, 300), (many, 480, 600)):
         out = tmp_path / f"b32-{given}"
-        result = TensorRtBackend().build(CompileInputs(onnx_path=batch32, input_shape=shape, calibration=images,
+        result = TensorRtBackend().build(ExportedModel(onnx_path=batch32, input_shape=shape, calibration=images,
                                                        max_onnx_opset=13), "int8", out)
         assert np.load(out / CALIBRATION_FILE).shape[0] == used == result.notes["calibration_images"]
         assert (f"wants 500 images but was given {given}, and whole batches of 32 of them make {used}: {used} are used"
@@ -303,7 +303,7 @@ def test_int8_calibration_count(deploy_case: DeployCase, nano_inputs: CompileInp
 
 @pytest.mark.usefixtures("no_tensorrt_here")
 def test_build_refuses_an_export_tensorrt_cannot_parse(deploy_case: DeployCase, tmp_path: Path) -> None:
-    opset17_for_nano = CompileInputs(onnx_path=deploy_case.inputs.onnx_path, input_shape=deploy_case.inputs.input_shape,
+    opset17_for_nano = ExportedModel(onnx_path=deploy_case.inputs.onnx_path, input_shape=deploy_case.inputs.input_shape,
                                      calibration=deploy_case.inputs.calibration, max_onnx_opset=13)
     with pytest.raises(ConfigError, match="HardSwish"):
         TensorRtBackend().build(opset17_for_nano, "fp16", tmp_path)
@@ -312,7 +312,7 @@ def test_build_refuses_an_export_tensorrt_cannot_parse(deploy_case: DeployCase, 
         TensorRtBackend().build(opset17_for_nano, "fp8", tmp_path)
 
 
-def test_build_with_trtexec(nano_inputs: CompileInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_with_trtexec(nano_inputs: ExportedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where only trtexec is there, build() runs it in out_dir. The stand-in executable records its arguments and
     writes a placeholder file: what is checked is gtnpipe's side (command, folder, failure), not TensorRT."""
     fake = tmp_path / "bin" / "trtexec"
@@ -442,7 +442,7 @@ def test_sidecar_decides_freshness(nano_onnx: Path, deploy_case: DeployCase, tmp
     assert reason is not None and reason.startswith(f"ONNX sha256 '{stamp.onnx_sha256}' -> ")
 
 
-def test_int8_stamp_covers_the_calibration_images(nano_onnx: Path, nano_inputs: CompileInputs, tmp_path: Path) -> None:
+def test_int8_stamp_covers_the_calibration_images(nano_onnx: Path, nano_inputs: ExportedModel, tmp_path: Path) -> None:
     onnx_file = tmp_path / "model.onnx"
     shutil.copy(nano_onnx, onnx_file)
     device = {"tensorrt_version": "8.6.2", "gpu_name": "Orin"}

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from gtnpipe.cache import Cache
 from gtnpipe.cli import app
 from gtnpipe.config.profiles import load_profile
-from gtnpipe.deploy.bench import bench_artifact
+from gtnpipe.deploy.device_bench import bench_artifact
 from gtnpipe.deploy.fleet import FIGURE, INDEX, fleet_rows
 from gtnpipe.deploy.manifest import load_manifest, schema, verify_files
 from gtnpipe.deploy.parity import choose_precision

@@ -138,7 +138,7 @@ def test_search_results_keep_arch_ids_whole(columns: int, terminal: bool, search
 @pytest.mark.parametrize(("columns", "terminal"), [(40, False), (40, True), (70, True)])
 def test_bench_result_keeps_names_and_path_whole(columns: int, terminal: bool, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from gtnpipe.cli.device import _print_bench
+    from gtnpipe.cli.on_device import _print_bench
 
     written = tmp_path / "a-rather-long-folder-name" / "artifacts" / "raspberry-pi-4" / "bench.json"
     checks = {"latency_ms_p90": {"measured": 0.912, "budget": 1.2, "ok": True},

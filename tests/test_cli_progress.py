@@ -46,7 +46,7 @@ def test_the_policy_is_current_inside_and_restored_after(capsys: pytest.CaptureF
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     torch = pytest.importorskip("torch")
-    from gtnpipe.deploy.backends import CompileInputs
+    from gtnpipe.deploy.backends import ExportedModel
 
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         torch.onnx.export(net, (torch.zeros(1, 1, 28, 28),), str(path), input_names=["input"], output_names=["logits"],
                           dynamo=False)
     images = np.random.default_rng(0).random((40, 1, 28, 28), dtype=np.float32)
-    return CompileInputs(path, (1, 1, 28, 28), images, 17)
+    return ExportedModel(path, (1, 1, 28, 28), images, 17)
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from gtnpipe.deploy.bench import bench_artifact
+from gtnpipe.deploy.device_bench import bench_artifact
 from gtnpipe.deploy.manifest import load_manifest
 from gtnpipe.deploy.onnx_model import count_onnx, prepare_onnx, read_onnx
 from gtnpipe.deploy.onnx_torch import OPS, onnx_to_torch

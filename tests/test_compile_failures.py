@@ -12,7 +12,7 @@ from conftest import TINY_RECIPE
 
 from gtnpipe import pipeline
 from gtnpipe.config.profiles import load_profile
-from gtnpipe.deploy.backends import BuildResult, CompileInputs
+from gtnpipe.deploy.backends import BuildResult, ExportedModel
 from gtnpipe.deploy.backends.onnxruntime import OnnxRuntimeBackend
 from gtnpipe.deploy.export import Deployable, compile_inputs
 from gtnpipe.errors import BackendBuildError
@@ -25,7 +25,7 @@ from gtnpipe.stages.workspace import Workspace
 class NncfFailsOnInt8(OnnxRuntimeBackend):
     """The real ONNX Runtime backend, whose INT8 step gets calibration images of the wrong shape: NNCF itself fails."""
 
-    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult:
+    def build(self, inputs: ExportedModel, precision: str, out_dir: Path) -> BuildResult:
         if precision == "int8":
             wrong = np.zeros((len(inputs.calibration), 3, *inputs.calibration.shape[2:]), dtype=np.float32)
             inputs = dataclasses.replace(inputs, calibration=wrong)
@@ -35,7 +35,7 @@ class NncfFailsOnInt8(OnnxRuntimeBackend):
 class BugOnInt8(OnnxRuntimeBackend):
     """A bug of our own in a backend: not a toolchain failure, so it must not be swallowed."""
 
-    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult:
+    def build(self, inputs: ExportedModel, precision: str, out_dir: Path) -> BuildResult:
         if precision == "int8":
             raise KeyError("a bug in gtnpipe, not in NNCF")
         return super().build(inputs, precision, out_dir)

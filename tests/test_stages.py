@@ -256,11 +256,11 @@ def test_teachers_may_learn_from_more_images_than_their_students(tmp_path: Path)
     n = len(plain.data.train)
     wide = Workspace.open(dataclasses.replace(rec, data=dataclasses.replace(rec.data, teacher_train_subset=3 * n)),
                           cache_dir=tmp_path, progress=False)
-    t_data, t_ref = wide.teachers_data
+    t_data, t_ref = wide.teacher_data
     assert len(t_data.train) == 3 * n and np.array_equal(t_data.train.y[:n], plain.data.train.y)
     assert (t_data.mean, t_data.std) == (wide.data.mean, wide.data.std)
     assert np.array_equal(t_data.val.y, plain.data.val.y) and np.array_equal(t_data.test.y, plain.data.test.y)
-    assert wide.data_ref == plain.data_ref and plain.teachers_data[1] == plain.data_ref
+    assert wide.data_ref == plain.data_ref and plain.teacher_data[1] == plain.data_ref
     assert training.train_input(wide, "teacher").data == t_ref != plain.data_ref
     assert training.teacher_input(wide, "vanilla") != training.teacher_input(plain, "vanilla")
     assert training.distill_input(wide, "smallest", teacher="none") == training.distill_input(plain, "smallest", teacher="none")

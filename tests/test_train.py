@@ -235,7 +235,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_train_device_resolves_or_says_why_not() -> None:
-    from gtnpipe.training.device import describe, train_device
+    from gtnpipe.training.accelerator import describe, train_device
 
     assert train_device("cpu") == torch.device("cpu") and describe(torch.device("cpu")) == "cpu"
     if torch.cuda.is_available():

@@ -4,7 +4,7 @@ One module per command group, registered here:
 - `inspect`: data info, pool info, pool sample
 - `train`: train, teacher, distill
 - `build`: search, build, compile
-- `device`: bench, latency-table, latency-kit, fleet, devices list/show/validate/runtimes
+- `on_device`: bench, latency-table, latency-kit, fleet, devices list/show/validate/runtimes
 - `_common`: the options, consoles, tables, error handling and progress policy they share
 
 Heavy imports (torch, the pipeline) happen inside the commands, so `gtnpipe --help` is fast and works with
@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from gtnpipe.cli import build, device, inspect, train
+from gtnpipe.cli import build, inspect, on_device, train
 from gtnpipe.environment import apply_process_defaults
 
 __all__ = ["app", "main"]
@@ -38,13 +38,13 @@ app.command("distill")(train.distill)
 app.command("search")(build.search)
 app.command("build")(build.build)
 app.command("compile")(build.compile_)
-app.command("bench")(device.bench)
-app.command("latency-table")(device.latency_table)
-app.command("latency-kit")(device.latency_kit)
-app.command("fleet")(device.fleet)
-app.add_typer(device.devices_app, name="devices")
-# the name 'gtnpipe latency-kit' had before; `gtnpipe bench --calibrate` is the other old spelling (see device.py)
-app.command("calibration-kit", hidden=True, deprecated=True)(device.latency_kit)
+app.command("bench")(on_device.bench)
+app.command("latency-table")(on_device.latency_table)
+app.command("latency-kit")(on_device.latency_kit)
+app.command("fleet")(on_device.fleet)
+app.add_typer(on_device.devices_app, name="devices")
+# the name 'gtnpipe latency-kit' had before; `gtnpipe bench --calibrate` is the other old spelling (see on_device.py)
+app.command("calibration-kit", hidden=True, deprecated=True)(on_device.latency_kit)
 
 
 def _print_version(value: bool) -> None:

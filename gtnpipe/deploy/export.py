@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gtnpipe.deploy.backends import CompileInputs
+from gtnpipe.deploy.backends import ExportedModel
 from gtnpipe.fsutil import atomic_write_bytes
 from gtnpipe.space.spaces import TaskShape
 
@@ -76,9 +76,9 @@ def export_onnx(model: nn.Module, task: TaskShape, path: Path, *, batch_size: in
 
 
 def compile_inputs(model: Deployable, task: TaskShape, work_dir: Path, *, batch_size: int, max_opset: int,
-                   calibration_uint8: np.ndarray) -> CompileInputs:
+                   calibration_uint8: np.ndarray) -> ExportedModel:
     """Export `model` to `work_dir/model.onnx` and bundle what the backends build from."""
     shape = (batch_size, task.in_channels, *task.image_hw)
     onnx_path = export_onnx(model, task, work_dir / "model.onnx", input_shape=shape, max_opset=max_opset)
-    return CompileInputs(onnx_path=onnx_path, input_shape=shape, calibration=to_unit_float(calibration_uint8),
+    return ExportedModel(onnx_path=onnx_path, input_shape=shape, calibration=to_unit_float(calibration_uint8),
                          max_onnx_opset=max_opset, torch_module=model.train(False))

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gtnpipe.deploy.bench import BENCH_FILE
+from gtnpipe.deploy.device_bench import BENCH_FILE
 from gtnpipe.deploy.manifest import MANIFEST, load_manifest
 from gtnpipe.errors import GtnpipeError
 from gtnpipe.fsutil import atomic_write_bytes

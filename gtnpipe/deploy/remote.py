@@ -166,7 +166,7 @@ def bench_remote(folder: Path, remote: Remote, *, runs: int = 200, warmup: int =
 
     The folder is checked here first (schema, every sha256), so a broken artifact is not copied; the device checks
     it again after the copy. A verdict that fails (exit 3 there) still brings bench.json back."""
-    from gtnpipe.deploy.bench import BENCH_FAILED_EXIT, BENCH_FILE
+    from gtnpipe.deploy.device_bench import BENCH_FAILED_EXIT, BENCH_FILE
     from gtnpipe.deploy.manifest import load_manifest, verify_files
 
     folder = Path(folder)

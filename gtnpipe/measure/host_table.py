@@ -30,7 +30,7 @@ from torch import nn
 
 from gtnpipe import __version__
 from gtnpipe.config.profiles import DeviceProfile, load_profile
-from gtnpipe.deploy.backends import Backend, CompileInputs, get_backend
+from gtnpipe.deploy.backends import Backend, ExportedModel, get_backend
 from gtnpipe.deploy.export import export_onnx
 from gtnpipe.deploy.manifest import file_records
 from gtnpipe.deploy.timing import Machine
@@ -117,8 +117,8 @@ class _Compiler:
     def __call__(self, module: nn.Module, input_shape: tuple[int, ...], dest: str) -> str:
         onnx_path = export_onnx(module, self.task, self.scratch / "export.onnx", max_opset=self.max_opset,
                                 input_shape=input_shape)
-        # fp32 builds do not calibrate: one random batch satisfies CompileInputs
-        inputs = CompileInputs(onnx_path, input_shape, self.rng.random(input_shape, dtype=np.float32), self.max_opset,
+        # fp32 builds do not calibrate: one random batch satisfies ExportedModel
+        inputs = ExportedModel(onnx_path, input_shape, self.rng.random(input_shape, dtype=np.float32), self.max_opset,
                                torch_module=module.train(False))
         result = self.backend.build(inputs, KIT_PRECISION, self.kit_dir / dest)
         self.files += [f"{dest}/{name}" for name in result.files]

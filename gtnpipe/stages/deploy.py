@@ -14,7 +14,7 @@ import numpy as np
 from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile, RuntimeSpec
 from gtnpipe.data.datasets import Split
-from gtnpipe.deploy.backends import Backend, CompileInputs, backend_class
+from gtnpipe.deploy.backends import Backend, ExportedModel, backend_class
 from gtnpipe.deploy.export import to_unit_float
 from gtnpipe.deploy.parity import ParityDict, compare, run_batched
 from gtnpipe.deploy.timing import Machine, measure_fresh
@@ -196,7 +196,7 @@ def calibration_indices(inp: CompileInput, n_train: int) -> np.ndarray:
 
 
 def compile_precision(cache: Cache, inp: CompileInput, backend: Backend,
-                      exported: Callable[[], tuple[CompileInputs, np.ndarray]], images: ParityImages) -> Compiled:
+                      exported: Callable[[], tuple[ExportedModel, np.ndarray]], images: ParityImages) -> Compiled:
     """One precision compiled, parity-checked against the FP32 reference on `images` (cached; machine-independent).
 
     `exported()` gives the ONNX export with its calibration images, and the reference logits on `images` (torch's

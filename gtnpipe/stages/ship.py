@@ -1,7 +1,10 @@
 """The deployment both `gtnpipe build` and `gtnpipe compile` end with: every precision the profile allows compiled and
-parity-checked against the FP32 reference, measured here, one chosen, and the budgets what ships breaks.
+parity-checked against the FP32 reference, measured here, one chosen, the budgets what ships breaks, and the device's
+artifact folder (model files, manifest.json, report, reference images), written atomically next to the target and
+swapped in (not cached: it is assembled from cached stages in seconds).
 
     compile_all -> measure_all -> choose  (deploy runs the three)   violations: the budget check of what ships
+    Shipped (what ships and the evidence) -> write_device_artifact
 
 The model comes in as an `Export`: a function that writes the FP32 ONNX (and, for converters reading torch, the torch
 module) with its calibration images, and gives the reference logits. It is called once, and only when some precision
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +27,9 @@ import numpy as np
 
 from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile
-from gtnpipe.deploy.backends import Backend, CompileInputs
+from gtnpipe.config.toml import as_dict
+from gtnpipe.deploy.artifacts import write_artifact
+from gtnpipe.deploy.backends import Backend, ExportedModel, backend_class
 from gtnpipe.deploy.backends.accuracy_control import ACCURACY_CONTROL_IMAGES
 from gtnpipe.deploy.parity import BuildFailure, CompiledPrecision, PrecisionRow, choose_precision, lost_accuracy_only
 from gtnpipe.deploy.timing import Machine
@@ -30,6 +37,7 @@ from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.errors import BackendBuildError, ParityError
 from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
 from gtnpipe.stages.deploy import (
+    ARTIFACT_LOGITS,
     Compiled,
     Measured,
     ParityImages,
@@ -40,15 +48,17 @@ from gtnpipe.stages.deploy import (
     measure_input,
     measure_precision,
 )
+from gtnpipe.stages.keys import package_versions
 from gtnpipe.stages.search import cost_model
 from gtnpipe.stages.training import DistillInput
 
-__all__ = ["Deployment", "Export", "deploy", "predicted_cost", "violations"]
+__all__ = ["Deployment", "Export", "Shipped", "deploy", "measured_summary", "predicted_cost", "violations",
+           "write_device_artifact"]
 
 log = logging.getLogger("gtnpipe")
 
 # (work dir, batch size, max opset, calibration indices into the train split) -> the backends' inputs, reference logits
-Export = Callable[[Path, int, int, np.ndarray], tuple[CompileInputs, np.ndarray]]
+Export = Callable[[Path, int, int, np.ndarray], tuple[ExportedModel, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ def compile_all(cache: Cache, profile: DeviceProfile, backend: Backend, model: D
     superseded: dict[str, Compiled] = {}
     with tempfile.TemporaryDirectory(prefix="gtnpipe-export-") as tmp:
         @functools.cache
-        def exported(batch_size: int, max_opset: int, calibration: tuple[int, ...]) -> tuple[CompileInputs, np.ndarray]:
+        def exported(batch_size: int, max_opset: int, calibration: tuple[int, ...]) -> tuple[ExportedModel, np.ndarray]:
             return export(Path(tmp), batch_size, max_opset, np.asarray(calibration, dtype=np.int64))
 
         for precision in precisions:
@@ -209,3 +219,108 @@ def predicted_cost(profile: DeviceProfile, space: SearchSpace, task: TaskShape, 
     if table is None:  # e.g. no table for this space and input: say so, and how to measure one
         warnings.append(f"latency predicted by the roofline estimate: {table_note}")
     return model.estimate(pick).to_dict(), warnings
+
+
+# the manifest's package versions: gtnpipe, what exported the model, and what compiled it (the runtime's backend)
+MANIFEST_PACKAGES = ("gtnpipe", "torch", "numpy", "onnx")
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What a build (or gtnpipe compile) chose to ship for one device, and the evidence for it."""
+
+    profile: DeviceProfile
+    precision: str
+    compiled: Compiled
+    measured: Measured | None  # None where the runtime cannot run here (TensorRT on a CPU host)
+    rows: list[PrecisionRow]  # every precision: measured, chosen or rejected and why
+    model: dict[str, Any]  # the manifest's model facts beyond the compiled file: arch, macs, params, classes, source
+    provenance: dict[str, Any]  # how the model came to be: recipe, teacher and student keys, or the user's file
+    reference: str  # what the FP32 reference is: "torch" (a distilled student) or "onnxruntime" (a user's model)
+    reference_inputs: np.ndarray  # float32 [0, 1] images the artifact carries for gtnpipe bench's parity check
+    reference_labels: np.ndarray | None  # None: random images (gtnpipe compile without --data)
+    reference_logits: np.ndarray  # the FP32 reference's logits on every image parity ran on
+    reference_top1: float | None  # the FP32 reference's top-1 on the labelled test split
+    estimated_top1: float | None  # what search estimated before distillation (None: not from search)
+    predicted: dict[str, Any] | None  # the cost model's prediction (None: not a pool architecture)
+    violations: list[str]
+    warnings: list[str]
+    data_name: str | None
+    data_fingerprint: str | None
+    pareto_png: str | None = None  # the search's Pareto plot
+
+
+def measured_summary(shipped: Shipped) -> dict[str, Any] | None:
+    if shipped.measured is None:
+        return None
+    lat, c = shipped.measured.latency, shipped.compiled
+    return {"latency_ms_p50": lat["p50_ms"], "latency_ms_p90": lat["p90_ms"], "latency_ms_p99": lat["p99_ms"],
+            "throughput_per_s": lat["throughput_per_s"], "peak_memory_mb": shipped.measured.peak_memory_mb,
+            "model_size_mb": c.meta["size_bytes"] / 1e6, "runs": lat["runs"], "threads": shipped.measured.inp.threads,
+            "machine": shipped.measured.inp.machine.describe(),
+            "method": f"median of {shipped.measured.inp.processes} fresh processes, one session each"}
+
+
+def write_device_artifact(shipped: Shipped, out: Path) -> Path:
+    """Write out/<device>/ and return it."""
+    profile, c = shipped.profile, shipped.compiled
+    meta, shape = c.meta, list(c.inp.input_shape)
+    n_ref = min(c.inp.reference_images, len(shipped.reference_inputs))
+    packages = (*MANIFEST_PACKAGES, *backend_class(profile.runtime.name).packages)
+    versions = {k: v for k, v in package_versions(packages).items() if v is not None}
+    parity = meta.get("parity")
+    model = {**shipped.model, "precision": shipped.precision, "file": meta["model_file"],
+             "files": [f for f in meta["files"] if f != "calibration.npy"], "threads": profile.threads}
+    model["input"] = {"name": "input", "shape": shape, "dtype": "float32", "layout": "NCHW", "value_range": [0.0, 1.0],
+                      **model.get("input", {})}
+    model["output"] = {"name": "logits", "shape": [shape[0], len(model["classes"])],
+                       "meaning": "unnormalised class scores (softmax gives probabilities)"}
+    model["build_notes"] = meta["notes"]
+    manifest = {
+        "schema_version": 1,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gtnpipe_version": versions.get("gtnpipe", "unknown"),
+        "device": {"name": profile.name, "profile": profile.to_dict(), "profile_sha256": profile.sha256()},
+        "runtime": {"name": profile.runtime.name, "version_range": profile.runtime.version,
+                    "built_with": meta["runtime_version"], "max_onnx_opset": profile.runtime.max_onnx_opset,
+                    **({"engine_build_command": meta["notes"]["engine_build_command"]}
+                       if "engine_build_command" in meta["notes"] else {})},
+        "model": model,
+        "provenance": {**shipped.provenance, "dataset": shipped.data_name, "dataset_fingerprint": shipped.data_fingerprint,
+                       "packages": versions},
+        "accuracy": {"test_images": len(shipped.reference_logits), "reference": shipped.reference,
+                     "labelled": shipped.reference_labels is not None,
+                     **({"torch_fp32_top1": shipped.reference_top1} if shipped.reference == "torch" else {}),
+                     "reference_top1": shipped.reference_top1,
+                     "shipped_top1": parity["artifact_top1"] if parity else None,
+                     "estimated_top1": shipped.estimated_top1},
+        "precisions": shipped.rows,
+        "predicted": shipped.predicted,
+        "measured_on_build_machine": measured_summary(shipped),
+        "budgets": as_dict(profile.budgets),
+        "budget_violations": shipped.violations,
+        "warnings": shipped.warnings,
+        "reference": {"inputs": "reference/inputs.npy", "logits": "reference/logits.npy", "images": n_ref,
+                      **({"labels": "reference/labels.npy"} if shipped.reference_labels is not None else {}),
+                      **({"artifact_logits": f"reference/{ARTIFACT_LOGITS}"} if parity else {})},
+    }
+
+    def fill(staging: Path) -> list[str]:
+        for name in meta["files"]:
+            shutil.copyfile(c.file(name), staging / name)
+        (staging / "reference").mkdir()
+        np.save(staging / "reference/inputs.npy", shipped.reference_inputs[:n_ref])  # at the model's resolution
+        np.save(staging / "reference/logits.npy", shipped.reference_logits[:n_ref])
+        names = [*meta["files"], "reference/inputs.npy", "reference/logits.npy"]
+        if shipped.reference_labels is not None:
+            np.save(staging / "reference/labels.npy", shipped.reference_labels[:n_ref].astype(np.int64))
+            names.append("reference/labels.npy")
+        if shipped.pareto_png is not None:
+            shutil.copyfile(shipped.pareto_png, staging / "pareto.png")
+            names.append("pareto.png")
+        if parity:
+            shutil.copyfile(c.file(ARTIFACT_LOGITS), staging / "reference" / ARTIFACT_LOGITS)
+            names.append(f"reference/{ARTIFACT_LOGITS}")
+        return names
+
+    return write_artifact(Path(out) / profile.name, manifest, fill)

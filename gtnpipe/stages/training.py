@@ -28,7 +28,7 @@ from gtnpipe.space.counting import count
 from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
 from gtnpipe.stages.keys import Stage
 from gtnpipe.stages.workspace import WEIGHTS, DataRef, Workspace, load_weights, run_stage
-from gtnpipe.training.device import describe
+from gtnpipe.training.accelerator import describe
 from gtnpipe.training.distill import distill, teacher_logits
 from gtnpipe.training.gtn import train_generic_teacher
 from gtnpipe.training.train import Normalizer, fit, seed_everything
@@ -61,7 +61,7 @@ TEACHER_METHODS = ("vanilla", "gtn", "sftn")
 # what they import: the data loading, decoding and augmentations under training.train, for one). This module's own
 # code is keyed for every stage defined here; the distributions are those the closure imports (keys.closure_packages).
 # The workspace: the data every stage reads (opened, split and decoded by it) and run_stage.
-_RUN = ("gtnpipe.stages.workspace", "gtnpipe.training.device")
+_RUN = ("gtnpipe.stages.workspace", "gtnpipe.training.accelerator")
 _TRAIN_CODE = (*_RUN, "gtnpipe.training.train", "gtnpipe.models.teacher", "gtnpipe.models.static",
                "gtnpipe.models.counting", "gtnpipe.space.spaces")
 # A teacher from outside runs through gtnpipe.models.external (ONNX Runtime for a .onnx file)
@@ -172,7 +172,7 @@ class TrainOutcome:
     seconds_per_epoch: float
     entry_path: str
     resumed_from_epoch: int = 0  # > 0 when this call continued an interrupted run
-    trained_on: str = "cpu"  # gtnpipe.training.device.describe of where it trained
+    trained_on: str = "cpu"  # gtnpipe.training.accelerator.describe of where it trained
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ class DistillOutcome:
     init: str
     train_seconds: float
     entry_path: str
-    trained_on: str = "cpu"  # where it trained (gtnpipe.training.device.describe)
+    trained_on: str = "cpu"  # where it trained (gtnpipe.training.accelerator.describe)
     teacher_test_top1: float | None = None  # the teacher's own, on the same test split
 
 
@@ -217,7 +217,7 @@ def train_input(ws: Workspace, model: str) -> TrainInput:
     """The input that trains `model` ('teacher', an arch id, 'largest' or 'smallest') with the recipe's settings."""
     rec = ws.recipe
     if model == "teacher":
-        return TrainInput(None, ws.teacher, rec.train.teacher, rec.seed, ws.space, ws.task, ws.teachers_data[1])
+        return TrainInput(None, ws.teacher, rec.train.teacher, rec.seed, ws.space, ws.task, ws.teacher_data[1])
     return TrainInput(ws.space.parse(model).id, None, rec.train.student, rec.seed, ws.space, ws.task, ws.data_ref)
 
 
@@ -235,7 +235,7 @@ def teacher_input(ws: Workspace, method: str, *, student: str | None = None,
         rec = ws.recipe
         cfg = replace(rec.train.teacher, epochs=rec.gtn.finetune_epochs,
                       warmup_epochs=min(rec.train.teacher.warmup_epochs, rec.gtn.finetune_epochs / 2))
-        return TeacherInput("gtn", None, external, cfg, rec.gtn, rec.seed, None, ws.space, ws.task, ws.teachers_data[1])
+        return TeacherInput("gtn", None, external, cfg, rec.gtn, rec.seed, None, ws.space, ws.task, ws.teacher_data[1])
     if method not in TEACHER_METHODS:
         raise ConfigError(f"unknown teacher method {method!r}; choose one of: {', '.join(TEACHER_METHODS)}")
     if (method == "sftn") != (student is not None):
@@ -251,7 +251,7 @@ def teacher_input(ws: Workspace, method: str, *, student: str | None = None,
                             warmup_epochs=min(train_cfg.warmup_epochs, rec.gtn.finetune_epochs / 2))
     arch = ws.space.parse(student).id if student is not None else None
     return TeacherInput(method, arch, ws.teacher, train_cfg, rec.gtn, rec.seed, init, ws.space, ws.task,
-                        ws.teachers_data[1])
+                        ws.teacher_data[1])
 
 
 def distill_input(ws: Workspace, arch: str, *, teacher: str | ExternalTeacher = "gtn", finetune: str | None = None,
@@ -298,7 +298,7 @@ def train_model(ws: Workspace, inp: TrainInput) -> TrainOutcome:
         seed_everything(inp.seed)
         net = inp.build_net()
         arch = ArchConfig.from_id(inp.arch) if inp.arch is not None else ArchConfig(())
-        data = ws.teachers_data[0] if inp.arch is None else ws.data
+        data = ws.teacher_data[0] if inp.arch is None else ws.data
         result = fit(at_resolution(net, arch), data, inp.train, seed=inp.seed, run_id=inp.key,
                      checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key), progress=ws.progress,
                      description="teacher" if inp.arch is None else "student", device=ws.train_device)
@@ -335,7 +335,7 @@ def train_teacher(ws: Workspace, inp: TrainInput | TeacherInput) -> TeacherOutco
         if inp.init_from is not None:
             load_weights(ws, teacher, inp.init_from)
         result, trainer = train_generic_teacher(
-            teacher, supernet, ws.teachers_data[0], inp.train, inp.gtn, seed=inp.seed, run_id=inp.key,
+            teacher, supernet, ws.teacher_data[0], inp.train, inp.gtn, seed=inp.seed, run_id=inp.key,
             checkpoint_dir=ws.cache.work_dir(inp.STAGE, inp.key),
             fixed_arch=ArchConfig.from_id(inp.student) if inp.student else None, progress=ws.progress,
             device=ws.train_device)

@@ -19,7 +19,7 @@ from gtnpipe.models.teacher import teacher_for
 from gtnpipe.space.spaces import AUTO, ArchConfig, SearchSpace, TaskShape, get_space, space_for
 from gtnpipe.stages.keys import Stage, stage_spec
 from gtnpipe.training import distributed
-from gtnpipe.training.device import train_device as resolve_train_device
+from gtnpipe.training.accelerator import train_device as resolve_train_device
 
 __all__ = ["DataRef", "Workspace", "load_weights", "resolve", "run_stage", "task_of"]
 
@@ -59,14 +59,14 @@ class Workspace:
     # same weights, bit for bit.
     # [data] teacher_train_subset: what the teachers gtnpipe trains learn from (more images than the students'), with
     # the students' normalisation; None: the students' data
-    teacher_data: Dataset | None = None
-    teacher_data_ref: DataRef | None = None
+    teacher_subset: Dataset | None = None
+    teacher_subset_ref: DataRef | None = None
 
     @property
-    def teachers_data(self) -> tuple[Dataset, DataRef]:
-        """The data (and its key) the teachers gtnpipe trains learn from."""
-        if self.teacher_data is not None and self.teacher_data_ref is not None:
-            return self.teacher_data, self.teacher_data_ref
+    def teacher_data(self) -> tuple[Dataset, DataRef]:
+        """The data (and its key) the teachers gtnpipe trains learn from: the teacher subset, else the students'."""
+        if self.teacher_subset is not None and self.teacher_subset_ref is not None:
+            return self.teacher_subset, self.teacher_subset_ref
         return self.data, self.data_ref
 
     @classmethod

@@ -189,7 +189,7 @@ def fit(
             parameters without gradient (a supernet's inactive blocks).
         eval_model: what val/test top-1 is measured on when `model(x)` is not a classifier
             (e.g. the teacher inside a generic-teacher training module); default `model`.
-        device: where the model trains (gtnpipe.training.device; default the CPU). On CUDA: batches copied from
+        device: where the model trains (gtnpipe.training.accelerator; default the CPU). On CUDA: batches copied from
             pinned memory without blocking, bf16 autocast, and the model back on the CPU when done. The batches and
             their augmentation are drawn on the CPU either way, so the data order does not depend on the device.
 

@@ -50,7 +50,7 @@ __all__ = [
     "Backend",
     "BuildResult",
     "CALIBRATION_IMAGES",
-    "CompileInputs",
+    "ExportedModel",
     "calibration_batches",
     "Runner",
     "backend_class",
@@ -71,7 +71,7 @@ class Runner(Protocol):
 
 
 @dataclass(frozen=True)
-class CompileInputs:
+class ExportedModel:
     """What every backend compiles from (gtnpipe.deploy.export writes it)."""
 
     onnx_path: Path  # FP32 ONNX: input 'input' float32 NCHW in [0, 1] (normalisation inside), output 'logits'
@@ -110,7 +110,7 @@ class Backend(ABC):
     # distributions whose versions change what `build` writes: in every compile's cache key and in the manifest
     packages: ClassVar[tuple[str, ...]]
     suffixes: ClassVar[tuple[str, ...]]  # the file suffixes a build writes (".onnx", ".xml"/".bin", ...)
-    # what `build` reads of CompileInputs: "onnx" (onnx_path) and/or "torch" (torch_module: gtnpipe compile then
+    # what `build` reads of ExportedModel: "onnx" (onnx_path) and/or "torch" (torch_module: gtnpipe compile then
     # translates a user's ONNX file to torch for it)
     converts_from: ClassVar[frozenset[str]] = frozenset({"onnx"})
     # INT8 file bytes over the cost model's formula (gtnpipe.devices.cost.model_size_bytes), an upper bound, and
@@ -139,12 +139,12 @@ class Backend(ABC):
     def version(self) -> str: ...
 
     @abstractmethod
-    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult: ...
+    def build(self, inputs: ExportedModel, precision: str, out_dir: Path) -> BuildResult: ...
 
     @abstractmethod
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> Runner: ...
 
-    def build_accuracy_controlled(self, inputs: CompileInputs, out_dir: Path) -> BuildResult:
+    def build_accuracy_controlled(self, inputs: ExportedModel, out_dir: Path) -> BuildResult:
         """INT8 by NNCF's quantize_with_accuracy_control (backends with `accuracy_control`); notes name the layers
         kept in float ("float_layers")."""
         raise ConfigError(f"the {self.runtime} backend has no accuracy-control INT8 (NNCF supports OpenVINO and ONNX)")
@@ -155,7 +155,7 @@ class Backend(ABC):
                               "remove it from the profile's 'precisions'")
 
 
-def calibration_batches(inputs: CompileInputs, *, max_images: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+def calibration_batches(inputs: ExportedModel, *, max_images: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
     """INT8 calibration data: whole batches of the device's batch size from `inputs.calibration`, up to
     `max_images` images (at least one batch)."""
     batch = inputs.input_shape[0]

@@ -3,7 +3,7 @@
 Plain post-training INT8 quantizes every layer it can; when that loses more top-1 than the profile allows,
 NNCF's accuracy control quantizes, ranks the quantized layers by how much each costs on a validation set, and
 reverts the worst to float one group at a time until the drop is within `max_drop` (absolute, as a fraction)
-or nothing is left to revert. Its decisions are made on the validation split (CompileInputs.validation), never on
+or nothing is left to revert. Its decisions are made on the validation split (ExportedModel.validation), never on
 the test split the build then judges the result on.
 
 What stayed in float is read off the two graphs: the layers fed by a quantizer in the plain INT8 model but not in
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gtnpipe.deploy.backends import CompileInputs, calibration_batches
+from gtnpipe.deploy.backends import ExportedModel, calibration_batches
 from gtnpipe.errors import ConfigError
 
 __all__ = ["ACCURACY_CONTROL_IMAGES", "quantize_with_accuracy_control"]
@@ -27,7 +27,7 @@ __all__ = ["ACCURACY_CONTROL_IMAGES", "quantize_with_accuracy_control"]
 ACCURACY_CONTROL_IMAGES = 1000
 
 
-def quantize_with_accuracy_control(model: Any, inputs: CompileInputs, *, feed: Callable[[np.ndarray], Any],
+def quantize_with_accuracy_control(model: Any, inputs: ExportedModel, *, feed: Callable[[np.ndarray], Any],
                                    logits: Callable[[Any, np.ndarray], np.ndarray]) -> Any:
     """`model` (an ov.Model or onnx.ModelProto) quantized to INT8 with accuracy control.
 
@@ -39,7 +39,7 @@ def quantize_with_accuracy_control(model: Any, inputs: CompileInputs, *, feed: C
 
     if inputs.validation is None or inputs.max_drop_points is None:
         raise ConfigError("accuracy-control INT8 needs labelled validation images and the profile's "
-                          "max_accuracy_drop_points (CompileInputs.validation, max_drop_points)")
+                          "max_accuracy_drop_points (ExportedModel.validation, max_drop_points)")
     x_val, y_val = inputs.validation
     batch = inputs.input_shape[0]
     n = len(x_val) // batch * batch

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing, toolchain_step
+from gtnpipe.deploy.backends import Backend, BuildResult, ExportedModel, calibration_batches, missing, toolchain_step
 from gtnpipe.progress import quiet_loggers
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class OnnxRuntimeBackend(Backend):
     def version(self) -> str:
         return str(_ort().__version__)
 
-    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult:
+    def build(self, inputs: ExportedModel, precision: str, out_dir: Path) -> BuildResult:
         self.check_precision(precision)
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / f"model-{precision}.onnx"
@@ -100,7 +100,7 @@ class OnnxRuntimeBackend(Backend):
         return BuildResult(target.name, (target.name,), {"quantizer": f"nncf {nncf.__version__} post-training",
                                                          "calibration_images": len(samples) * inputs.input_shape[0]})
 
-    def build_accuracy_controlled(self, inputs: CompileInputs, out_dir: Path) -> BuildResult:
+    def build_accuracy_controlled(self, inputs: ExportedModel, out_dir: Path) -> BuildResult:
         try:
             import nncf
             import onnx

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing, toolchain_step
+from gtnpipe.deploy.backends import Backend, BuildResult, ExportedModel, calibration_batches, missing, toolchain_step
 from gtnpipe.errors import ConfigError
 from gtnpipe.progress import quiet_loggers
 
@@ -121,7 +121,7 @@ class OpenVinoBackend(Backend):
         except importlib.metadata.PackageNotFoundError:  # a source build: "2026.4.1-22982-e213a147257-releases/2026/4"
             return str(_ov().get_version()).split("-")[0]
 
-    def _read(self, inputs: CompileInputs) -> ov.Model:
+    def _read(self, inputs: ExportedModel) -> ov.Model:
         model = _ov().Core().read_model(str(inputs.onnx_path))
         if len(model.inputs) != 1:
             raise ConfigError(f"{inputs.onnx_path} has {len(model.inputs)} inputs; the OpenVINO backend compiles "
@@ -129,7 +129,7 @@ class OpenVinoBackend(Backend):
         model.reshape(list(inputs.input_shape))
         return model
 
-    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult:
+    def build(self, inputs: ExportedModel, precision: str, out_dir: Path) -> BuildResult:
         self.check_precision(precision)
         out_dir.mkdir(parents=True, exist_ok=True)
         model = self._read(inputs)
@@ -153,7 +153,7 @@ class OpenVinoBackend(Backend):
                                              "calibration_images": len(samples) * inputs.input_shape[0], "weights": "int8",
                                              "input_shape": list(inputs.input_shape)})
 
-    def build_accuracy_controlled(self, inputs: CompileInputs, out_dir: Path) -> BuildResult:
+    def build_accuracy_controlled(self, inputs: ExportedModel, out_dir: Path) -> BuildResult:
         try:
             import nncf
         except ImportError as err:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches
+from gtnpipe.deploy.backends import Backend, BuildResult, ExportedModel, calibration_batches
 from gtnpipe.deploy.backends.tensorrt_engine import (
     CALIBRATION_CACHE_FILE,
     CALIBRATION_FILE,
@@ -120,7 +120,7 @@ class TensorRtBackend(Backend):
     def version(self) -> str:
         return str(import_tensorrt().__version__)
 
-    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult:
+    def build(self, inputs: ExportedModel, precision: str, out_dir: Path) -> BuildResult:
         """Check the export, ship it as model.onnx, and build the engine where TensorRT or trtexec is here."""
         from gtnpipe.deploy.backends.tensorrt_onnx import require_onnx_for_tensorrt, tensorrt_version_for_opset
 
@@ -176,7 +176,7 @@ class TensorRtBackend(Backend):
             notes["engine_build_command"] = shlex.join(engine_build_command(precision))
         return BuildResult(ONNX_FILE, tuple(files), notes, deployed_format=False)
 
-    def _ship_calibration(self, inputs: CompileInputs, out_dir: Path) -> dict[str, Any]:
+    def _ship_calibration(self, inputs: ExportedModel, out_dir: Path) -> dict[str, Any]:
         """Write calibration.npy: whole batches of up to `calibration_images` of the given images; notes on the count."""
         batch = inputs.input_shape[0]
         images = np.concatenate(calibration_batches(inputs, max_images=self.calibration_images))

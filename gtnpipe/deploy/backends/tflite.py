@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gtnpipe.deploy.backends import Backend, BuildResult, CompileInputs, calibration_batches, missing, toolchain_step
+from gtnpipe.deploy.backends import Backend, BuildResult, ExportedModel, calibration_batches, missing, toolchain_step
 from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import atomic_write_bytes, sha256_file
 from gtnpipe.progress import quiet_libraries
@@ -133,10 +133,10 @@ class TfliteBackend(Backend):
         # the bare version (profiles compare it with a PEP 440 range); `runner` says which package it is of
         return distribution_version(self.runner)
 
-    def build(self, inputs: CompileInputs, precision: str, out_dir: Path) -> BuildResult:
+    def build(self, inputs: ExportedModel, precision: str, out_dir: Path) -> BuildResult:
         self.check_precision(precision)
         if inputs.torch_module is None:
-            raise ConfigError("the tflite backend converts the torch module, but CompileInputs.torch_module is None; "
+            raise ConfigError("the tflite backend converts the torch module, but ExportedModel.torch_module is None; "
                               "build the inputs with gtnpipe.deploy.export.compile_inputs")
         if precision == "int8":
             calibration_batches(inputs)  # too few fails here, before a conversion
@@ -161,7 +161,7 @@ class TfliteBackend(Backend):
         atomic_write_bytes(target, model)
         return BuildResult(target.name, (target.name,), notes)
 
-    def _converted(self, inputs: CompileInputs) -> bytes:
+    def _converted(self, inputs: ExportedModel) -> bytes:
         """The float32 .tflite of `inputs`, converted once per model and input shape by this backend instance: fp16
         and int8 quantize it, so a build of all three precisions converts once (33 s per conversion on 2 Zen 3 cores
         for the demo's Raspberry Pi student, two thirds of its compile stage). The key is the exported ONNX file's
@@ -189,7 +189,7 @@ class TfliteBackend(Backend):
         with toolchain_step("ai-edge-quantizer float16 weight quantization"):
             return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
-    def _int8(self, fp32: bytes, inputs: CompileInputs, notes: dict[str, Any]) -> bytes:
+    def _int8(self, fp32: bytes, inputs: ExportedModel, notes: dict[str, Any]) -> bytes:
         from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
         from ai_edge_quantizer.utils import qsv_utils
 
@@ -213,7 +213,7 @@ class TfliteBackend(Backend):
             return bytes(q.quantize(calib.get_model_qsvs(), enable_progress_report=False).quantized_model)
 
     @staticmethod
-    def _calibration_samples(inputs: CompileInputs, fp32: bytes) -> dict[str, list[dict[str, np.ndarray]]]:
+    def _calibration_samples(inputs: ExportedModel, fp32: bytes) -> dict[str, list[dict[str, np.ndarray]]]:
         """Calibration batches of the device's batch size, keyed by the converted model's signature and input names."""
         signatures = interpreter()[0](model_content=fp32).get_signature_list()  # {'serving_default': {'inputs': ['args_0'], ...}}
         key, signature = next(iter(signatures.items()))

@@ -99,7 +99,7 @@ def bench(
         fail("give an artifact folder (gtnpipe bench artifacts/host); the device's latency table is "
              "'gtnpipe latency-table --device NAME'")
     with running(progress=progress, as_json=as_json) as p:
-        from gtnpipe.deploy.bench import BENCH_FAILED_EXIT, BENCH_FILE, bench_artifact
+        from gtnpipe.deploy.device_bench import BENCH_FAILED_EXIT, BENCH_FILE, bench_artifact
         from gtnpipe.deploy.fleet import update_index
 
         if remote is None:
