@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from conftest import TINY_RECIPE
 
-from gtnpipe import pipeline
 from gtnpipe.config.profiles import load_profile
 from gtnpipe.deploy.backends import BuildResult, ExportedModel
 from gtnpipe.deploy.backends.onnxruntime import OnnxRuntimeBackend
-from gtnpipe.deploy.export import Deployable, compile_inputs
+from gtnpipe.deploy.export import Deployable, compile_inputs, logits_of
 from gtnpipe.errors import BackendBuildError
 from gtnpipe.models.static import build_static
 from gtnpipe.stages import training
 from gtnpipe.stages.deploy import split_images
+from gtnpipe.stages.ship import compile_all
 from gtnpipe.stages.workspace import Workspace
 
 
@@ -48,7 +48,7 @@ def compile_args(tmp_path: Path) -> tuple:
     assert "int8" in profile.precisions and "fp32" in profile.precisions
     student = training.distill_input(ws, "smallest", teacher="none")  # the key; an untrained student compiles the same
     model = Deployable(build_static(ws.space.smallest(), ws.space, ws.task), ws.data.mean, ws.data.std).train(False)
-    return ws, profile, student, model, pipeline._torch_logits(model, ws)
+    return ws, profile, student, model, logits_of(model, ws.data.test.chunks(512))
 
 
 def _compile_all(ws: Workspace, profile, backend, student, model, logits, *, strict: bool) -> tuple:
@@ -56,9 +56,9 @@ def _compile_all(ws: Workspace, profile, backend, student, model, logits, *, str
         return compile_inputs(model, ws.task, work, batch_size=batch_size, max_opset=max_opset,
                               calibration_uint8=ws.data.train.x[list(calibration)]), logits
 
-    compiled, failures, superseded = pipeline._compile_all(
-        ws.cache, profile, backend, student, export, split_images(ws.data.test), len(ws.data.train), len(ws.data.val),
-        precisions=profile.precisions, strict=strict)
+    compiled, failures, superseded = compile_all(
+        ws.cache, profile, backend, student, export, split_images(ws.data.test), n_train=len(ws.data.train),
+        n_val=len(ws.data.val), precisions=profile.precisions, strict=strict)
     assert not superseded  # no INT8 was built to lose accuracy
     return compiled, failures
 
