@@ -53,7 +53,8 @@ def test_the_example_script_runs(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=HANG_TIMEOUT_S, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert summary["distill_top1"] > 20, run.stdout  # the student learned something (10% is chance)
+    # 54.4% measured (1000 test images): the floor is two binomial standard errors (1.6 points each) below it
+    assert summary["distill_top1"] > 51, run.stdout
     built = load_manifest(Path(summary["build_folder"]))
     assert built["provenance"]["teacher"] == "module:MyTeacher" and built["model"]["source"]["kind"] == "pool-student"
     compiled = load_manifest(Path(summary["compile_folder"]))

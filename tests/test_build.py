@@ -79,7 +79,8 @@ def test_host_artifact_is_complete_and_checked(host_build, workspace: dict[str, 
         assert "slower here" in rows["int8"]["reason"]  # chosen by measured latency, not assumed
     assert shipped["latency_ms_p50"] == min(r["latency_ms_p50"] for r in rows.values() if r["parity"]["passed"])
     acc = manifest["accuracy"]
-    assert acc["torch_fp32_top1"] > 40 and abs(acc["torch_fp32_top1"] - acc["shipped_top1"]) <= 1.0
+    # 51.3% measured (1000 test images): the floor is two binomial standard errors (1.6 points each) below it
+    assert acc["torch_fp32_top1"] > 48 and abs(acc["torch_fp32_top1"] - acc["shipped_top1"]) <= 1.0
     assert manifest["measured_on_build_machine"]["latency_ms_p90"] > 0
     assert 30 < manifest["measured_on_build_machine"]["peak_memory_mb"] < 1000
     ref = np.load(folder / "reference/inputs.npy")

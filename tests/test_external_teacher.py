@@ -145,11 +145,31 @@ class StagedCNN(nn.Module):
         return self.head(self.c(self.b(self.a(x))))
 
 
+def _trained(user: nn.Module, files: Files) -> float:
+    """`user` trained a few epochs on the recipe's training slice ([0, 1] images, as a user's teacher takes them), and
+    its test top-1: a teacher worth fine-tuning, so the student's and the fine-tuned teacher's accuracy mean something."""
+    x, y = torch.from_numpy(files.ws.data.train.x).float() / 255, torch.from_numpy(files.ws.data.train.y)
+    opt = torch.optim.Adam(user.parameters(), 3e-3)
+    user.train(True)
+    for _ in range(4):
+        for i in range(0, len(x), 32):
+            opt.zero_grad()
+            out = user(x[i:i + 32])
+            nn.functional.cross_entropy(out["logits"] if isinstance(out, dict) else out, y[i:i + 32]).backward()
+            opt.step()
+    user.train(False)
+    with torch.no_grad():
+        out = user(torch.from_numpy(files.ws.data.test.x).float() / 255)
+    logits = out["logits"] if isinstance(out, dict) else out
+    return float((logits.argmax(1).numpy() == files.ws.data.test.y).mean() * 100)
+
+
 def test_module_teacher_with_named_stages_is_fine_tuned_as_a_generic_teacher(files: Files) -> None:
     import copy
 
     torch.manual_seed(0)
     user = StagedCNN()
+    user_top1 = _trained(user, files)
     before = copy.deepcopy(user.state_dict())
     teacher = teacher_from_module(user, stages=["a", "b", "c"])
     arch = files.ws.space.smallest().id
@@ -164,7 +184,11 @@ def test_module_teacher_with_named_stages_is_fine_tuned_as_a_generic_teacher(fil
     tuned = {k.removeprefix("inner.teacher."): v for k, v in net.state_dict().items() if k.startswith("inner.teacher.")}
     assert any(not torch.equal(before[k], tuned[k]) for k in before if before[k].is_floating_point())
     student = training.distill_student(files.ws, inp)
-    assert student.teacher == "gtn:module" and student.teacher_key == inp.teacher.key and 0 < student.test_top1 <= 100
+    assert student.teacher == "gtn:module" and student.teacher_key == inp.teacher.key
+    # GTN fine-tuning keeps what the user's teacher knows: 46.9% -> 49.6% measured (256 test images; a margin of two
+    # binomial standard errors, 6 points). The tiny recipe's students stay at chance whatever teaches them (7-12%
+    # measured for none, vanilla and gtn), so the student's own accuracy cannot be judged here.
+    assert student.teacher_test_top1 is not None and student.teacher_test_top1 >= user_top1 - 6.0
 
 
 def test_gtn_fine_tuning_needs_one_stage_per_boundary(files: Files) -> None:
@@ -210,6 +234,8 @@ def test_pt2_with_named_outputs_teaches_and_is_fine_tuned_as_a_generic_teacher(f
     torch.manual_seed(0)
     path = tmp_path / "named.pt2"
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # untrained: this checks the mechanics (stage outputs found, branches at every point, a student distilled); a
+    # trained .pt2, exported in eval mode, fine-tunes with frozen BatchNorm and diverged at the tiny recipe's lr 0.1
     torch.export.save(torch.export.export(NamedOutputs().eval(), (torch.zeros(4, 1, 28, 28),),
                                           dynamic_shapes={"x": {0: batch}}), str(path))
     arch = files.ws.space.smallest().id
@@ -221,6 +247,6 @@ def test_pt2_with_named_outputs_teaches_and_is_fine_tuned_as_a_generic_teacher(f
     tuned = training.train_teacher(files.ws, inp.teacher)
     assert set(tuned.log["kl_by_branch_point"]) == {"0", "1", "2", "3"}
     student = training.distill_student(files.ws, inp)
-    assert student.teacher == "gtn:pt2" and 0 < student.test_top1 <= 100
+    assert student.teacher == "gtn:pt2" and student.teacher_key == inp.teacher.key
     with pytest.raises(ConfigError, match="a onnx file gives logits only"):
         teacher_file(files.onnx, stages=["a"])

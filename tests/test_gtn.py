@@ -242,7 +242,8 @@ def test_short_gtn_run_learns_and_logs(fmnist_small: Dataset) -> None:
     result, trainer = train_generic_teacher(teacher, supernet, fmnist_small, cfg, GTNConfig(), seed=0, run_id="t",
                                             progress=False)
     assert result.history[-1].train_loss < result.history[0].train_loss
-    assert result.test_top1 > 30.0
+    # 43.4% measured (256 test images): the floor is two binomial standard errors (3.1 points each) below it
+    assert result.test_top1 > 37.0
     log = trainer.log.summary()
     assert log["steps"] == 2 * 16
     assert set(log["kl_by_student"]) == {"largest", "smallest", "sampled"}

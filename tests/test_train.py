@@ -100,7 +100,8 @@ def test_fit_learns_and_is_deterministic(fmnist_small: Dataset) -> None:
     assert [h.train_loss for h in ra.history] == [h.train_loss for h in rb.history]
     assert ra.history[-1].train_loss < ra.history[0].train_loss
     assert ra.history[-1].train_top1 > 50.0
-    assert ra.test_top1 > 25.0  # 10 classes: chance is 10%
+    # 36.7% measured (256 test images): the floor is two binomial standard errors (3.0 points each) below it
+    assert ra.test_top1 > 30.0
     c = _student()
     rc = fit(c, fmnist_small, CFG, seed=8, run_id="c", progress=False)
     assert rc.history[0].train_loss != ra.history[0].train_loss  # the seed sets the data order
