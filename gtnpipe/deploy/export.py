@@ -67,8 +67,9 @@ def export_onnx(model: nn.Module, task: TaskShape, path: Path, *, batch_size: in
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(model, (torch.zeros(shape),), buffer,  # type: ignore[arg-type]  # a file object works opset_version=min(EXPORT_OPSET, max_opset),
-                              dynamo=False, input_names=["input"], output_names=["logits"], do_constant_folding=True)
+            torch.onnx.export(model, (torch.zeros(shape),), buffer,  # type: ignore[arg-type]  # a file object works
+                              opset_version=min(EXPORT_OPSET, max_opset), dynamo=False, input_names=["input"],
+                              output_names=["logits"], do_constant_folding=True)
     finally:
         model.train(was_training)
     atomic_write_bytes(path, buffer.getvalue())
