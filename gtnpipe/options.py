@@ -15,6 +15,7 @@ from torch import nn
 
 from gtnpipe.config.recipes import Recipe
 from gtnpipe.data.datasets import Dataset
+from gtnpipe.deploy.onnx_model import InputShape
 from gtnpipe.models.external import ExternalTeacher, teacher_from_module
 from gtnpipe.nas.evolution import SearchConfig
 from gtnpipe.stages.workspace import Workspace
@@ -64,6 +65,8 @@ class BuildOptions:
     # host: measure this machine's latency table first when the one found was measured elsewhere (None: on, unless
     # $GTNPIPE_CALIBRATE is 0)
     calibrate_host: bool | None = None
+    # --budget NAME=VALUE: [budgets] fields replaced for this build (recorded in the manifest)
+    budgets: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,12 @@ class CompileOptions:
     # loaded Dataset; None: parity on random images, no INT8
     data: str | Dataset | None = None
     precisions: tuple[str, ...] | None = None  # a subset of the profile's (None: all it allows)
+    # --input-shape: fixes a dynamic channel, height or width (gtnpipe.deploy.onnx_model.InputShape)
+    input_shape: InputShape | None = None
     # the normalisation the model expects, in [0, 1] pixel units, folded into the graph (the artifact takes [0, 1])
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     cache_dir: Path | None = None
     check_measured_budgets: bool = False
     strict: bool = False
+    budgets: tuple[tuple[str, float], ...] = ()  # --budget NAME=VALUE (recorded in the manifest)

@@ -23,16 +23,17 @@ import numpy as np
 import torch
 
 from gtnpipe.cache import Cache
-from gtnpipe.config.profiles import DeviceProfile, load_profile
+from gtnpipe.config.profiles import DeviceProfile, load_profile, with_budgets
 from gtnpipe.config.recipes import DataConfig
 from gtnpipe.deploy.backends import ExportedModel, get_backend
 from gtnpipe.deploy.backends.accuracy_control import ACCURACY_CONTROL_IMAGES
 from gtnpipe.deploy.export import Deployable, compile_inputs, logits_of, to_unit_float
-from gtnpipe.deploy.fleet import update_index, write_index
-from gtnpipe.deploy.onnx_model import count_onnx, prepare_onnx, read_onnx
+from gtnpipe.deploy.fleet import FleetOutcome, run_fleet
+from gtnpipe.deploy.onnx_model import count_onnx, fold_constants, prepare_onnx, read_onnx
 from gtnpipe.deploy.onnx_torch import onnx_to_torch
 from gtnpipe.deploy.parity import top1_pct
 from gtnpipe.deploy.timing import Machine
+from gtnpipe.errors import ConfigError
 from gtnpipe.measure.host_table import calibrate_device, calibration_wanted, make_calibration_kit, stale_table_reason
 from gtnpipe.models.external import ExternalTeacher
 from gtnpipe.options import BuildOptions, CompileOptions, WorkspaceOptions, as_teacher
@@ -40,9 +41,8 @@ from gtnpipe.progress import StageLog
 from gtnpipe.space.pool import FASHION_MNIST_TASK
 from gtnpipe.stages import training
 from gtnpipe.stages.deploy import REFERENCE_IMAGES, SourceModel, random_images, split_images
-from gtnpipe.stages.search import AccuracyOutcome, SearchOutcome, accuracy_input, search_input
+from gtnpipe.stages.search import AccuracyOutcome, SearchOutcome, accuracy_input, inherited_accuracies, search_input
 from gtnpipe.stages.search import accuracy_predictor as _accuracy_predictor
-from gtnpipe.stages.search import inherited_accuracies as _inherited_accuracies
 from gtnpipe.stages.search import search_device as _search_device
 from gtnpipe.stages.ship import Shipped, deploy, measured_summary, predicted_cost, violations, write_device_artifact
 from gtnpipe.stages.source import COMPILE_VAL_SIZE, compile_data, compile_precisions, onnx_reference
@@ -51,7 +51,7 @@ from gtnpipe.stages.workspace import DataRef, Workspace
 
 __all__ = [
     "FASHION_MNIST_TASK", "BuildOptions", "BuildOutcome", "CompileOptions", "CompileOutcome", "WorkspaceOptions",
-    "Workspace", "accuracy_predictor", "build_device", "build_fleet", "calibrate_device", "compile_model",
+    "Workspace", "accuracy_predictor", "build_device", "build_fleet", "calibrate_device", "compile_fleet", "compile_model",
     "distill_student", "inherited_accuracies", "load_distilled", "load_teacher", "load_trained", "make_calibration_kit",
     "search_device", "train_model", "train_teacher",
 ]
@@ -80,7 +80,7 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, options: Bui
                  say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
     """profile -> search -> distill the pick from the cached teacher -> export -> compile every allowed precision
     -> parity on the test split -> measure here -> write out/<device>/ (manifest, report, model)."""
-    profile = load_profile(device)
+    profile = with_budgets(load_profile(device), options.budgets)
     backend = get_backend(profile.runtime.name)  # a missing runtime SDK fails here, before any training
     teacher = as_teacher(options.teacher) or ws.default_teacher  # --teacher, else the recipe's
     log_stage = StageLog(say, stages=6)
@@ -131,7 +131,8 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, options: Bui
         reference_labels=ws.data.test.y, reference_logits=torch_logits, reference_top1=torch_top1,
         estimated_top1=search.result.pick.accuracy, predicted=predicted,
         violations=violations(profile, done.shipped, done.shipped_measured, check_measured=options.check_measured_budgets),
-        warnings=warnings, data_name=ws.data.name, data_fingerprint=ws.data.fingerprint, pareto_png=search.pareto_png)
+        warnings=warnings, data_name=ws.data.name, data_fingerprint=ws.data.fingerprint, pareto_png=search.pareto_png,
+        budget_overrides=dict(options.budgets))
     folder = write_device_artifact(shipped, options.out)
     log_stage("artifact", False, folder=str(folder))
     return BuildOutcome(profile.name, str(folder), student.arch, profile.runtime.name, done.chosen, torch_top1,
@@ -140,18 +141,11 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, options: Bui
 
 
 def build_fleet(ws: Workspace, devices: Sequence[str | Path], options: BuildOptions, *,
-                say: Callable[[str], None] = lambda _: None) -> list[BuildOutcome]:
-    """build_device for each device in turn (they share the teacher and the cached stages), then the fleet view
-    out/index.md and out/fleet.png over every device folder in `out` (gtnpipe.deploy.fleet)."""
-    results = [build_device(ws, device, options, say=say) for device in devices]
-    refresh_fleet(options.out, built=len(results))
-    return results
-
-
-def refresh_fleet(out: Path, *, built: int) -> Path | None:
-    """The fleet index after building `built` artifacts into `out`: written for more than one, else kept up to date
-    where one exists."""
-    return write_index(out) if built > 1 else update_index(out)
+                say: Callable[[str], None] = lambda _: None) -> FleetOutcome[BuildOutcome]:
+    """build_device for each device (sharing the teacher and cached stages; one that fails is recorded, the others go
+    on), then the fleet view out/index.md and out/fleet.png (gtnpipe.deploy.fleet)."""
+    return run_fleet(devices, lambda d: build_device(ws, d, options, say=say), options.out, command="gtnpipe build",
+                     say=say)
 
 
 @dataclass(frozen=True)
@@ -176,9 +170,12 @@ def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, op
     -> parity against ONNX Runtime FP32 on its test split (or random images) -> measure here -> choose
     -> out/<device>/, the same artifact `build_device` writes (`gtnpipe bench` takes it)."""
     started = time.perf_counter()
-    profile = load_profile(device)
+    profile = with_budgets(load_profile(device), options.budgets)
     backend = get_backend(profile.runtime.name)
-    onnx_model, facts = read_onnx(model_path)
+    onnx_model, facts = read_onnx(model_path, options.input_shape)
+    if options.input_shape is not None and options.input_shape.batch not in (None, profile.batch_size):
+        raise ConfigError(f"--input-shape gives batch {options.input_shape.batch}; {profile.name} runs batch "
+                          f"{profile.batch_size} (its profile's batch_size): give that or leave it out")
     wanted = compile_precisions(profile, options.precisions, has_data=options.data is not None)
     dataset = compile_data(options.data, facts, options.cache_dir) if options.data is not None else None
     images = split_images(dataset.test) if dataset is not None else random_images(facts.chw)
@@ -199,7 +196,9 @@ def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, op
                      else np.zeros((0, *facts.chw), dtype=np.float32))
             val = (to_unit_float(dataset.val.x[:ACCURACY_CONTROL_IMAGES]), dataset.val.y[:ACCURACY_CONTROL_IMAGES]) \
                 if dataset is not None else None
-            module = onnx_to_torch(prepared) if "torch" in backend.converts_from else None  # e.g. litert-torch
+            # e.g. litert-torch: the static graph folded first (fewer operators for the translation to cover)
+            module = onnx_to_torch(fold_constants(prepared, work / "folded.onnx")) if "torch" in backend.converts_from \
+                else None
             return ExportedModel(prepared, (batch_size, *facts.chw), calib, max_opset, torch_module=module,
                                  validation=val, max_drop_points=profile.budgets.max_accuracy_drop_points), reference
 
@@ -221,11 +220,18 @@ def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, op
         estimated_top1=None, predicted=None,
         violations=violations(profile, done.shipped, done.shipped_measured, check_measured=options.check_measured_budgets),
         warnings=[f"{p} {why}" for p, why in done.not_built.items()], data_name=dataset.name if dataset else None,
-        data_fingerprint=dataset.fingerprint if dataset else None)
+        data_fingerprint=dataset.fingerprint if dataset else None, budget_overrides=dict(options.budgets))
     folder = write_device_artifact(shipped, options.out)
     return CompileOutcome(profile.name, str(folder), str(model_path), profile.runtime.name, done.chosen,
                           shipped.reference_top1, done.shipped_top1, measured_summary(shipped), shipped.violations,
                           shipped.warnings, done.not_built, round(time.perf_counter() - started, 1))
+
+
+def compile_fleet(model_path: str | Path, devices: Sequence[str | Path], options: CompileOptions, *,
+                  say: Callable[[str], None] = lambda _: None) -> FleetOutcome[CompileOutcome]:
+    """compile_model for each device (one that fails is recorded and the others go on), then the fleet view."""
+    return run_fleet(devices, lambda d: compile_model(model_path, d, options, say=say), options.out, command="gtnpipe compile",
+                     say=say)
 
 
 # --- the other commands: each is one or two stages ------------------------------------------------
@@ -267,14 +273,10 @@ def accuracy_predictor(ws: Workspace, *, samples: int | None = None) -> Accuracy
     return _accuracy_predictor(ws, accuracy_input(ws, samples=samples))
 
 
-def inherited_accuracies(ws: Workspace, archs: list[str]) -> list[float]:
-    return _inherited_accuracies(ws, archs)
-
-
 def search_device(ws: Workspace, device: str | Path | DeviceProfile, options: BuildOptions, *,
                   say: Callable[[str], None] = lambda _: None) -> SearchOutcome:
     """The best student for `device` (the same cached stage `gtnpipe build` runs, with the build's options)."""
-    profile = load_profile(device)
+    profile = with_budgets(load_profile(device), options.budgets)
     calibrate_if_stale(ws, profile, options.calibrate_host, say)
     return _search_device(ws, search_input(ws, profile, config=options.search, accuracy_samples=options.accuracy_samples))
 

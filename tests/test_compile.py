@@ -187,7 +187,8 @@ def test_bad_models_are_refused_with_what_to_do(tmp_path: Path) -> None:
     image = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])
     logits = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])
     dynamic = _write(_graph([helper.make_node("Relu", ["x"], ["y"])], [image], [logits]), tmp_path / "dynamic.onnx")
-    with pytest.raises(ConfigError, match="dynamic channel, height or width; re-export with a fixed image size"):
+    with pytest.raises(ConfigError, match="with a dynamic channel, height or width: give the size the model was made for "
+                                          "with --input-shape"):
         read_onnx(dynamic)
     image = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
     two = _write(_graph([helper.make_node("Add", ["x", "z"], ["y"])],

@@ -129,6 +129,9 @@ def build(
                                                  "measured HERE exceeds the budgets (when this machine is the device).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when a precision the profile allows could not be built "
                                          "(CI uses it); without it such a precision is recorded as not built.")] = False,
+    budget: Annotated[list[str] | None, typer.Option("--budget", help="Replace a budget of the profile for this run: "
+                                                    "NAME=VALUE (repeatable), e.g. latency_ms_p90=5.0; the manifest "
+                                                    "records it.")] = None,
     calibrate: CalibrateOpt = None,
     cache_dir: CacheOpt = None,
     progress: ProgressOpt = True,
@@ -136,7 +139,8 @@ def build(
 ) -> None:
     """Profile -> search -> distill from the cached teacher (vanilla by default) -> compile -> check -> artifacts/<device>/.
 
-    Exit 2 on bad input or a failed parity check, 3 when the artifact breaks a budget.
+    Exit 2 on bad input or a failed parity check, 3 when the artifact breaks a budget, 4 when some of several devices
+    failed (the others are built; each failure is printed and listed in the fleet index).
     """
     from gtnpipe.config.profiles import known_profiles
 
@@ -152,10 +156,11 @@ def build(
                             skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
         options = BuildOptions(out=out_dir, teacher=teacher, search=SearchConfig(iterations=iterations),
                                accuracy_samples=accuracy_samples, check_measured_budgets=check_measured, strict=strict,
-                               calibrate_host=calibrate)
-        results = pipeline.build_fleet(ws, devices, options, say=p.say)
+                               calibrate_host=calibrate, budgets=_budgets(budget))
+        fleet = pipeline.build_fleet(ws, devices, options, say=p.say)
+    results = fleet.built
     if as_json:
-        emit_json([asdict(r) for r in results])
+        emit_json([asdict(r) for r in results] + [{"device": d, "failed": why} for d, why in fleet.failed.items()])
     else:
         out = stdout()
         for r in results:
@@ -165,7 +170,26 @@ def build(
                       f"  test top-1 torch {r.torch_top1:.2f}%, shipped {shipped}; predicted p90 "
                       f"{r.predicted['latency_ms_p90']:.3f} ms ({r.predicted['latency_source']}){measured}")
             _print_checks(r.budget_violations, r.warnings)
+        _print_failed(fleet.failed)
         _print_fleet(out_dir)
+    _exit_code(results, fleet.failed)
+
+
+def _budgets(given: list[str] | None) -> tuple[tuple[str, float], ...]:
+    from gtnpipe.config.profiles import parse_budget
+
+    return tuple(parse_budget(text) for text in given or ())
+
+
+def _print_failed(failed: dict[str, str]) -> None:
+    for device, why in failed.items():
+        stdout().print(f"[bold red]{escape(device)}: not built[/] {escape(why)}")
+
+
+def _exit_code(results: list[Any], failed: dict[str, str]) -> None:
+    """4: some devices of a multi-device command failed (the others were built); 3: an artifact breaks a budget."""
+    if failed:
+        raise typer.Exit(4)
     if any(r.budget_violations for r in results):
         raise typer.Exit(3)
 
@@ -215,9 +239,15 @@ def compile_(
                                              "pixel units (e.g. 0.485,0.456,0.406): folded into the artifact, which then "
                                              "takes [0, 1] images.")] = None,
     std: Annotated[str | None, typer.Option("--std", help="With --mean: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    input_shape: Annotated[str | None, typer.Option(
+        "--input-shape", help="The image size a model with a dynamic channel, height or width was made for: NxCxHxW or "
+        "CxHxW, optionally after the input's name (e.g. 1x3x48x192, x=1x3x48x192).")] = None,
     check_measured: Annotated[bool, typer.Option("--check-measured-budgets", help="Also fail when latency or memory "
                                                  "measured HERE exceeds the budgets.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when a precision could not be built.")] = False,
+    budget: Annotated[list[str] | None, typer.Option("--budget", help="Replace a budget of the profile for this run: "
+                                                    "NAME=VALUE (repeatable), e.g. latency_ms_p90=5.0; the manifest "
+                                                    "records it.")] = None,
     cache_dir: CacheOpt = None,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
@@ -225,21 +255,22 @@ def compile_(
     """Compile a model you already have: every precision -> parity against ONNX Runtime FP32 -> time -> artifacts/<device>/.
 
     The same artifact folder and manifest as `gtnpipe build`: `gtnpipe bench` takes it. Exit 2 on bad input or a
-    failed parity check, 3 when the artifact breaks a budget.
+    failed parity check, 3 when the artifact breaks a budget, 4 when some of several devices failed (the others are
+    built; each failure is printed and listed in the fleet index).
     """
-    results = []
     with running(progress=progress, as_json=as_json) as p:
         from gtnpipe import pipeline
+        from gtnpipe.deploy.onnx_model import parse_input_shape
         from gtnpipe.options import CompileOptions
 
         options = CompileOptions(out=out_dir, data=data, precisions=tuple(precision) if precision else None,
+                                 input_shape=parse_input_shape(input_shape) if input_shape else None,
                                  mean=_floats(mean, "--mean"), std=_floats(std, "--std"), cache_dir=cache_dir,
-                                 check_measured_budgets=check_measured, strict=strict)
-        for name in device:
-            results.append(pipeline.compile_model(model, name, options, say=p.say))
-        pipeline.refresh_fleet(out_dir, built=len(results))
+                                 check_measured_budgets=check_measured, strict=strict, budgets=_budgets(budget))
+        fleet = pipeline.compile_fleet(model, device, options, say=p.say)
+    results = fleet.built
     if as_json:
-        emit_json([asdict(r) for r in results])
+        emit_json([asdict(r) for r in results] + [{"device": d, "failed": why} for d, why in fleet.failed.items()])
     else:
         out = stdout()
         for r in results:
@@ -249,5 +280,5 @@ def compile_(
             out.print(f"[bold]{escape(r.device)}[/]: {escape(r.model)} as {r.runtime} {r.precision} -> {escape(r.folder)} "
                       f"({r.seconds:.1f} s)\n  {top1}{measured}")
             _print_checks(r.budget_violations, r.warnings)
-    if any(r.budget_violations for r in results):
-        raise typer.Exit(3)
+        _print_failed(fleet.failed)
+    _exit_code(results, fleet.failed)

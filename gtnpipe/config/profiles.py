@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -26,6 +26,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from gtnpipe.config.resources import shipped_dir
 from gtnpipe.config.toml import as_dict, load_named
 from gtnpipe.deploy.backends import runtimes  # the one exception to config's layer (pyproject: import-linter)
+from gtnpipe.errors import ConfigError
 
 __all__ = [
     "PRECISIONS",
@@ -36,8 +37,10 @@ __all__ = [
     "RuntimeSpec",
     "known_profiles",
     "load_profile",
+    "parse_budget",
     "profiles_dir",
     "version_in_range",
+    "with_budgets",
 ]
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -172,6 +175,33 @@ def profiles_dir() -> Path:
 
 def known_profiles() -> list[str]:
     return sorted(p.stem for p in profiles_dir().glob("*.toml"))
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """`--budget NAME=VALUE` (e.g. latency_ms_p90=2.0)."""
+    name, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not name or not math.isfinite(number):
+        raise ConfigError(f"--budget {text!r}: give NAME=VALUE, a [budgets] field and a number (e.g. latency_ms_p90=2.0)")
+    return name.strip(), number
+
+
+def with_budgets(profile: DeviceProfile, overrides: tuple[tuple[str, float], ...]) -> DeviceProfile:
+    """The profile with some [budgets] replaced (--budget NAME=VALUE), checked as a profile file's would be."""
+    if not overrides:
+        return profile
+    allowed = [f.name for f in fields(Budgets)]
+    unknown = sorted({name for name, _ in overrides} - set(allowed))
+    if unknown:
+        raise ConfigError(f"--budget {', '.join(unknown)}: not a budget; the budgets are {', '.join(allowed)}")
+    try:
+        budgets = replace(profile.budgets, **dict(overrides))
+    except ValueError as err:
+        raise ConfigError(f"--budget {', '.join(f'{n}={v:g}' for n, v in overrides)}: {err}") from err
+    return replace(profile, budgets=budgets)
 
 
 def load_profile(name_or_path: str | Path | DeviceProfile) -> DeviceProfile:

@@ -5,6 +5,10 @@ accuracy, the cost model's prediction, what the build machine measured) and, whe
 `bench.json` (the device's own measurement and verdict, which then wins over the build machine's). A multi-device
 `gtnpipe build` writes it; `gtnpipe bench` (local or --remote) rebuilds it when the artifact's parent folder has one.
 
+A multi-device command builds every device it can (`run_fleet`): a device that fails is recorded in
+`<out>/.build-failures/<device>.json` (what failed and why), listed in the index, and cleared by its next successful
+build.
+
 Torch-free; the figure needs matplotlib (`gtnpipe[plot]`, part of `[build]`): without it the index says so and
 keeps its table.
 """
@@ -13,18 +17,60 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from gtnpipe.deploy.device_bench import BENCH_FILE
 from gtnpipe.deploy.manifest import MANIFEST, load_manifest
 from gtnpipe.errors import GtnpipeError
-from gtnpipe.fsutil import atomic_write_bytes
+from gtnpipe.fsutil import atomic_write_bytes, atomic_write_json
 
-__all__ = ["FIGURE", "INDEX", "fleet_rows", "render_index", "update_index", "write_index"]
+__all__ = ["FAILURES", "FIGURE", "INDEX", "FleetOutcome", "fleet_rows", "render_index", "run_fleet", "update_index",
+           "write_index"]
 
 INDEX = "index.md"
 FIGURE = "fleet.png"
+FAILURES = ".build-failures"  # under the artifacts folder: <device>.json per device whose last build failed
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FleetOutcome(Generic[T]):
+    """A multi-device command's results: what was built, and per device that was not, what failed."""
+
+    built: list[T]
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def run_fleet(devices: Sequence[str | Path], build: Callable[[str | Path], T], out: Path, *, command: str,
+              say: Callable[[str], None] = lambda _: None) -> FleetOutcome[T]:
+    """`build` for each device: one that fails with a gtnpipe error (bad input, a toolchain or parity failure, a
+    runtime missing here) is recorded and the others go on; any other exception is a bug and propagates. One device
+    alone fails as before (its error is the command's). The index is written for more than one device."""
+    built: list[T] = []
+    failed: dict[str, str] = {}
+    for device in devices:
+        name = Path(str(device)).stem
+        try:
+            built.append(build(device))
+        except GtnpipeError as err:
+            if len(devices) == 1:
+                raise
+            failed[name] = f"{type(err).__name__}: {err}"
+            atomic_write_json(Path(out) / FAILURES / f"{name}.json",
+                              {"device": name, "command": command, "error": failed[name],
+                               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            say(f"{name}: FAILED, the other devices go on: {err}")
+            continue
+        (Path(out) / FAILURES / f"{name}.json").unlink(missing_ok=True)
+    if len(devices) > 1:
+        write_index(out)
+    else:
+        update_index(out)
+    return FleetOutcome(built, failed)
 
 
 def _top1(acc: dict[str, Any]) -> float | None:
@@ -64,13 +110,18 @@ def _row(folder: Path) -> dict[str, Any]:
 
 
 def fleet_rows(out_dir: Path) -> list[dict[str, Any]]:
-    """One row per artifact folder in `out_dir` (sub-folders with a manifest), by device name."""
+    """One row per artifact folder in `out_dir` (sub-folders with a manifest), by device name, then one per device
+    whose last build failed."""
     rows = []
     for folder in sorted(p for p in Path(out_dir).iterdir() if (p / MANIFEST).is_file()):
         try:
             rows.append(_row(folder))
         except (GtnpipeError, ValueError, KeyError) as err:  # one broken folder does not hide the others
             rows.append({"device": folder.name, "folder": folder.name, "error": f"{type(err).__name__}: {err}"})
+    for record in sorted((Path(out_dir) / FAILURES).glob("*.json")):
+        failure = json.loads(record.read_text())
+        rows.append({"device": failure["device"], "folder": None, "failed": failure["error"],
+                     "failed_command": failure["command"], "failed_at": failure["at"]})
     return rows
 
 
@@ -89,6 +140,11 @@ def render_index(rows: list[dict[str, Any]], *, figure: bool, figure_note: str =
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['device']} | unreadable: {r['error']} | | | | | | | | | rebuild it with gtnpipe build |")
+            continue
+        if "failed" in r:
+            reason = r["failed"].replace("|", "/").replace("\n", " ")
+            lines.append(f"| {r['device']} | not built ({r['failed_command']}, {r['failed_at']}) | | | | | | | | | "
+                         f"FAILED: {reason} |")
             continue
         pred_lat = (f"{r['predicted_latency_ms_p90']:.3f} ({r['predicted_latency_source']})"
                     if r["predicted_latency_ms_p90"] is not None else "– (not a pool student)")
@@ -148,7 +204,7 @@ def write_index(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     rows = fleet_rows(out_dir)
     try:
-        atomic_write_bytes(out_dir / FIGURE, _figure([r for r in rows if "error" not in r]))
+        atomic_write_bytes(out_dir / FIGURE, _figure([r for r in rows if "error" not in r and "failed" not in r]))
         figure, note = True, ""
     except ImportError:
         figure, note = False, ("(no figure: matplotlib is not installed here; pip install 'gtnpipe[plot]' and run "

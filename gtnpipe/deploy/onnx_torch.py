@@ -272,7 +272,9 @@ class OnnxModule(nn.Module):
         self.buffer_names: dict[str, str] = {}
         for i, tensor in enumerate(graph.initializer):
             array = numpy_helper.to_array(tensor)
-            if np.issubdtype(array.dtype, np.floating):
+            # weights are buffers; a one-element float (Clip's bounds, a scale) stays a constant: ops read it as a
+            # number, which a buffer is not while torch.export traces
+            if np.issubdtype(array.dtype, np.floating) and array.size > 1:
                 attr = f"w{i}"
                 self.register_buffer(attr, torch.from_numpy(array.astype(np.float32, copy=True)))
                 self.buffer_names[tensor.name] = attr

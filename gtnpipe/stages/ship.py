@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,7 @@ class Shipped:
     data_name: str | None
     data_fingerprint: str | None
     pareto_png: str | None = None  # the search's Pareto plot
+    budget_overrides: dict[str, float] = field(default_factory=dict)  # --budget NAME=VALUE: what replaced the profile's
 
 
 def measured_summary(shipped: Shipped) -> dict[str, Any] | None:
@@ -298,6 +299,7 @@ def write_device_artifact(shipped: Shipped, out: Path) -> Path:
         "predicted": shipped.predicted,
         "measured_on_build_machine": measured_summary(shipped),
         "budgets": as_dict(profile.budgets),
+        **({"budget_overrides": shipped.budget_overrides} if shipped.budget_overrides else {}),
         "budget_violations": shipped.violations,
         "warnings": shipped.warnings,
         "reference": {"inputs": "reference/inputs.npy", "logits": "reference/logits.npy", "images": n_ref,
