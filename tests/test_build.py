@@ -279,8 +279,10 @@ def test_a_multi_device_build_writes_the_fleet_index(host_build, workspace: dict
     (out / "broken" / "manifest.json").write_text("{not json")  # listed as unreadable; hides no other device
     ws = Workspace.open(DEPLOY_RECIPE, cache_dir=workspace["cache"], progress=False)
     nuc_profile = str(_relaxed("intel-nuc", out.parent / "profiles"))
-    results = build_fleet(ws, ["host", nuc_profile], BuildOptions(out=out, search=SMALL_SEARCH,
-                                                                  accuracy_samples=ACCURACY_SAMPLES))
+    fleet = build_fleet(ws, ["host", nuc_profile], BuildOptions(out=out, search=SMALL_SEARCH,
+                                                                accuracy_samples=ACCURACY_SAMPLES))
+    results = fleet.built
+    assert fleet.failed == {}
     assert [r.device for r in results] == ["host", "intel-nuc"]
     text = (out / INDEX).read_text()
     rows = {r["folder"]: r for r in fleet_rows(out)}
