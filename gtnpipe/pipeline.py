@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gtnpipe.cache import Cache
-from gtnpipe.config.profiles import DeviceProfile, load_profile, with_budgets
+from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.config.recipes import DataConfig
 from gtnpipe.deploy.backends import ExportedModel, get_backend
 from gtnpipe.deploy.backends.accuracy_control import ACCURACY_CONTROL_IMAGES
@@ -39,16 +39,14 @@ from gtnpipe.models.external import ExternalTeacher
 from gtnpipe.options import BuildOptions, CompileOptions, WorkspaceOptions, as_teacher
 from gtnpipe.progress import StageLog
 from gtnpipe.space.pool import FASHION_MNIST_TASK
-from gtnpipe.stages import training
+from gtnpipe.stages import search, training
 from gtnpipe.stages.deploy import REFERENCE_IMAGES, SourceModel, random_images, split_images
-from gtnpipe.stages.search import AccuracyOutcome, SearchOutcome, accuracy_input, inherited_accuracies, search_input
-from gtnpipe.stages.search import accuracy_predictor as _accuracy_predictor
-from gtnpipe.stages.search import search_device as _search_device
 from gtnpipe.stages.ship import Shipped, deploy, measured_summary, predicted_cost, violations, write_device_artifact
 from gtnpipe.stages.source import COMPILE_VAL_SIZE, compile_data, compile_precisions, onnx_reference
 from gtnpipe.stages.training import DistillOutcome, TeacherOutcome, TrainOutcome
 from gtnpipe.stages.workspace import DataRef, Workspace
 
+inherited_accuracies = search.inherited_accuracies  # a command of its own: students' val top-1, inherited weights
 __all__ = [
     "FASHION_MNIST_TASK", "BuildOptions", "BuildOutcome", "CompileOptions", "CompileOutcome", "WorkspaceOptions",
     "Workspace", "accuracy_predictor", "build_device", "build_fleet", "calibrate_device", "compile_fleet", "compile_model",
@@ -80,7 +78,7 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, options: Bui
                  say: Callable[[str], None] = lambda _: None) -> BuildOutcome:
     """profile -> search -> distill the pick from the cached teacher -> export -> compile every allowed precision
     -> parity on the test split -> measure here -> write out/<device>/ (manifest, report, model)."""
-    profile = with_budgets(load_profile(device), options.budgets)
+    profile = search.budgeted_profile(device, ws.space.name, options.budgets)  # the space's budgets, then --budget
     backend = get_backend(profile.runtime.name)  # a missing runtime SDK fails here, before any training
     teacher = as_teacher(options.teacher) or ws.default_teacher  # --teacher, else the recipe's
     log_stage = StageLog(say, stages=6)
@@ -88,15 +86,16 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, options: Bui
         f"with recipe {ws.recipe.name}")
 
     calibrate_if_stale(ws, profile, options.calibrate_host, say)
-    search = _search_device(ws, search_input(ws, profile, config=options.search, accuracy_samples=options.accuracy_samples))
-    log_stage("search", search.cached, key=search.key, arch=search.result.pick.arch.id)
+    found = search.search_device(ws, search.search_input(ws, profile, config=options.search,
+                                                         accuracy_samples=options.accuracy_samples))
+    log_stage("search", found.cached, key=found.key, arch=found.result.pick.arch.id)
 
-    student_in = training.distill_input(ws, search.result.pick.arch.id, teacher=teacher)
+    student_in = training.distill_input(ws, found.result.pick.arch.id, teacher=teacher)
     student = training.distill_student(ws, student_in)
     log_stage("distill", student.cached, key=student.key, test_top1=student.test_top1)
 
     model = Deployable(training.load_distilled_net(ws, student_in), ws.data.mean, ws.data.std).train(False)
-    ws = ws.for_student(search.result.pick.arch)  # from here on: at the student's input resolution
+    ws = ws.for_student(found.result.pick.arch)  # from here on: at the student's input resolution
     torch_logits = logits_of(model, ws.data.test.chunks(512))
 
     def export(work: Path, batch_size: int, max_opset: int, calibration: np.ndarray) -> tuple[ExportedModel, np.ndarray]:
@@ -113,10 +112,10 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, options: Bui
     log_stage("check", True, precision=done.chosen)
 
     torch_top1 = top1_pct(torch_logits, ws.data.test.y)
-    predicted, warnings = predicted_cost(profile, ws.space, ws.task, search.result.pick.arch, done)
-    if student.teacher_test_top1 is not None and student.teacher_test_top1 < search.result.pick.accuracy:
+    predicted, warnings = predicted_cost(profile, ws.space, ws.task, found.result.pick.arch, done)
+    if student.teacher_test_top1 is not None and student.teacher_test_top1 < found.result.pick.accuracy:
         warnings.append(f"the {student.teacher} teacher's test top-1 ({student.teacher_test_top1:.2f}%) is below what search "
-                        f"estimated for the student before distillation ({search.result.pick.accuracy:.2f}%): it may "
+                        f"estimated for the student before distillation ({found.result.pick.accuracy:.2f}%): it may "
                         "teach the student less than the labels alone; compare with --teacher none")
     shipped = Shipped(
         profile, done.chosen, done.shipped, done.shipped_measured, done.rows,
@@ -125,13 +124,13 @@ def build_device(ws: Workspace, device: str | Path | DeviceProfile, options: Bui
                # the training images' size, and the sides elastic resolution chose this input's from ([]: the data's)
                "input": {"data_image_hw": list(ws.data.image_hw), "resolution_chosen_from_px": list(ws.recipe.resolutions_px)}},
         provenance={"recipe": ws.recipe.name, "teacher": teacher if isinstance(teacher, str) else teacher.name,
-                    "teacher_key": student.teacher_key, "student_key": student.key, "search_key": search.key,
+                    "teacher_key": student.teacher_key, "student_key": student.key, "search_key": found.key,
                     "student_trained_on": student.trained_on},
         reference="torch", reference_inputs=to_unit_float(ws.data.test.x[:REFERENCE_IMAGES]),
         reference_labels=ws.data.test.y, reference_logits=torch_logits, reference_top1=torch_top1,
-        estimated_top1=search.result.pick.accuracy, predicted=predicted,
+        estimated_top1=found.result.pick.accuracy, predicted=predicted,
         violations=violations(profile, done.shipped, done.shipped_measured, check_measured=options.check_measured_budgets),
-        warnings=warnings, data_name=ws.data.name, data_fingerprint=ws.data.fingerprint, pareto_png=search.pareto_png,
+        warnings=warnings, data_name=ws.data.name, data_fingerprint=ws.data.fingerprint, pareto_png=found.pareto_png,
         budget_overrides=dict(options.budgets))
     folder = write_device_artifact(shipped, options.out)
     log_stage("artifact", False, folder=str(folder))
@@ -170,9 +169,9 @@ def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, op
     -> parity against ONNX Runtime FP32 on its test split (or random images) -> measure here -> choose
     -> out/<device>/, the same artifact `build_device` writes (`gtnpipe bench` takes it)."""
     started = time.perf_counter()
-    profile = with_budgets(load_profile(device), options.budgets)
-    backend = get_backend(profile.runtime.name)
     onnx_model, facts = read_onnx(model_path, options.input_shape)
+    profile = search.budgeted_profile(device, search.space_of_input(facts.chw[1:]), options.budgets)  # size's space
+    backend = get_backend(profile.runtime.name)
     if options.input_shape is not None and options.input_shape.batch not in (None, profile.batch_size):
         raise ConfigError(f"--input-shape gives batch {options.input_shape.batch}; {profile.name} runs batch "
                           f"{profile.batch_size} (its profile's batch_size): give that or leave it out")
@@ -269,16 +268,17 @@ def load_distilled(ws: Workspace, arch: str, *, teacher: str = "gtn") -> Deploya
     return Deployable(net, ws.data.mean, ws.data.std).train(False)
 
 
-def accuracy_predictor(ws: Workspace, *, samples: int | None = None) -> AccuracyOutcome:
-    return _accuracy_predictor(ws, accuracy_input(ws, samples=samples))
+def accuracy_predictor(ws: Workspace, *, samples: int | None = None) -> search.AccuracyOutcome:
+    return search.accuracy_predictor(ws, search.accuracy_input(ws, samples=samples))
 
 
 def search_device(ws: Workspace, device: str | Path | DeviceProfile, options: BuildOptions, *,
-                  say: Callable[[str], None] = lambda _: None) -> SearchOutcome:
+                  say: Callable[[str], None] = lambda _: None) -> search.SearchOutcome:
     """The best student for `device` (the same cached stage `gtnpipe build` runs, with the build's options)."""
-    profile = with_budgets(load_profile(device), options.budgets)
+    profile = search.budgeted_profile(device, ws.space.name, options.budgets)
     calibrate_if_stale(ws, profile, options.calibrate_host, say)
-    return _search_device(ws, search_input(ws, profile, config=options.search, accuracy_samples=options.accuracy_samples))
+    return search.search_device(ws, search.search_input(ws, profile, config=options.search,
+                                                        accuracy_samples=options.accuracy_samples))
 
 
 def calibrate_if_stale(ws: Workspace, profile: DeviceProfile, wanted: bool | None, say: Callable[[str], None]) -> None:

@@ -29,6 +29,7 @@ def test_shipped_profile_loads_and_is_consistent(name: str) -> None:
     # every [hardware] number carries a source: a comment on its line or on the line above
     lines = (profiles_dir() / f"{name}.toml").read_text().splitlines()
     section = lines[lines.index("[hardware]") + 1:]
+    section = section[:next((i for i, line in enumerate(section) if line.startswith("[")), len(section))]
     for i, line in enumerate(section):
         if "=" in line and not line.startswith("#"):
             assert "#" in line or section[i - 1].startswith("#"), f"{name}: no source comment for {line!r}"
@@ -54,7 +55,8 @@ def _replace(pattern: str, new: str) -> str:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("turbo = true\n" + HOST_TEXT, r"unknown key 'turbo'; allowed keys: batch_size, budgets"),
-    (HOST_TEXT + "\nturbo = true\n", r"unknown key 'hardware.turbo'; allowed keys in \[hardware\]: layer_overhead_us"),
+    (HOST_TEXT.replace("[hardware]\n", "[hardware]\nturbo = true\n"),
+     r"unknown key 'hardware.turbo'; allowed keys in \[hardware\]: layer_overhead_us"),
     (_replace(r"^latency_ms_p90 = .*$", 'latency_ms_p90 = "fast"'), r"'budgets.latency_ms_p90' must be a number, got 'fast'"),
     (_replace(r"^latency_ms_p90 = .*$", "latency_ms_p90 = -1.0"),
      r"\[budgets\] 'latency_ms_p90' must be a finite number > 0, got -1.0"),
@@ -98,3 +100,51 @@ def test_shipped_profiles_are_the_top_level_folder() -> None:
     """An editable install reads the repository's device_profiles/ (the wheel carries a copy: tests/test_wheel.py)."""
     assert profiles_dir() == Path(__file__).resolve().parents[1] / "device_profiles"
     assert sorted(p.stem for p in profiles_dir().glob("*.toml")) == SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_has_budgets_the_pool_can_meet_in_every_space(name: str) -> None:
+    """The demo's 28-px budgets refused every 64-px and 224-px student; [[space_budgets]] fit each space: its smallest
+    student meets them (as the cost model predicts it here) and its largest does not, so search has to choose."""
+    from gtnpipe.space.pool import NOMINAL_TASKS
+    from gtnpipe.space.spaces import SPACES
+    from gtnpipe.stages.search import budgeted_profile, cost_model
+
+    for space in SPACES.values():
+        profile = budgeted_profile(name, space.name)
+        model = cost_model(profile, space, NOMINAL_TASKS[space.name])
+        assert model.estimate(space.smallest()).violations(profile.budgets) == [], (name, space.name)
+        assert model.estimate(space.largest()).violations(profile.budgets), (name, space.name)
+
+
+def test_space_budgets_replace_only_what_they_give_and_are_checked(tmp_path: Path) -> None:
+    from gtnpipe.stages.search import budgeted_profile, space_of_input
+
+    host = load_profile("host")
+    wide = host.for_space("mbv3-224")
+    assert wide.budgets.model_size_mb == 20.0 and wide.budgets.max_accuracy_drop_points == host.budgets.max_accuracy_drop_points
+    assert host.for_space("mbv3-28") == host  # no entry: the [budgets] as written
+    assert space_of_input((48, 192)) == "mbv3-32" and space_of_input((224, 224)) == "mbv3-224"
+    assert space_of_input((8, 8)) is None
+    assert budgeted_profile("host", "mbv3-32", (("latency_ms_p90", 9.0),)).budgets.latency_ms_p90 == 9.0
+    bad = _write(tmp_path, HOST_TEXT + '\n[[space_budgets]]\nspace = "mbv3-64"\nlatency_ms_p90 = 1.0\n', stem="host")
+    with pytest.raises(ConfigError, match=r"names unknown space\(s\) mbv3-64; the spaces are mbv3-28, mbv3-32, mbv3-224"):
+        budgeted_profile(bad, "mbv3-32")
+    empty = _write(tmp_path, HOST_TEXT + '\n[[space_budgets]]\nspace = "mbv3-28"\n', stem="host")
+    with pytest.raises(ConfigError, match="space_budgets for 'mbv3-28' give no budget"):
+        load_profile(empty)
+
+
+def test_budget_overrides_are_checked_like_the_profile() -> None:
+    from gtnpipe.config.profiles import parse_budget, with_budgets
+
+    host = load_profile("host")
+    assert parse_budget("latency_ms_p90=2.5") == ("latency_ms_p90", 2.5)
+    assert with_budgets(host, (("latency_ms_p90", 2.5),)).budgets.latency_ms_p90 == 2.5
+    for text in ("latency_ms_p90", "latency_ms_p90=fast", "=1"):
+        with pytest.raises(ConfigError, match="give NAME=VALUE"):
+            parse_budget(text)
+    with pytest.raises(ConfigError, match="--budget latency_p90: not a budget; the budgets are latency_ms_p90"):
+        with_budgets(host, (("latency_p90", 1.0),))
+    with pytest.raises(ConfigError, match=r"--budget model_size_mb=-1: 'model_size_mb' must be a finite number > 0"):
+        with_budgets(host, (("model_size_mb", -1.0),))

@@ -35,6 +35,7 @@ __all__ = [
     "HardwareSpec",
     "Precision",
     "RuntimeSpec",
+    "SpaceBudgets",
     "known_profiles",
     "load_profile",
     "parse_budget",
@@ -102,6 +103,25 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class SpaceBudgets:
+    """[[space_budgets]]: the budgets for students of one search space (a device's 28-px targets do not fit a 224-px
+    model): the fields given replace the profile's [budgets] when the build's space (or, for `gtnpipe compile`, the
+    space the model's input size belongs to) is `space`."""
+
+    space: str
+    latency_ms_p90: float | None = None
+    peak_memory_mb: float | None = None
+    model_size_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        given = tuple(n for n in ("latency_ms_p90", "peak_memory_mb", "model_size_mb") if getattr(self, n) is not None)
+        if not given:
+            raise ValueError(f"space_budgets for {self.space!r} give no budget: set latency_ms_p90, peak_memory_mb or "
+                             "model_size_mb")
+        _require_positive(self, given)
+
+
+@dataclass(frozen=True)
 class HardwareSpec:
     """Spec-sheet numbers for the roofline estimate (each profile's comments give the sources).
 
@@ -139,6 +159,7 @@ class DeviceProfile:
     batch_size: int
     budgets: Budgets
     hardware: HardwareSpec
+    space_budgets: tuple[SpaceBudgets, ...] = ()  # per search space: what replaces [budgets] for its students
 
     def __post_init__(self) -> None:
         if not self.precisions or len(set(self.precisions)) != len(self.precisions):
@@ -154,6 +175,18 @@ class DeviceProfile:
                 )
         if self.runtime.name == "tensorrt" and "fp32" not in self.precisions and "fp16" not in self.precisions:
             raise ValueError("a tensorrt profile needs 'fp16' or 'fp32' among its precisions (INT8 engines fall back to them)")
+
+        spaces = [b.space for b in self.space_budgets]
+        if len(set(spaces)) != len(spaces):
+            raise ValueError(f"'space_budgets' names a space more than once: {spaces}")
+
+    def for_space(self, space: str) -> DeviceProfile:
+        """The profile whose [budgets] are those for students of `space` (its [[space_budgets]] entry, if any)."""
+        entry = next((b for b in self.space_budgets if b.space == space), None)
+        if entry is None:
+            return self
+        given = {n: v for n, v in as_dict(entry).items() if n != "space" and v is not None}
+        return replace(self, budgets=replace(self.budgets, **given))
 
     @property
     def precision(self) -> Precision:

@@ -12,15 +12,16 @@ from typing import Any
 from rich.console import Console
 from rich.progress import track
 
-from gtnpipe.config.profiles import DeviceProfile
+from gtnpipe.config.profiles import DeviceProfile, load_profile, with_budgets
 from gtnpipe.config.recipes import PredictorConfig
 from gtnpipe.deploy.backends import backend_class
 from gtnpipe.devices.cost import CostModel, SizeFactor, table_path
+from gtnpipe.errors import ConfigError
 from gtnpipe.fsutil import canonical_json, sha256_file
 from gtnpipe.models.supernet import Supernet
 from gtnpipe.nas.accuracy import AccuracyPredictor, inherited_accuracy
 from gtnpipe.nas.evolution import SearchConfig, SearchResult, check_feasible, evolution_search
-from gtnpipe.space.spaces import ArchConfig, SearchSpace, TaskShape
+from gtnpipe.space.spaces import SPACES, ArchConfig, SearchSpace, TaskShape
 from gtnpipe.stages.keys import Stage
 from gtnpipe.stages.training import TeacherInput, load_supernet, teacher_input
 from gtnpipe.stages.workspace import DataRef, Workspace, run_stage
@@ -32,6 +33,8 @@ __all__ = [
     "SearchInput",
     "accuracy_input",
     "accuracy_predictor",
+    "budgeted_profile",
+    "space_of_input",
     "cost_model",
     "inherited_accuracies",
     "int8_size",
@@ -138,6 +141,24 @@ def search_input(ws: Workspace, profile: DeviceProfile, *, config: SearchConfig 
     config = replace(config or SearchConfig(), resolutions_px=ws.recipe.resolutions_px)
     return SearchInput(profile, accuracy_input(ws, samples=accuracy_samples), config,
                        _tables_sha256(profile, ws, config.resolutions_px), int8_size(profile), ws.space, ws.task)
+
+
+def budgeted_profile(device: str | Path | DeviceProfile, space: str | None,
+                     overrides: tuple[tuple[str, float], ...] = ()) -> DeviceProfile:
+    """The device's profile with the budgets for students of `space` ([[space_budgets]]; None: its [budgets]), then
+    --budget NAME=VALUE."""
+    profile = load_profile(device)
+    unknown = sorted({b.space for b in profile.space_budgets} - set(SPACES))
+    if unknown:
+        raise ConfigError(f"device {profile.name!r}: [[space_budgets]] names unknown space(s) {', '.join(unknown)}; the "
+                          f"spaces are {', '.join(SPACES)}")
+    return with_budgets(profile.for_space(space) if space else profile, overrides)
+
+
+def space_of_input(image_hw: tuple[int, ...]) -> str | None:
+    """The space built for a model input of this size (whose budgets a user's model of that size gets), if any."""
+    side = min(image_hw)
+    return next((s.name for s in SPACES.values() if s.image_px[0] <= side <= s.image_px[1]), None)
 
 
 def int8_size(profile: DeviceProfile) -> SizeFactor:
