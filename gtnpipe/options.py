@@ -75,6 +75,8 @@ class CompileOptions:
     # calibration (train split) and the accuracy check (test split): a path (image folder, .npz, fashion-mnist) or a
     # loaded Dataset; None: parity on random images, no INT8
     data: str | Dataset | None = None
+    # --val-data: all of it is the validation split (accuracy-control INT8 decides on it); None: 10% of data's train
+    val_data: str | Dataset | None = None
     precisions: tuple[str, ...] | None = None  # a subset of the profile's (None: all it allows)
     # --input-shape: fixes a dynamic channel, height or width (gtnpipe.deploy.onnx_model.InputShape)
     input_shape: InputShape | None = None

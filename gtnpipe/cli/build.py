@@ -239,6 +239,9 @@ def compile_(
                                              "pixel units (e.g. 0.485,0.456,0.406): folded into the artifact, which then "
                                              "takes [0, 1] images.")] = None,
     std: Annotated[str | None, typer.Option("--std", help="With --mean: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    val_data: Annotated[str | None, typer.Option(
+        "--val-data", help="Labelled images for the validation split (accuracy-control INT8 decides on them), the same "
+        "classes as --data [default: 10% of --data's training images].")] = None,
     input_shape: Annotated[str | None, typer.Option(
         "--input-shape", help="The image size a model with a dynamic channel, height or width was made for: NxCxHxW or "
         "CxHxW, optionally after the input's name (e.g. 1x3x48x192, x=1x3x48x192).")] = None,
@@ -263,7 +266,10 @@ def compile_(
         from gtnpipe.deploy.onnx_model import parse_input_shape
         from gtnpipe.options import CompileOptions
 
-        options = CompileOptions(out=out_dir, data=data, precisions=tuple(precision) if precision else None,
+        if val_data is not None and data is None:
+            fail("--val-data needs --data (the training and test images it goes with)")
+        options = CompileOptions(out=out_dir, data=data, val_data=val_data,
+                                 precisions=tuple(precision) if precision else None,
                                  input_shape=parse_input_shape(input_shape) if input_shape else None,
                                  mean=_floats(mean, "--mean"), std=_floats(std, "--std"), cache_dir=cache_dir,
                                  check_measured_budgets=check_measured, strict=strict, budgets=_budgets(budget))

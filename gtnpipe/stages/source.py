@@ -3,14 +3,16 @@ the reference every compiled precision is compared with (ONNX Runtime FP32 of th
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile
-from gtnpipe.data.datasets import Dataset, load_dataset
+from gtnpipe.data.datasets import Dataset, Split, load_dataset
 from gtnpipe.deploy.onnx_model import OnnxFacts
 from gtnpipe.deploy.parity import run_batched
 from gtnpipe.errors import ConfigError
@@ -38,14 +40,20 @@ def compile_precisions(profile: DeviceProfile, asked: tuple[str, ...] | None, *,
     return tuple(p for p in profile.precisions if p in asked)
 
 
-def compile_data(data: str | Dataset, facts: OnnxFacts, cache_dir: Path | None) -> Dataset:
-    """The user's data at the model's input size, checked against the model's channels and classes."""
+def compile_data(data: str | Dataset, facts: OnnxFacts, cache_dir: Path | None, *,
+                 val_data: str | Dataset | None = None) -> Dataset:
+    """The user's data at the model's input size, checked against the model's channels and classes. `val_data`
+    (--val-data): every image of it is the validation split (accuracy-control INT8 decides on it) instead of
+    COMPILE_VAL_SIZE of the training images."""
     c, h, w = facts.chw
     if isinstance(data, str):
         if h != w:
             raise ConfigError(f"{facts.path.name} takes {h}x{w} images; --data resizes to squares only: pass the data as "
                               "a .npz of images at that size, or compile without --data")
-        data = load_dataset(data, val_size=COMPILE_VAL_SIZE, image_size=h, index_dir=Cache(cache_dir).root / DATA_INDEX)
+        data = load_dataset(data, val_size=0 if val_data is not None else COMPILE_VAL_SIZE, image_size=h,
+                            index_dir=Cache(cache_dir).root / DATA_INDEX)
+    if val_data is not None:
+        data = _with_validation(data, val_data, h, cache_dir)
     if data.image_hw != (h, w):
         raise ConfigError(f"the data's images are {data.image_hw[0]}x{data.image_hw[1]}, {facts.path.name} takes {h}x{w}: "
                           "resize them to the model's input size")
@@ -56,6 +64,21 @@ def compile_data(data: str | Dataset, facts: OnnxFacts, cache_dir: Path | None) 
         raise ConfigError(f"{facts.path.name} has {facts.num_classes} outputs, the data {data.name} has "
                           f"{data.num_classes} classes: give the test data of the classes the model predicts")
     return data
+
+
+def _with_validation(data: Dataset, val_data: str | Dataset, side: int, cache_dir: Path | None) -> Dataset:
+    """`data` whose validation split is all of `val_data` (its every split, in memory), keyed by both."""
+    val = val_data if isinstance(val_data, Dataset) else load_dataset(
+        val_data, val_size=0, image_size=side, storage="memory", index_dir=Cache(cache_dir).root / DATA_INDEX)
+    if val.classes != data.classes or val.image_hw != data.image_hw or val.channels != data.channels:
+        raise ConfigError(f"--val-data {val.name} has classes {list(val.classes)} at {val.channels}x{val.image_hw[0]}x"
+                          f"{val.image_hw[1]}; --data {data.name} has {list(data.classes)} at {data.channels}x"
+                          f"{data.image_hw[0]}x{data.image_hw[1]}: give validation images of the same classes")
+    splits = [s for s in (val.train, val.val, val.test) if len(s)]
+    x = np.concatenate([np.asarray(s.x[np.arange(len(s))]) for s in splits])
+    y = np.concatenate([s.y for s in splits])
+    fingerprint = hashlib.sha256(f"{data.fingerprint}+validation:{val.fingerprint}".encode()).hexdigest()
+    return replace(data, name=f"{data.name} (validation: {val.name})", val=Split(x, y), fingerprint=fingerprint)
 
 
 def onnx_reference(path: Path, images: ParityImages, batch_size: int) -> np.ndarray:
