@@ -286,3 +286,24 @@ def test_accuracy_control_int8_replaces_plain_int8_that_loses_too_much(deploy_ca
     assert "latency_cost_ms_p50" in controlled
     report = (Path(out["folder"]) / "report.md").read_text()
     assert "| int8 (plain) | rejected |" in report and "| int8 (accuracy-control) |" in report
+
+
+def test_val_data_is_the_whole_validation_split_and_keys_the_data(tmp_path: Path, fmnist_small) -> None:
+    from gtnpipe.deploy.onnx_model import OnnxFacts
+    from gtnpipe.stages.source import compile_data
+
+    main, val, other = tmp_path / "main.npz", tmp_path / "val.npz", tmp_path / "other.npz"
+    np.savez(main, x_train=fmnist_small.train.x, y_train=fmnist_small.train.y, x_test=fmnist_small.test.x,
+             y_test=fmnist_small.test.y)
+    np.savez(val, x_train=fmnist_small.val.x[:100], y_train=fmnist_small.val.y[:100], x_test=fmnist_small.val.x[100:160],
+             y_test=fmnist_small.val.y[100:160])
+    np.savez(other, x_train=fmnist_small.val.x[:100], y_train=fmnist_small.val.y[:100] % 3,
+             x_test=fmnist_small.val.x[100:160], y_test=fmnist_small.val.y[100:160] % 3)
+    facts = OnnxFacts(tmp_path / "m.onnx", "0" * 64, (1, 28, 28), None, 10, 17)
+    plain = compile_data(str(main), facts, tmp_path / "cache")
+    data = compile_data(str(main), facts, tmp_path / "cache", val_data=str(val))
+    assert len(plain.train) + len(plain.val) == len(data.train) == len(fmnist_small.train)  # no 10% carved out
+    assert len(data.val) == 160 and np.array_equal(np.sort(data.val.y), np.sort(fmnist_small.val.y[:160]))
+    assert data.fingerprint not in (plain.fingerprint,) and "(validation: val" in data.name
+    with pytest.raises(ConfigError, match=r"--val-data .* has classes \['0', '1', '2'\]"):
+        compile_data(str(main), facts, tmp_path / "cache", val_data=str(other))
