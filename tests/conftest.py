@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -249,3 +249,21 @@ def make_colour_folder(root: Path, *, classes: int = 3, per_class: int = 30, see
                 pil = pil.convert("L")
             pil.save(folder / (f"{i:03d}.jpg" if i % 2 else f"{i:03d}.png"), quality=95)
     return root
+
+
+@pytest.fixture
+def bump_version(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], None]]:
+    """Pretend distribution `name` is installed at `version` (keys reads versions once per process: cleared here)."""
+    from importlib import metadata
+
+    from gtnpipe.stages import keys
+
+    real = metadata.version
+
+    def bump(name: str, version: str) -> None:
+        monkeypatch.setattr(metadata, "version", lambda n: version if n == name else real(n))
+        keys._installed_version.cache_clear()
+
+    yield bump
+    monkeypatch.undo()
+    keys._installed_version.cache_clear()

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -93,19 +92,6 @@ def test_no_stage_is_keyed_on_the_cli_progress_cache_or_keys(cls: type) -> None:
 
 
 # --- packages -----------------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def bump_version(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], None]:
-    real = metadata.version
-
-    def bump(name: str, version: str) -> None:
-        monkeypatch.setattr(metadata, "version", lambda n: version if n == name else real(n))
-        keys._installed_version.cache_clear()
-
-    yield bump
-    monkeypatch.undo()
-    keys._installed_version.cache_clear()
-
 
 EXPECTED_PACKAGES = {
     training.TrainInput: {"torch", "numpy", "pillow"},  # pillow: data/images.py decodes and resizes image folders

@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
-from collections.abc import Callable, Iterator
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,20 +134,6 @@ def test_nested_input_kind_is_part_of_the_key() -> None:
     assert isinstance(d, training.DistillInput)
     vanilla = EXAMPLES[training.TrainInput]
     assert stage_key(training.LogitsInput(vanilla, DATA)) != stage_key(training.LogitsInput(d.init_from, DATA))
-
-
-@pytest.fixture
-def bump_version(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], None]]:
-    """Pretend distribution `name` is installed at `version` (keys reads versions once per process: cleared here)."""
-    real = metadata.version
-
-    def bump(name: str, version: str) -> None:
-        monkeypatch.setattr(metadata, "version", lambda n: version if n == name else real(n))
-        keys._installed_version.cache_clear()
-
-    yield bump
-    monkeypatch.undo()
-    keys._installed_version.cache_clear()
 
 
 @pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.__name__)

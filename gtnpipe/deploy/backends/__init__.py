@@ -55,6 +55,7 @@ __all__ = [
     "Runner",
     "backend_class",
     "get_backend",
+    "import_sdk",
     "installed_runtimes",
     "missing",
     "load_runner",
@@ -188,6 +189,15 @@ def missing(what: str, err: ImportError, extra: str | None) -> BackendUnavailabl
     """The error for a missing SDK: which module, and the extra that installs it (None: not from PyPI)."""
     how = f"install it with \"pip install 'gtnpipe[{extra}]'\"" if extra else "it does not come from PyPI"
     return BackendUnavailable(f"{what} is not installed ({err.name or err} missing); {how}")
+
+
+def import_sdk(module: str, runtime: str, extra: str | None) -> Any:
+    """A runtime's SDK module, imported when a model is built or run (the registry lists backends without it); a
+    missing one is the BackendUnavailable naming the extra that installs it. Untyped (the SDKs ship no stubs)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise missing(f"runtime {runtime!r}", err, extra) from err
 
 
 @functools.cache

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gtnpipe.deploy.backends import Backend, BuildResult, ExportedModel, calibration_batches, missing, toolchain_step
+from gtnpipe.deploy.backends import (
+    Backend,
+    BuildResult,
+    ExportedModel,
+    calibration_batches,
+    import_sdk,
+    missing,
+    toolchain_step,
+)
 from gtnpipe.progress import quiet_loggers
 
 if TYPE_CHECKING:
@@ -17,13 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["BACKEND", "OnnxRuntimeBackend", "OrtRunner"]
 
 
-def _ort() -> Any:  # the module (untyped: no stubs)
-    """onnxruntime, imported when a model is run or built (the registry lists this backend without it)."""
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise missing("runtime 'onnxruntime'", err, "onnx") from err
-    return onnxruntime
+def _ort() -> Any:
+    return import_sdk("onnxruntime", "onnxruntime", "onnx")
 
 class OrtRunner:
     def __init__(self, model_path: Path, *, threads: int) -> None:

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gtnpipe.deploy.backends import Backend, BuildResult, ExportedModel, calibration_batches, missing, toolchain_step
+from gtnpipe.deploy.backends import (
+    Backend,
+    BuildResult,
+    ExportedModel,
+    calibration_batches,
+    import_sdk,
+    missing,
+    toolchain_step,
+)
 from gtnpipe.errors import ConfigError
 from gtnpipe.progress import quiet_loggers
 
@@ -35,13 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["BACKEND", "OpenVinoBackend", "OvRunner"]
 
 
-def _ov() -> Any:  # the module (untyped: no stubs)
-    """openvino, imported when a model is built or run (the registry lists this backend without it)."""
-    try:
-        import openvino
-    except ImportError as err:
-        raise missing("runtime 'openvino'", err, "openvino") from err
-    return openvino
+def _ov() -> Any:
+    return import_sdk("openvino", "openvino", "openvino")
 
 DEVICE = "CPU"  # the plugin the device profiles time; GPU/NPU plugins would need their own parity bars
 
