@@ -280,6 +280,11 @@ def test_accuracy_control_int8_replaces_plain_int8_that_loses_too_much(deploy_ca
     plain = next(r for r in rows if r.get("variant") == "plain")
     controlled = next(r for r in rows if r.get("variant") == "accuracy-control")
     assert plain["status"] == "rejected" and plain["parity"]["drop_points"] > 0.1 and "points below" in plain["reason"]
+    # where plain INT8 leaves the FP32 graph: OpenVINO shows its intermediates, so the row names a layer or says none
+    # is above INT8's threshold, and compares a tensor per layer of the student
+    divergence = plain["parity"]["divergence"]
+    assert divergence["compared"] >= 10 and divergence["threshold"] == 0.10
+    assert plain["parity"]["divergence_note"] in plain["reason"]
     assert controlled["parity"]["images"] == len(ws.data.test)
     assert isinstance(controlled["float_layers"], list) and controlled["reason"].startswith("accuracy control kept")
     assert all(isinstance(name, str) and name for name in controlled["float_layers"])

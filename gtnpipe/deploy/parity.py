@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal, NotRequired, TypedDict, cast, final
+from typing import Any, Literal, NotRequired, TypedDict, cast, final
 
 import numpy as np
 
@@ -36,6 +36,7 @@ __all__ = [
     "choose_precision",
     "compare",
     "compare_on_device",
+    "failure_reason",
     "lost_accuracy_only",
     "run_batched",
     "top1_pct",
@@ -90,6 +91,14 @@ class ParityDict(TypedDict):
     failure_kinds: list[str]  # the same failures' kinds (FailureKind), for code
     passed: bool
     drop_points: float | None
+    # where a failed precision leaves its FP32 reference (gtnpipe.deploy.divergence), where the runtime shows it
+    divergence: NotRequired[dict[str, Any]]
+    divergence_note: NotRequired[str]
+
+
+def failure_reason(parity: ParityDict) -> str:
+    """Why a precision failed parity, for people: its failures, then where it left the reference when that is known."""
+    return "; ".join([*parity["failures"], *([parity["divergence_note"]] if "divergence_note" in parity else [])])
 
 
 def lost_accuracy_only(parity: ParityDict | None) -> bool:
@@ -233,7 +242,7 @@ def choose_precision(profile: DeviceProfile, compiled: Mapping[str, CompiledPrec
         rows[precision] = {"precision": precision, "status": "", "reason": "", "parity": m["parity"],
                            "latency_ms_p50": lat, "size_bytes": m["size_bytes"]}
         if m["parity"] is not None and not m["parity"]["passed"]:
-            rows[precision] |= {"status": "rejected", "reason": "; ".join(m["parity"]["failures"])}
+            rows[precision] |= {"status": "rejected", "reason": failure_reason(m["parity"])}
         elif m["deployed_format"] and m["size_bytes"] / 1e6 > profile.budgets.model_size_mb:
             rows[precision] |= {"status": "rejected", "reason": f"file {m['size_bytes'] / 1e6:.3f} MB > budget "
                                 f"model_size_mb {profile.budgets.model_size_mb:g}"}

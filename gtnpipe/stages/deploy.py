@@ -15,6 +15,7 @@ from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile, RuntimeSpec
 from gtnpipe.data.datasets import Split
 from gtnpipe.deploy.backends import Backend, ExportedModel, backend_class
+from gtnpipe.deploy.divergence import Divergence, first_divergence, reference_intermediates
 from gtnpipe.deploy.export import to_unit_float
 from gtnpipe.deploy.parity import ParityDict, compare, run_batched
 from gtnpipe.deploy.timing import Machine, measure_fresh
@@ -222,10 +223,27 @@ def compile_precision(cache: Cache, inp: CompileInput, backend: Backend,
         report = compare(logits, torch_logits, images.labels, backend=inp.runtime.name, precision=inp.precision,
                          max_drop_points=inp.max_accuracy_drop_points)
         np.save(staging / ARTIFACT_LOGITS, logits[:inp.reference_images])  # what gtnpipe bench on the device compares
-        meta |= {"parity": report.to_dict()}
+        parity = report.to_dict()
+        if not report.passed:  # say where: the first layer that leaves the FP32 reference, where the runtime shows it
+            first = next(iter(images.chunks(inp.batch_size)))[:inp.batch_size]
+            located = locate_divergence(backend, inputs.onnx_path, staging / result.model_file, first, inp.precision)
+            if located is not None:
+                parity |= {"divergence": located.to_dict(), "divergence_note": located.describe()}
+        meta |= {"parity": parity}
 
     entry, cached = run_stage(cache, inp, build)
     return Compiled(inp, cached, cast(CompileMeta, entry.meta), str(entry.path))
+
+
+def locate_divergence(backend: Backend, reference_onnx: Path, model_path: Path, x: np.ndarray, precision: str
+                      ) -> Divergence | None:
+    """gtnpipe.deploy.divergence for one failed precision: None where the backend cannot show its intermediates (LiteRT
+    renames every tensor, TensorRT is not here) or none matches the reference's."""
+    if x.shape[0] == 0:
+        return None
+    reference, order = reference_intermediates(reference_onnx, x)
+    candidate = backend.intermediates(model_path, x, set(reference), precision=precision)
+    return first_divergence(reference, order, candidate, precision=precision) if candidate else None
 
 
 def measure_input(profile: DeviceProfile, compiled: Compiled) -> MeasureInput:

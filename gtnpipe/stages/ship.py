@@ -31,7 +31,14 @@ from gtnpipe.config.toml import as_dict
 from gtnpipe.deploy.artifacts import write_artifact
 from gtnpipe.deploy.backends import Backend, ExportedModel, backend_class
 from gtnpipe.deploy.backends.accuracy_control import ACCURACY_CONTROL_IMAGES
-from gtnpipe.deploy.parity import BuildFailure, CompiledPrecision, PrecisionRow, choose_precision, lost_accuracy_only
+from gtnpipe.deploy.parity import (
+    BuildFailure,
+    CompiledPrecision,
+    PrecisionRow,
+    choose_precision,
+    failure_reason,
+    lost_accuracy_only,
+)
 from gtnpipe.deploy.timing import Machine
 from gtnpipe.devices.latency_table import measure_command
 from gtnpipe.errors import BackendBuildError, ParityError
@@ -144,7 +151,7 @@ def compile_all(cache: Cache, profile: DeviceProfile, backend: Backend, model: D
     fp32 = compiled.get("fp32")
     if fp32 is not None and fp32.meta["parity"] and not fp32.meta["parity"]["passed"]:
         raise ParityError(f"{profile.runtime.name} fp32 artifact fails parity with the PyTorch student: "
-                          f"{'; '.join(fp32.meta['parity']['failures'])}. The compiled model is wrong, not just imprecise: "
+                          f"{failure_reason(fp32.meta['parity'])}. The compiled model is wrong, not just imprecise: "
                           "check the runtime version against the profile's, or report it")
     return compiled, failures, superseded
 
@@ -184,7 +191,7 @@ def choose(profile: DeviceProfile, compiled: dict[str, Compiled], measured: dict
         parity = plain.meta["parity"]
         rows.insert(rows.index(row), {
             "precision": p, "variant": "plain", "status": "rejected",
-            "reason": "; ".join(parity["failures"]) if parity else "", "parity": parity, "latency_ms_p50": plain_ms,
+            "reason": failure_reason(parity) if parity else "", "parity": parity, "latency_ms_p50": plain_ms,
             "size_bytes": plain.meta["size_bytes"]})
         row["reason"] = f"accuracy control kept {len(row['float_layers'])} layer(s) in float; " + row["reason"]
     return chosen, rows

@@ -145,6 +145,13 @@ class Backend(ABC):
     @abstractmethod
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> Runner: ...
 
+    def intermediates(self, model_path: Path, x: np.ndarray, names: set[str], *, precision: str
+                      ) -> dict[str, np.ndarray] | None:
+        """The values of the intermediate tensors named `names` (the FP32 ONNX export's tensor names) that this
+        compiled model still has, on `x`: what gtnpipe.deploy.divergence compares to find where parity is lost.
+        None: the runtime cannot show its intermediates (or renames them all)."""
+        return None
+
     def build_accuracy_controlled(self, inputs: ExportedModel, out_dir: Path) -> BuildResult:
         """INT8 by NNCF's quantize_with_accuracy_control (backends with `accuracy_control`); notes name the layers
         kept in float ("float_layers")."""

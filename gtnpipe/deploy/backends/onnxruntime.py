@@ -135,6 +135,20 @@ class OnnxRuntimeBackend(Backend):
             "float_layers": sorted(_quantized_layers(plain) - _quantized_layers(quantized)),
             "quantized_layers": len(_quantized_layers(quantized))})
 
+    def intermediates(self, model_path: Path, x: np.ndarray, names: set[str], *, precision: str
+                      ) -> dict[str, np.ndarray] | None:
+        """The QDQ graph keeps the FP32 export's tensor names: each of `names` it has becomes a graph output."""
+        import onnx
+        from onnx import shape_inference
+
+        model = shape_inference.infer_shapes(onnx.load(str(model_path)))
+        known = {o.name for o in model.graph.output}
+        model.graph.output.extend(v for v in model.graph.value_info if v.name in names and v.name not in known)
+        session = _ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        wanted = [o.name for o in session.get_outputs() if o.name in names]
+        values = session.run(wanted, {session.get_inputs()[0].name: x})
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(wanted, values, strict=True)}
+
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> OrtRunner:
         return OrtRunner(model_path, threads=threads)
 

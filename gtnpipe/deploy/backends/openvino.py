@@ -180,6 +180,31 @@ class OpenVinoBackend(Backend):
             "float_layers": sorted(_quantized_layers(plain) - _quantized_layers(quantized)),
             "quantized_layers": len(_quantized_layers(quantized))})
 
+    def intermediates(self, model_path: Path, x: np.ndarray, names: set[str], *, precision: str
+                      ) -> dict[str, np.ndarray] | None:
+        """OpenVINO's IR keeps the ONNX tensor names on its operations' outputs: those in `names` become outputs of the
+        model, compiled with the inference precision the artifact runs at."""
+        ov = _ov()
+        core = ov.Core()
+        model = core.read_model(str(model_path))
+        found: dict[str, Any] = {}
+        for op in model.get_ops():
+            for output in op.outputs():
+                hit = next((n for n in output.get_names() if n in names), None)
+                if hit is not None and hit not in found and op.get_type_name() not in ("Constant", "Result"):
+                    found[hit] = output
+        if not found:
+            return None
+        model.add_outputs(list(found.values()))
+        compiled = core.compile_model(model, DEVICE, {"INFERENCE_PRECISION_HINT": _inference_precision(core, precision)})
+        result = compiled(x)
+        values: dict[str, np.ndarray] = {}
+        for port, value in result.items():
+            name = next((n for n in port.get_names() if n in found), None)
+            if name is not None:
+                values[name] = np.asarray(value, dtype=np.float32)
+        return values
+
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> OvRunner:
         return OvRunner(model_path, threads=threads, precision=precision)
 
