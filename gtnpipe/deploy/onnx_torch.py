@@ -206,6 +206,98 @@ def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Op:
     return lambda ins, a: [fn(_t(ins[0]))]
 
 
+def _slice(ins: list[Any], a: dict[str, Any]) -> list[Value]:
+    """Slice: starts, ends, axes, steps as inputs (opset >= 10) or attributes (before)."""
+    x = ins[0]
+    starts = _ints(ins[1]) if len(ins) > 1 else list(a["starts"])
+    ends = _ints(ins[2]) if len(ins) > 2 else list(a["ends"])
+    rank = len(x.shape)
+    axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(a.get("axes", range(len(starts))))
+    steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    index: list[Any] = [slice(None)] * rank
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        size = int(x.shape[axis])
+        if step < 0:  # torch has no negative steps: flip, then slice forwards
+            raise ConfigError("ONNX Slice with a negative step is not supported; re-export without reversing slices")
+        index[axis % rank] = slice(max(min(start, size), -size), max(min(end, size), -size - 1), step)
+    return [x[tuple(index)]]
+
+
+def _split(ins: list[Any], a: dict[str, Any]) -> list[Value]:
+    x, axis = _t(ins[0]), a.get("axis", 0)
+    sizes = _ints(ins[1]) if len(ins) > 1 and ins[1] is not None else list(a.get("split", []))
+    if not sizes:
+        parts = int(a["num_outputs"]) if "num_outputs" in a else None
+        if parts is None:
+            raise ConfigError("ONNX Split without its sizes or num_outputs is not supported; re-export at opset >= 13")
+        size = -(-int(x.shape[axis]) // parts)  # ceil: the last part is the smaller (ONNX opset 18)
+        sizes = [min(size, int(x.shape[axis]) - i * size) for i in range(parts)]
+    return list(torch.split(x, sizes, dim=axis))
+
+
+def _resize(ins: list[Any], a: dict[str, Any]) -> list[Value]:
+    """The common upsamplers: nearest (asymmetric coordinates, floor) and (bi)linear (half_pixel or align_corners)."""
+    def text(name: str, default: str) -> str:
+        value = a.get(name, default)
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    x = _t(ins[0])
+    mode, coords = text("mode", "nearest"), text("coordinate_transformation_mode", "half_pixel")
+    scales = ins[2] if len(ins) > 2 and ins[2] is not None and np.asarray(ins[2]).size else None
+    sizes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+    size = tuple(sizes[2:]) if sizes else tuple(int(d * f) for d, f in zip(x.shape[2:], _floats(scales)[2:], strict=True))
+    if mode == "nearest" and coords == "asymmetric" and text("nearest_mode", "round_prefer_floor") == "floor":
+        return [F.interpolate(x, size=size, mode="nearest")]
+    if mode == "linear" and coords in ("half_pixel", "pytorch_half_pixel", "align_corners") and x.dim() == 4:
+        return [F.interpolate(x, size=size, mode="bilinear", align_corners=coords == "align_corners")]
+    raise ConfigError(f"ONNX Resize with mode={mode!r}, coordinate_transformation_mode={coords!r} is not supported "
+                      "(nearest with asymmetric + floor, or linear with half_pixel or align_corners: torch's "
+                      "interpolate); re-export the upsampling as F.interpolate(mode='nearest' or 'bilinear')")
+
+
+def _floats(v: Value | None) -> list[float]:
+    return [float(f) for f in np.asarray(v).reshape(-1)] if v is not None else []
+
+
+def _reduce(name: str, fn: Callable[..., torch.Tensor]) -> Op:
+    def run(ins: list[Any], a: dict[str, Any]) -> list[Value]:
+        x = _t(ins[0])
+        axes = _axes(ins, a)
+        if not axes and a.get("noop_with_empty_axes", 0):
+            return [x]
+        out = fn(x, dim=tuple(axes or range(x.dim())), keepdim=bool(a.get("keepdims", 1)))
+        return [out]
+    run.__name__ = name
+    return run
+
+
+def _layer_norm(ins: list[Any], a: dict[str, Any]) -> list[Value]:
+    x = _t(ins[0])
+    axis = a.get("axis", -1) % x.dim()
+    scale = _t(ins[1]) if len(ins) > 1 else None
+    bias = _t(ins[2]) if len(ins) > 2 and ins[2] is not None else None
+    shape = tuple(int(d) for d in x.shape[axis:])
+    return [F.layer_norm(x, shape, scale.reshape(shape) if scale is not None else None,
+                         bias.reshape(shape) if bias is not None else None, eps=a.get("epsilon", 1e-5))]
+
+
+def _constant_of_shape(ins: list[Any], a: dict[str, Any]) -> list[Value]:
+    value = numpy_helper.to_array(a["value"]).reshape(-1) if "value" in a else np.zeros(1, dtype=np.float32)
+    return [np.full(_ints(ins[0]), value[0], dtype=value.dtype)]
+
+
+def _range(ins: list[Any], a: dict[str, Any]) -> list[Value]:
+    if any(isinstance(v, torch.Tensor) for v in ins):
+        raise ConfigError("ONNX Range over tensor values is not supported; export with constant folding")
+    return [np.arange(np.asarray(ins[0]).item(), np.asarray(ins[1]).item(), np.asarray(ins[2]).item(),
+                      dtype=np.asarray(ins[0]).dtype)]
+
+
+def _expand(ins: list[Any], a: dict[str, Any]) -> list[Value]:
+    x = _t(ins[0])
+    return [torch.broadcast_to(x, torch.broadcast_shapes(tuple(x.shape), tuple(_ints(ins[1]))))]
+
+
 # ONNX op -> (inputs, attributes) -> outputs. Elementwise activations, the convolution and pooling ops, and the
 # shape ops that torch's exporters write around a classifier's head.
 OPS: dict[str, Op] = {
@@ -247,6 +339,28 @@ OPS: dict[str, Op] = {
     "Constant": _constant,
     "Identity": lambda ins, a: [ins[0]],
     "Dropout": lambda ins, a: [ins[0]],  # inference: the identity
+    # beyond classifier heads: what detectors, segmenters and transformers' exporters write (each tested against
+    # ONNX Runtime over its attributes: tests/test_onnx_torch.py)
+    "Slice": _slice,
+    "Split": _split,
+    "Resize": _resize,
+    "Expand": _expand,
+    "Range": _range,
+    "ConstantOfShape": _constant_of_shape,
+    "Pow": _binary(lambda x, y: torch.pow(x, y)),
+    "Sqrt": _unary(torch.sqrt),
+    "Exp": _unary(torch.exp),
+    "Log": _unary(torch.log),
+    "Neg": _unary(torch.neg),
+    "Abs": _unary(torch.abs),
+    "Reciprocal": _unary(torch.reciprocal),
+    "Erf": _unary(torch.erf),
+    "ReduceMax": _reduce("ReduceMax", torch.amax),
+    "ReduceMin": _reduce("ReduceMin", torch.amin),
+    "ReduceSum": _reduce("ReduceSum", torch.sum),
+    "LayerNormalization": _layer_norm,
+    "Einsum": lambda ins, a: [torch.einsum(a["equation"].decode() if isinstance(a["equation"], bytes) else a["equation"],
+                                           *[_t(v) for v in ins])],
 }
 
 
