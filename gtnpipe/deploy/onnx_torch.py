@@ -295,7 +295,8 @@ def _range(ins: list[Any], a: dict[str, Any]) -> list[Value]:
 
 def _expand(ins: list[Any], a: dict[str, Any]) -> list[Value]:
     x = _t(ins[0])
-    return [torch.broadcast_to(x, torch.broadcast_shapes(tuple(x.shape), tuple(_ints(ins[1]))))]
+    shape = tuple(int(d) for d in np.broadcast_shapes(tuple(x.shape), tuple(_ints(ins[1]))))  # ONNX: bidirectional
+    return [torch.broadcast_to(x, shape)]
 
 
 # ONNX op -> (inputs, attributes) -> outputs. Elementwise activations, the convolution and pooling ops, and the
