@@ -77,6 +77,7 @@ class CompileOptions:
     data: str | Dataset | None = None
     # --val-data: all of it is the validation split (accuracy-control INT8 decides on it); None: 10% of data's train
     val_data: str | Dataset | None = None
+    resize: str = "crop"  # --resize: how images meet the model's H x W, crop (shorter side, centre) or stretch
     precisions: tuple[str, ...] | None = None  # a subset of the profile's (None: all it allows)
     # --input-shape: fixes a dynamic channel, height or width (gtnpipe.deploy.onnx_model.InputShape)
     input_shape: InputShape | None = None

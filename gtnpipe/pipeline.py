@@ -176,7 +176,8 @@ def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, op
         raise ConfigError(f"--input-shape gives batch {options.input_shape.batch}; {profile.name} runs batch "
                           f"{profile.batch_size} (its profile's batch_size): give that or leave it out")
     wanted = compile_precisions(profile, options.precisions, has_data=options.data is not None)
-    dataset = compile_data(options.data, facts, options.cache_dir, val_data=options.val_data) if options.data else None
+    dataset = (compile_data(options.data, facts, options.cache_dir, val_data=options.val_data, resize=options.resize)
+               if options.data else None)
     images = split_images(dataset.test) if dataset is not None else random_images(facts.chw)
     data_ref = DataRef(DataConfig(source=dataset.name, val_size=COMPILE_VAL_SIZE), dataset.fingerprint) if dataset else None
     mean, std = options.mean, options.std

@@ -312,3 +312,25 @@ def test_val_data_is_the_whole_validation_split_and_keys_the_data(tmp_path: Path
     assert data.fingerprint not in (plain.fingerprint,) and "(validation: val" in data.name
     with pytest.raises(ConfigError, match=r"--val-data .* has classes \['0', '1', '2'\]"):
         compile_data(str(main), facts, tmp_path / "cache", val_data=str(other))
+
+
+def test_data_meets_a_non_square_input_by_crop_or_stretch(tmp_path: Path) -> None:
+    """A 3x32x64 model and a folder of colour images of mixed sizes: --resize crop keeps the aspect ratio (centre cut
+    out), stretch keeps the whole image; both give the model's H x W, and each keys the data differently."""
+    from conftest import make_colour_folder
+
+    from gtnpipe.data.images import Resize
+    from gtnpipe.deploy.onnx_model import OnnxFacts
+    from gtnpipe.stages.source import compile_data
+
+    folder = make_colour_folder(tmp_path / "images", classes=3, per_class=8)
+    facts = OnnxFacts(tmp_path / "m.onnx", "0" * 64, (3, 32, 64), None, 3, 17)
+    crop = compile_data(str(folder), facts, tmp_path / "cache")
+    stretch = compile_data(str(folder), facts, tmp_path / "cache", resize="stretch")
+    for data in (crop, stretch):
+        assert data.image_hw == (32, 64) and data.channels == 3 and len(data.train) + len(data.val) + len(data.test) == 24
+    assert crop.fingerprint != stretch.fingerprint
+    assert not np.array_equal(crop.test.x[:4], stretch.test.x[:4])
+    assert Resize((32, 32)).key == "32" and Resize((32, 64), "stretch").key == "32x64-stretch"  # the old index keys stay
+    with pytest.raises(ConfigError, match="resize mode 'squash': give one of crop, stretch"):
+        compile_data(str(folder), facts, tmp_path / "cache", resize="squash")

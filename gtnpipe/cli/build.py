@@ -242,6 +242,9 @@ def compile_(
     val_data: Annotated[str | None, typer.Option(
         "--val-data", help="Labelled images for the validation split (accuracy-control INT8 decides on them), the same "
         "classes as --data [default: 10% of --data's training images].")] = None,
+    resize: Annotated[str, typer.Option(
+        "--resize", help="How --data images meet the model's height x width: crop (the shorter side scaled, then the "
+        "centre cut out, keeping the aspect ratio) or stretch (both sides scaled).")] = "crop",
     input_shape: Annotated[str | None, typer.Option(
         "--input-shape", help="The image size a model with a dynamic channel, height or width was made for: NxCxHxW or "
         "CxHxW, optionally after the input's name (e.g. 1x3x48x192, x=1x3x48x192).")] = None,
@@ -268,7 +271,7 @@ def compile_(
 
         if val_data is not None and data is None:
             fail("--val-data needs --data (the training and test images it goes with)")
-        options = CompileOptions(out=out_dir, data=data, val_data=val_data,
+        options = CompileOptions(out=out_dir, data=data, val_data=val_data, resize=resize,
                                  precisions=tuple(precision) if precision else None,
                                  input_shape=parse_input_shape(input_shape) if input_shape else None,
                                  mean=_floats(mean, "--mean"), std=_floats(std, "--std"), cache_dir=cache_dir,

@@ -28,6 +28,7 @@ from gtnpipe.data.images import (
     Facts,
     FolderIndex,
     ImageFiles,
+    Resize,
     channel_moments,
     decode_image,
     pil_errors,
@@ -156,7 +157,7 @@ def load_dataset(
     train_subset: int = 0,
     test_subset: int = 0,
     split_seed: int = 0,
-    image_size: int = 0,
+    image_size: int | Resize = 0,
     skip_unreadable: bool = False,
     storage: str = "auto",
     index_dir: Path | None = None,
@@ -170,7 +171,8 @@ def load_dataset(
             share of the training images (float below 1); at most half of them.
         train_subset, test_subset: keep only this many (0 = all); train's are taken from the
             same permutation, so a smaller subset is a prefix of a larger one.
-        image_size: > 0 resizes every image to image_size x image_size (shorter side, then the centre square).
+        image_size: > 0 resizes every image to image_size x image_size (shorter side, then the centre square); a
+            Resize any height x width, cropped or stretched.
         skip_unreadable: leave out (and list in `Dataset.skipped`) image-folder files that are not images Pillow
             can decode, instead of failing on the first.
         storage: "memory", "disk" (an image folder's images stay files, decoded when used) or "auto" (see STORAGES).
@@ -217,7 +219,7 @@ def _mean_std(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
             tuple(max(float(np.sqrt(v)) / 255.0, 1e-3) for v in var_255))
 
 
-def load_source(source: str, *, image_size: int = 0, skip_unreadable: bool = False, storage: str = "auto",
+def load_source(source: str, *, image_size: int | Resize = 0, skip_unreadable: bool = False, storage: str = "auto",
                 index_dir: Path | None = None) -> Source:
     if storage not in STORAGES:
         raise DataError(f"storage {storage!r} is not one of {', '.join(STORAGES)} (--storage; Workspace.open's storage)")
@@ -239,14 +241,14 @@ def load_source(source: str, *, image_size: int = 0, skip_unreadable: bool = Fal
             src = _load_npz(path)
         else:
             src = _load_idx_folder(path, name=path.name, expected_sha256=None)
-        return _resized_source(src, image_size)
-    return _load_image_folder(path, image_size=image_size, skip_unreadable=skip_unreadable, storage=storage,
+        return _resized_source(src, Resize.of(image_size))
+    return _load_image_folder(path, image_size=Resize.of(image_size), skip_unreadable=skip_unreadable, storage=storage,
                               index_dir=index_dir)
 
 
-def _resized_source(src: Source, image_size: int) -> Source:
+def _resized_source(src: Source, image_size: Resize | None) -> Source:
     """Arrays (IDX, .npz) resized like image-folder images when `image_size` asks for another size."""
-    if not image_size or src.train.x.shape[2:] == (image_size, image_size):
+    if image_size is None or src.train.x.shape[2:] == image_size.hw:
         return src
     assert isinstance(src.train.x, np.ndarray) and isinstance(src.test.x, np.ndarray)
     return replace(src, train=Split(resize_images(src.train.x, image_size), src.train.y),
@@ -365,7 +367,7 @@ def _checked_split(x: np.ndarray | ImageFiles, y: np.ndarray, n_classes: int, wh
 
 # --- ImageFolder --------------------------------------------------------------------------
 
-def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool, storage: str,
+def _load_image_folder(root: Path, *, image_size: Resize | None, skip_unreadable: bool, storage: str,
                        index_dir: Path | None) -> Source:
     has_split = (root / "train").is_dir() and (root / "test").is_dir()
     if has_split:
@@ -408,18 +410,18 @@ def _load_image_folder(root: Path, *, image_size: int, skip_unreadable: bool, st
         classes,
         _checked_split(x_train, y_train, len(classes), f"{root} train"),
         _checked_split(x_test, y_test, len(classes), f"{root} test"),
-        _fingerprint("imagefolder", {**hashes, **({"image_size": str(image_size)} if image_size else {})}),
+        _fingerprint("imagefolder", {**hashes, **({"image_size": image_size.key} if image_size else {})}),
         storage=storage,
         skipped=tuple(str(p.relative_to(root)) for p in skipped),
     )
 
 
-def _auto_storage(paths: list[Path], image_size: int) -> str:
+def _auto_storage(paths: list[Path], image_size: Resize | None) -> str:
     """"memory" when every image decoded (as RGB) takes at most AUTO_MEMORY_BYTES, else "disk"."""
     from PIL import Image
 
     if image_size:
-        w = h = image_size
+        h, w = image_size.hw
     else:  # the first image whose header Pillow reads; a folder of unreadable files fails later, naming them
         for p in paths:
             try:
@@ -448,7 +450,8 @@ def _check_facts(facts: dict[Path, Facts], skipped: list[Path], *, skip_unreadab
     return readable
 
 
-def _lazy(files: list[tuple[Path, int]], facts: dict[Path, Facts], image_size: int) -> tuple[ImageFiles, np.ndarray]:
+def _lazy(files: list[tuple[Path, int]], facts: dict[Path, Facts], image_size: Resize | None
+          ) -> tuple[ImageFiles, np.ndarray]:
     channels = 3 if any(f.mode == "RGB" for f in facts.values() if f.error is None) else 1
     moments = np.zeros((len(files), 2 * channels), dtype=np.int64)
     for row, (p, _) in enumerate(files):
@@ -520,7 +523,8 @@ def _same_size(first: tuple[tuple[int, int], Path] | None, wh: tuple[int, int],
     return first
 
 
-def _decode_all(paths: list[Path], image_size: int, skipped: list[Path], *, skip_unreadable: bool) -> dict[Path, np.ndarray]:
+def _decode_all(paths: list[Path], image_size: Resize | None, skipped: list[Path], *, skip_unreadable: bool
+                ) -> dict[Path, np.ndarray]:
     """Each image decoded once (in threads) to uint8 CHW (grey or RGB; resized when `image_size`): a file Pillow
     cannot decode, truncated ones included, fails here naming it, or with `skip_unreadable` is left out and listed in
     `skipped`. Grey images become RGB when any image is colour. Without `image_size`, all must share one size."""

@@ -15,35 +15,67 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from gtnpipe.errors import DataError
+from gtnpipe.errors import ConfigError, DataError
 from gtnpipe.fsutil import atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["Facts", "FolderIndex", "ImageFiles", "decode_image", "index_file", "channel_moments", "pil_errors", "read_image",
-           "resize_images", "square", "threaded", "to_chw"]
+__all__ = ["RESIZE_MODES", "Facts", "FolderIndex", "ImageFiles", "Resize", "decode_image", "index_file", "channel_moments",
+           "pil_errors", "read_image", "resize_images", "threaded", "to_chw"]
 
 T = TypeVar("T")
 
 
-def resize_images(x: np.ndarray, size: int) -> np.ndarray:
-    """uint8 images (N, C, H, W) as size x size, each as `square` makes it (Pillow)."""
+@dataclass(frozen=True)
+class Resize:
+    """Every image to `hw` (height, width). "crop": the shorter side scaled to fit, then the centre cut out (Pillow's
+    ImageOps.fit, as evaluation pipelines resize ImageNet-style images; the aspect ratio is kept); "stretch": both
+    sides scaled (the whole image kept, its aspect ratio not). An int n is Resize((n, n)), the recipes' image_size."""
+
+    hw: tuple[int, int]
+    mode: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESIZE_MODES:
+            raise ConfigError(f"resize mode {self.mode!r}: give one of {', '.join(RESIZE_MODES)}")
+
+    @classmethod
+    def of(cls, size: int | Resize | None) -> Resize | None:
+        """An int image_size (0: keep the images' own size) or a Resize, as a Resize or None."""
+        if isinstance(size, Resize):
+            return size
+        return cls((size, size)) if size else None
+
+    @property
+    def key(self) -> str:
+        """Its name in folder indexes and fingerprints: the side alone for a square crop (as before Resize existed)."""
+        h, w = self.hw
+        return str(h) if h == w and self.mode == "crop" else f"{h}x{w}-{self.mode}"
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        from PIL import Image, ImageOps
+
+        h, w = self.hw
+        if image.size == (w, h):
+            return image
+        if self.mode == "stretch":
+            return image.resize((w, h), Image.Resampling.BILINEAR)
+        return ImageOps.fit(image, (w, h), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
+
+
+RESIZE_MODES = ("crop", "stretch")
+
+
+def resize_images(x: np.ndarray, size: int | Resize) -> np.ndarray:
+    """uint8 images (N, C, H, W) resized as `Resize.apply` does (Pillow)."""
     from PIL import Image
 
+    resize = Resize.of(size)
+    assert resize is not None
     mode = "L" if x.shape[1] == 1 else "RGB"
-    return np.stack([to_chw(square(Image.fromarray(img[0] if mode == "L" else img.transpose(1, 2, 0), mode), size))
+    return np.stack([to_chw(resize.apply(Image.fromarray(img[0] if mode == "L" else img.transpose(1, 2, 0), mode)))
                      for img in x])
-
-
-def square(image: Image.Image, size: int) -> Image.Image:
-    """`image` as size x size: the shorter side scaled to `size` (bilinear, antialiased when shrinking), then the
-    centre square (Pillow's ImageOps.fit), as evaluation pipelines resize ImageNet-style images."""
-    from PIL import Image, ImageOps
-
-    if image.size == (size, size):
-        return image
-    return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
 
 
 def to_chw(image: Image.Image) -> np.ndarray:
@@ -60,7 +92,7 @@ class ImageFiles:
 
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, paths: tuple[Path, ...], channels: int, hw: tuple[int, int], image_size: int,
+    def __init__(self, paths: tuple[Path, ...], channels: int, hw: tuple[int, int], image_size: Resize | None,
                  moments: np.ndarray) -> None:
         if len(paths) != len(moments):
             raise ValueError(f"{len(paths)} paths but {len(moments)} rows of moments")
@@ -152,9 +184,9 @@ class FolderIndex:
             self._store(p, {"sha256": digest})
         return {rel: entry["sha256"] for rel, entry in map(self._entry, paths) if entry is not None}
 
-    def decoded(self, paths: list[Path], image_size: int) -> dict[Path, Facts]:
+    def decoded(self, paths: list[Path], image_size: Resize | None) -> dict[Path, Facts]:
         """`Facts` of each of `paths` at `image_size`, decoding (in threads) the files not indexed at that size."""
-        size = str(image_size)
+        size = image_size.key if image_size else "0"
         todo = [p for p in paths if size not in ((self._entry(p)[1] or {}).get("decoded") or {})]
         for p, (digest, facts) in zip(todo, threaded(lambda q: index_file(q, image_size), todo)):
             _, entry = self._entry(p)
@@ -198,14 +230,14 @@ def read_image(path: Path | io.BytesIO) -> Image.Image:
         return im.convert("L" if im.mode in ("L", "1", "I;16", "I", "LA") else "RGB")
 
 
-def decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:
+def decode_image(path: Path, image_size: Resize | None, channels: int) -> np.ndarray:
     """One image as uint8 (channels, H, W): read, resized when `image_size`, grey repeated to RGB when channels == 3."""
     image = read_image(path)
-    arr = to_chw(square(image, image_size) if image_size else image)
+    arr = to_chw(image_size.apply(image) if image_size else image)
     return np.repeat(arr, 3, axis=0) if channels == 3 and arr.shape[0] == 1 else arr
 
 
-def index_file(path: Path, image_size: int) -> tuple[str, Facts]:
+def index_file(path: Path, image_size: Resize | None) -> tuple[str, Facts]:
     """sha256 and `Facts` of one file, read once."""
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -213,7 +245,7 @@ def index_file(path: Path, image_size: int) -> tuple[str, Facts]:
         image = read_image(io.BytesIO(data))
     except pil_errors() as err:
         return digest, Facts(f"{type(err).__name__}: {err}")
-    arr = to_chw(square(image, image_size) if image_size else image)
+    arr = to_chw(image_size.apply(image) if image_size else image)
     return digest, Facts(None, image.mode, (arr.shape[2], arr.shape[1]), channel_moments(arr[None]))
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from gtnpipe.cache import Cache
 from gtnpipe.config.profiles import DeviceProfile
 from gtnpipe.data.datasets import Dataset, Split, load_dataset
+from gtnpipe.data.images import Resize
 from gtnpipe.deploy.onnx_model import OnnxFacts
 from gtnpipe.deploy.parity import run_batched
 from gtnpipe.errors import ConfigError
@@ -41,19 +42,18 @@ def compile_precisions(profile: DeviceProfile, asked: tuple[str, ...] | None, *,
 
 
 def compile_data(data: str | Dataset, facts: OnnxFacts, cache_dir: Path | None, *,
-                 val_data: str | Dataset | None = None) -> Dataset:
-    """The user's data at the model's input size, checked against the model's channels and classes. `val_data`
-    (--val-data): every image of it is the validation split (accuracy-control INT8 decides on it) instead of
-    COMPILE_VAL_SIZE of the training images."""
+                 val_data: str | Dataset | None = None, resize: str = "crop") -> Dataset:
+    """The user's data at the model's input size (`resize`, --resize: "crop" scales the shorter side then cuts the
+    centre, "stretch" scales both sides), checked against the model's channels and classes. `val_data` (--val-data):
+    every image of it is the validation split (accuracy-control INT8 decides on it) instead of COMPILE_VAL_SIZE of the
+    training images."""
     c, h, w = facts.chw
+    size = Resize((h, w), resize)
     if isinstance(data, str):
-        if h != w:
-            raise ConfigError(f"{facts.path.name} takes {h}x{w} images; --data resizes to squares only: pass the data as "
-                              "a .npz of images at that size, or compile without --data")
-        data = load_dataset(data, val_size=0 if val_data is not None else COMPILE_VAL_SIZE, image_size=h,
-                            index_dir=Cache(cache_dir).root / DATA_INDEX)
+        data = _keyed_by_resize(load_dataset(data, val_size=0 if val_data is not None else COMPILE_VAL_SIZE,
+                                             image_size=size, index_dir=Cache(cache_dir).root / DATA_INDEX), size)
     if val_data is not None:
-        data = _with_validation(data, val_data, h, cache_dir)
+        data = _with_validation(data, val_data, size, cache_dir)
     if data.image_hw != (h, w):
         raise ConfigError(f"the data's images are {data.image_hw[0]}x{data.image_hw[1]}, {facts.path.name} takes {h}x{w}: "
                           "resize them to the model's input size")
@@ -66,10 +66,16 @@ def compile_data(data: str | Dataset, facts: OnnxFacts, cache_dir: Path | None, 
     return data
 
 
-def _with_validation(data: Dataset, val_data: str | Dataset, side: int, cache_dir: Path | None) -> Dataset:
+def _keyed_by_resize(data: Dataset, size: Resize) -> Dataset:
+    """Arrays (a .npz) resized keep their file's fingerprint: the way they were resized joins it (a folder's has it)."""
+    fingerprint = hashlib.sha256(f"{data.fingerprint}+resize:{size.key}".encode()).hexdigest()
+    return replace(data, fingerprint=fingerprint)
+
+
+def _with_validation(data: Dataset, val_data: str | Dataset, size: Resize, cache_dir: Path | None) -> Dataset:
     """`data` whose validation split is all of `val_data` (its every split, in memory), keyed by both."""
-    val = val_data if isinstance(val_data, Dataset) else load_dataset(
-        val_data, val_size=0, image_size=side, storage="memory", index_dir=Cache(cache_dir).root / DATA_INDEX)
+    val = val_data if isinstance(val_data, Dataset) else _keyed_by_resize(load_dataset(
+        val_data, val_size=0, image_size=size, storage="memory", index_dir=Cache(cache_dir).root / DATA_INDEX), size)
     if val.classes != data.classes or val.image_hw != data.image_hw or val.channels != data.channels:
         raise ConfigError(f"--val-data {val.name} has classes {list(val.classes)} at {val.channels}x{val.image_hw[0]}x"
                           f"{val.image_hw[1]}; --data {data.name} has {list(data.classes)} at {data.channels}x"
