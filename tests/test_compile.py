@@ -212,13 +212,13 @@ def test_fixed_batch_other_than_the_profiles_and_unsupported_ops_are_named(tmp_p
 
     image = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, 8, 8])
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])
-    nodes = [helper.make_node("Erf", ["x"], ["e"]), helper.make_node("Flatten", ["e"], ["y"])]
-    path = _write(_graph(nodes, [image], [out]), tmp_path / "erf.onnx")
+    nodes = [helper.make_node("Celu", ["x"], ["e"]), helper.make_node("Flatten", ["e"], ["y"])]
+    path = _write(_graph(nodes, [image], [out]), tmp_path / "celu.onnx")
     model, facts = read_onnx(path)
     assert facts.batch == 4 and facts.num_classes == 64
     with pytest.raises(ConfigError, match="fixed batch of 4, the device profile's batch_size is 1"):
         prepare_onnx(model, facts, tmp_path / "p.onnx", batch_size=1, max_opset=17)
-    with pytest.raises(ConfigError, match="operator\\(s\\) Erf, which gtnpipe's ONNX-to-torch translation"):
+    with pytest.raises(ConfigError, match="operator\\(s\\) Celu, which gtnpipe's ONNX-to-torch translation"):
         onnx_to_torch(path)
     assert {"Conv", "BatchNormalization", "Gemm", "MaxPool", "HardSwish"} <= set(OPS)
 
