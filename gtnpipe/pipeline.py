@@ -196,10 +196,10 @@ def compile_model(model_path: str | Path, device: str | Path | DeviceProfile, op
                      else np.zeros((0, *facts.chw), dtype=np.float32))
             val = (to_unit_float(dataset.val.x[:ACCURACY_CONTROL_IMAGES]), dataset.val.y[:ACCURACY_CONTROL_IMAGES]) \
                 if dataset is not None else None
-            # e.g. litert-torch: the static graph folded first (fewer operators for the translation to cover)
-            module = onnx_to_torch(fold_constants(prepared, work / "folded.onnx")) if "torch" in backend.converts_from \
-                else None
-            return ExportedModel(prepared, (batch_size, *facts.chw), calib, max_opset, torch_module=module,
+            # the static graph with its constants folded, for the backends that want it (a strict parser, a translation)
+            graph = fold_constants(prepared, work / "folded.onnx") if backend.fold_constants else prepared
+            module = onnx_to_torch(graph) if "torch" in backend.converts_from else None  # e.g. litert-torch
+            return ExportedModel(graph, (batch_size, *facts.chw), calib, max_opset, torch_module=module,
                                  validation=val, max_drop_points=profile.budgets.max_accuracy_drop_points), reference
 
         done = deploy(Cache(options.cache_dir), profile, backend, source, export, images,

@@ -114,6 +114,10 @@ class Backend(ABC):
     # what `build` reads of ExportedModel: "onnx" (onnx_path) and/or "torch" (torch_module: gtnpipe compile then
     # translates a user's ONNX file to torch for it)
     converts_from: ClassVar[frozenset[str]] = frozenset({"onnx"})
+    # whether `gtnpipe compile` hands it a user's graph with its constants folded (gtnpipe.deploy.onnx_model
+    # .fold_constants: shape arithmetic computed once, BatchNorm in Conv): for a parser or translation that takes
+    # fewer operators than ONNX Runtime's own graph optimizer reads
+    fold_constants: ClassVar[bool] = False
     # INT8 file bytes over the cost model's formula (gtnpipe.devices.cost.model_size_bytes), an upper bound, and
     # where the figure comes from: "measured: <results file>" or "guess: <why not measured>"
     int8_size_factor: ClassVar[float]

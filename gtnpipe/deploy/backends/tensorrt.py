@@ -106,6 +106,8 @@ class TensorRtBackend(Backend):
     precisions = PRECISIONS
     extra = None  # JetPack / NVIDIA's packages: no installable build reaches PyPI's CPU machines
     sdk_modules = ()  # build ships ONNX without TensorRT; load() and version() need it
+    # a user's graph folded first: old parsers (8.0 on the Nano) refuse the integer shape arithmetic exporters write
+    fold_constants = True
     packages = ("tensorrt", "polygraphy", "onnx")
     suffixes = (".onnx", ".npy", ".engine", ".cache")  # the ONNX it ships, INT8 calibration images and cache, the engine
     # A guess, not a measurement: the engine is built on the device (no TensorRT here), so its INT8 size was never

@@ -115,6 +115,7 @@ class TfliteBackend(Backend):
     sdk_modules = ()  # ai_edge_litert or tflite_runtime: require() resolves which
     # litert-torch converts the torch module (gtnpipe compile translates a user's ONNX file to torch for it)
     converts_from = frozenset({"torch"})
+    fold_constants = True  # the ONNX-to-torch translation covers fewer operators
     packages = ("ai-edge-litert", "litert-torch", "ai-edge-quantizer")
     suffixes = (".tflite",)
     # bench/int8_size.py (bench/results/int8_size.md): the largest INT8-file / formula ratio over 8 students, rounded up
