@@ -13,8 +13,9 @@ warning that says what to set before Python starts.
   pickled constants; forced, every torch.load is restricted to tensors and plain containers, so loading a teacher
   file cannot run Python code. gtnpipe's own torch.load calls all pass weights_only=True already.
 
-Both are read by torch on every use (weights-only) or once per process (oneDNN): toggling them around a call, as
-gtnpipe once did, is not thread-safe and, for oneDNN, too late.
+They are read on every use (weights-only, litert-torch's) or once per process (oneDNN): toggling them around a call,
+as gtnpipe once did, is not thread-safe and, for oneDNN, too late. The crash narrowed to one kernel, and what the cap
+costs: bench/onednn_cap.py, docs/development.md ("Known problems").
 """
 
 from __future__ import annotations
@@ -63,9 +64,13 @@ def apply_process_defaults(environ: MutableMapping[str, str] | None = None) -> d
 
 def missing_process_defaults(environ: Mapping[str, str] | None = None, cpuinfo: str | None = None) -> list[str]:
     """For a process gtnpipe did not start (the Python API): a line per setting it lacks, saying what to set."""
+    return list(_missing(environ, cpuinfo).values())
+
+
+def _missing(environ: Mapping[str, str] | None, cpuinfo: str | None) -> dict[str, str]:
     env = os.environ if environ is None else environ
-    return [f"{name} is not set: start Python with {name}={value} in the environment (the gtnpipe command sets it; "
-            f"without it {_WHY[name]})" for name, value in process_defaults(cpuinfo).items() if name not in env]
+    return {name: f"{name} is not set: start Python with {name}={value} in the environment (the gtnpipe command sets "
+                  f"it; without it {_WHY[name]})" for name, value in process_defaults(cpuinfo).items() if name not in env}
 
 
 _WHY = {ONEDNN_CAP[0]: "torch's oneDNN AVX-512 kernels corrupt memory in training on this AMD CPU",
@@ -76,9 +81,9 @@ _WHY = {ONEDNN_CAP[0]: "torch's oneDNN AVX-512 kernels corrupt memory in trainin
 @functools.cache  # once per process: at the first training run of an API user's process
 def warn_missing_process_defaults() -> None:
     """The oneDNN cap, where it is wanted and missing (the weights-only setting is enforced where a .pt2 loads)."""
-    for line in missing_process_defaults():
-        if line.startswith(ONEDNN_CAP[0]):
-            logging.getLogger("gtnpipe").warning(line)
+    line = _missing(None, None).get(ONEDNN_CAP[0])
+    if line is not None:
+        logging.getLogger("gtnpipe").warning(line)
 
 
 def weights_only_forced() -> bool:

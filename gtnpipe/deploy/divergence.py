@@ -47,28 +47,11 @@ class Divergence:
                 "tensors compared with the FP32 reference")
 
 
-def _with_every_output(path: Path) -> tuple[bytes, list[tuple[str, str]]]:
-    """The ONNX model with every float intermediate tensor as a graph output, and (tensor, op type) in node order."""
-    import onnx
-    from onnx import TensorProto, shape_inference
-
-    model = shape_inference.infer_shapes(onnx.load(str(path)))
-    floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}
-    existing = {o.name for o in model.graph.output}
-    order = [(out, node.op_type) for node in model.graph.node for out in node.output if out in floats]
-    model.graph.output.extend(v for v in model.graph.value_info if v.name in floats and v.name not in existing)
-    return model.SerializeToString(), order
-
-
 def reference_intermediates(onnx_path: Path, x: np.ndarray) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
-    """Every float intermediate of the FP32 ONNX model on `x`, by tensor name, and their order."""
-    import onnxruntime as ort
+    """Every float intermediate of the FP32 ONNX model on `x` (ONNX Runtime), by tensor name, and their order."""
+    from gtnpipe.deploy.backends.onnxruntime import every_intermediate
 
-    data, order = _with_every_output(onnx_path)
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {session.get_inputs()[0].name: x})
-    return dict(zip(names, (np.asarray(v, dtype=np.float32) for v in values), strict=True)), order
+    return every_intermediate(onnx_path, x)
 
 
 def first_divergence(reference: Mapping[str, np.ndarray], order: list[tuple[str, str]],

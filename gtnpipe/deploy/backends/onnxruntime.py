@@ -22,11 +22,30 @@ from gtnpipe.progress import quiet_loggers
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-__all__ = ["BACKEND", "OnnxRuntimeBackend", "OrtRunner"]
+__all__ = ["BACKEND", "OnnxRuntimeBackend", "OrtRunner", "every_intermediate"]
 
 
 def _ort() -> Any:
     return import_sdk("onnxruntime", "onnxruntime", "onnx")
+
+def every_intermediate(model_path: Path, x: np.ndarray, names: set[str] | None = None
+                       ) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    """The ONNX model run on `x` with its float intermediate tensors (those in `names`, or all) made graph outputs:
+    their values by name, and (tensor, op type) of each in node order (gtnpipe.deploy.divergence compares them)."""
+    import onnx
+    from onnx import TensorProto, shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(model_path)))
+    wanted = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT
+              and (names is None or v.name in names)}
+    known = {o.name for o in model.graph.output}
+    order = [(out, node.op_type) for node in model.graph.node for out in node.output if out in wanted]
+    model.graph.output.extend(v for v in model.graph.value_info if v.name in wanted and v.name not in known)
+    session = _ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs() if o.name in wanted]
+    values = session.run(outputs, {session.get_inputs()[0].name: x})
+    return {n: np.asarray(v, dtype=np.float32) for n, v in zip(outputs, values, strict=True)}, order
+
 
 class OrtRunner:
     def __init__(self, model_path: Path, *, threads: int) -> None:
@@ -138,16 +157,8 @@ class OnnxRuntimeBackend(Backend):
     def intermediates(self, model_path: Path, x: np.ndarray, names: set[str], *, precision: str
                       ) -> dict[str, np.ndarray] | None:
         """The QDQ graph keeps the FP32 export's tensor names: each of `names` it has becomes a graph output."""
-        import onnx
-        from onnx import shape_inference
-
-        model = shape_inference.infer_shapes(onnx.load(str(model_path)))
-        known = {o.name for o in model.graph.output}
-        model.graph.output.extend(v for v in model.graph.value_info if v.name in names and v.name not in known)
-        session = _ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        wanted = [o.name for o in session.get_outputs() if o.name in names]
-        values = session.run(wanted, {session.get_inputs()[0].name: x})
-        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(wanted, values, strict=True)}
+        values, _ = every_intermediate(model_path, x, names)
+        return values
 
     def load(self, model_path: Path, *, threads: int, precision: str = "fp32") -> OrtRunner:
         return OrtRunner(model_path, threads=threads)
