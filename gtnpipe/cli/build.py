@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["build", "compile_", "search"]
 
+BudgetOpt = Annotated[list[str] | None, typer.Option(
+    "--budget", help="Replace a budget of the profile for this run: NAME=VALUE (repeatable), e.g. latency_ms_p90=5.0; "
+    "the manifest records it.")]
 CalibrateOpt = Annotated[bool | None, typer.Option(
     "--calibrate/--no-calibrate", help="For --device host: measure this machine's latency table first when the one "
     "found was measured on another machine (about a minute, once per machine) [default: on, unless "
@@ -53,6 +56,7 @@ def search(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the Pareto front as a PNG here.")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Evolution generations.")] = 500,
     calibrate: CalibrateOpt = None,
+    budget: BudgetOpt = None,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -68,14 +72,15 @@ def search(
 
         ws = open_workspace(recipe, cache_dir=cache_dir, data=data, image_size=image_size,
                             skip_unreadable=skip_unreadable, storage=storage, train_device=train_device, progress=p.enabled)
-        options = BuildOptions(search=SearchConfig(iterations=iterations), calibrate_host=calibrate)
+        options = BuildOptions(search=SearchConfig(iterations=iterations), calibrate_host=calibrate,
+                               budgets=_budgets(budget))
         found = pipeline.search_device(ws, device, options, say=p.say)  # the stage build runs
         result, acc = found.result, found.predictor
         if plot is not None:
-            from gtnpipe.config.profiles import load_profile
             from gtnpipe.nas.plots import plot_pareto
+            from gtnpipe.stages.search import budgeted_profile
 
-            profile = load_profile(device)
+            profile = budgeted_profile(device, ws.space.name, options.budgets)  # the budgets search planned for
             plot_pareto(result, plot, device=profile.name, latency_budget_ms=profile.budgets.latency_ms_p90,
                         latency_planned_ms=profile.budgets.planned_latency_ms_p90)
     if as_json:
@@ -129,9 +134,7 @@ def build(
                                                  "measured HERE exceeds the budgets (when this machine is the device).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when a precision the profile allows could not be built "
                                          "(CI uses it); without it such a precision is recorded as not built.")] = False,
-    budget: Annotated[list[str] | None, typer.Option("--budget", help="Replace a budget of the profile for this run: "
-                                                    "NAME=VALUE (repeatable), e.g. latency_ms_p90=5.0; the manifest "
-                                                    "records it.")] = None,
+    budget: BudgetOpt = None,
     calibrate: CalibrateOpt = None,
     cache_dir: CacheOpt = None,
     progress: ProgressOpt = True,
@@ -251,9 +254,7 @@ def compile_(
     check_measured: Annotated[bool, typer.Option("--check-measured-budgets", help="Also fail when latency or memory "
                                                  "measured HERE exceeds the budgets.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when a precision could not be built.")] = False,
-    budget: Annotated[list[str] | None, typer.Option("--budget", help="Replace a budget of the profile for this run: "
-                                                    "NAME=VALUE (repeatable), e.g. latency_ms_p90=5.0; the manifest "
-                                                    "records it.")] = None,
+    budget: BudgetOpt = None,
     cache_dir: CacheOpt = None,
     progress: ProgressOpt = True,
     as_json: JsonOpt = False,
